@@ -1,0 +1,48 @@
+"""Name, version, authors and license of the toolkit; `python info.py` prints them with the environment."""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+NAME = "srkit"
+VERSION = "0.1.0"
+AUTHORS = ("the srkit developers",)
+LICENSE = "MIT"
+DESCRIPTION = (
+    "Image super-resolution in PyTorch: SRCNN, residual networks and PIUnet, "
+    "benchmarked by the literature's protocol."
+)
+
+
+def environment() -> dict[str, str]:
+    """Versions and hardware that results depend on."""
+    import numpy
+    import torch
+
+    cuda = torch.cuda.is_available()
+    env = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "cuda available": str(cuda),
+        "threads": str(torch.get_num_threads()),
+    }
+    if cuda:
+        env["cuda"] = str(torch.version.cuda)
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env
+
+
+def main() -> int:
+    """Print the toolkit's identity and the environment."""
+    print(f"{NAME} {VERSION} ({LICENSE}) by {', '.join(AUTHORS)}")
+    print(DESCRIPTION)
+    for key, value in environment().items():
+        print(f"  {key:15} {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Shared fixtures: the benchmark data and reference vectors the tests read from outside."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _external(variable: str, what: str) -> Path:
+    """A folder named by an environment variable; skip outside CI when unset, fail in CI."""
+    value = os.environ.get(variable)
+    if not value:
+        if _in_ci():
+            pytest.fail(f"{variable} is unset in CI; .ci/run should point it at ../shared")
+        pytest.skip(f"{variable} is unset: {what} not available")
+    path = Path(value)
+    if not path.is_dir():
+        pytest.fail(f"{variable}={value} is not a folder")
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    """Folder of reference vectors ($SR_REFERENCE_DIR)."""
+    return _external("SR_REFERENCE_DIR", "reference vectors")
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """Folder of benchmark sets ($SR_DATA_ROOT)."""
+    return _external("SR_DATA_ROOT", "benchmark datasets")
+
+
+def reference_file(folder: Path, name: str) -> Path:
+    """A reference file that must exist: a missing one is a failure, not a skip."""
+    path = folder / name
+    if not path.is_file():
+        pytest.fail(f"reference file {path} is missing")
+    return path

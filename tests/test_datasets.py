@@ -1,0 +1,161 @@
+"""Datasets: named sets, folders, pairs, the bundled samples, and the training patch pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from data import (
+    ImagePair,
+    PatchDataset,
+    PatchSampler,
+    degrade,
+    dihedral,
+    load_pairs,
+    resolve_dataset,
+)
+from utils import DatasetError
+
+
+def _write_images(folder, names, size=(40, 50), seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / name)
+
+
+def test_named_set_resolves_under_data_root(data_root, monkeypatch, tmp_path):
+    monkeypatch.setenv("SR_CACHE_DIR", str(tmp_path / "cache"))
+    folder = resolve_dataset("set5", 3, data_root=data_root, download=False)
+    assert folder == data_root / "Set5" / "x3"
+    pairs = load_pairs("Set5", 3, data_root=data_root, download=False)
+    assert [p.name for p in pairs][:2] == ["img_001_SRF_3_HR", "img_002_SRF_3_HR"]
+    for pair in pairs:  # the given LR images are used, and they are HR / 3
+        assert pair.lr.shape[-2] * 3 == pair.hr.shape[-2] and pair.lr.shape[-1] * 3 == pair.hr.shape[-1]
+    t91 = resolve_dataset("T91", data_root=data_root, download=False)
+    assert len(list(t91.glob("*.bmp"))) == 91
+
+
+def test_folder_of_hr_images_generates_lr(tmp_path):
+    _write_images(tmp_path / "photos", ["a.png", "b.png"], size=(41, 52))
+    pairs = load_pairs(str(tmp_path / "photos"), 3)
+    assert [p.name for p in pairs] == ["a", "b"]
+    assert pairs[0].hr.shape == (3, 39, 51)  # cropped to a multiple of the scale
+    torch.testing.assert_close(pairs[0].lr, degrade(pairs[0].hr, 3))
+
+
+def test_folder_of_pairs_uses_given_lr(tmp_path):
+    folder = tmp_path / "pairs"
+    _write_images(folder, ["x_HR.png"], size=(30, 30))
+    _write_images(folder, ["x_LR.png"], size=(10, 10), seed=5)
+    pairs = load_pairs(str(folder), 3)
+    given = np.asarray(Image.open(folder / "x_LR.png"))
+    np.testing.assert_array_equal(np.round(pairs[0].lr.permute(1, 2, 0).numpy() * 255), given)
+    # another kernel is made from HR, not taken from the (bicubic) LR file
+    other = load_pairs(str(folder), 3, degradations=("nearest",))
+    torch.testing.assert_close(other[0].lr, degrade(other[0].hr, 3, "nearest"))
+    with pytest.raises(DatasetError, match="divided by 2"):
+        load_pairs(str(folder), 2)
+
+
+def test_pair_without_lr_and_empty_folder_are_errors(tmp_path):
+    _write_images(tmp_path / "lonely", ["y_HR.png"])
+    with pytest.raises(DatasetError, match="no matching"):
+        load_pairs(str(tmp_path / "lonely"), 2)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="holds no images"):
+        load_pairs(str(tmp_path / "empty"), 2)
+    with pytest.raises(DatasetError, match="not a known dataset"):
+        load_pairs("Set6", 2)
+
+
+def test_sample_photos_load_without_network():
+    train, test = load_pairs("sample-train", 3), load_pairs("sample-test", 3)
+    assert len(train) >= 5 and len(test) >= 2
+    assert {p.name for p in train}.isdisjoint(p.name for p in test)
+    assert any(p.hr.shape[0] == 1 for p in test)  # a grayscale photo, as in Set14
+    assert len(load_pairs("sample", 3, channels=3)) == len(train) + len(test)
+
+
+def _pairs(n=3, size=(36, 45), scale=3, kernels=("nearest",)):
+    generator = torch.Generator().manual_seed(0)
+    out = []
+    for i in range(n):
+        hr = torch.rand(3, *size, generator=generator)
+        out.append(ImagePair(f"img{i}", hr, tuple(degrade(hr, scale, k, bits=None) for k in kernels)))
+    return out
+
+
+def test_patches_are_aligned_and_augmented_consistently():
+    dataset = PatchDataset(_pairs(), scale=3, patch_size=12, patches_per_image=20, seed=1)
+    assert len(dataset) == 60
+    seen = set()
+    for index in range(len(dataset)):
+        lr, hr = dataset[index]
+        assert lr.shape == (3, 4, 4) and hr.shape == (3, 12, 12)
+        # nearest LR takes HR block centres; flips and rotations must keep that true
+        torch.testing.assert_close(lr, hr[:, 1::3, 1::3])
+        seen.add(hr.sum().item())
+    assert len(seen) > 50  # crops and transforms vary
+
+
+def test_dihedral_gives_eight_distinct_transforms():
+    img = torch.arange(9.0).view(1, 3, 3)
+    assert len({tuple(dihedral(img, k).flatten().tolist()) for k in range(8)}) == 8
+
+
+def test_grid_mode_is_the_fixed_srcnn_grid():
+    pairs = _pairs(n=1, size=(60, 60))
+    dataset = PatchDataset(pairs, scale=3, patch_size=33, grid_stride=14, augment=False)
+    assert len(dataset) == 2 * 2  # positions 0 and 14 on each axis (snapped to 0, 12)
+    lr, hr = dataset[3]
+    torch.testing.assert_close(hr, pairs[0].hr[:, 12:45, 12:45])
+    torch.testing.assert_close(lr, pairs[0].lr[:, 4:15, 4:15])
+
+
+def test_random_degradation_mix_uses_every_kernel():
+    pairs = _pairs(n=1, kernels=("bicubic", "bilinear", "nearest"))
+    dataset = PatchDataset(pairs, scale=3, patch_size=12, patches_per_image=60, augment=False)
+    nearest = sum(torch.equal(lr, hr[:, 1::3, 1::3]) for lr, hr in (dataset[i] for i in range(60)))
+    assert 5 < nearest < 55
+
+
+def _batches(dataset, workers, epoch, seed=0):
+    sampler = PatchSampler(len(dataset), seed=seed)
+    sampler.set_epoch(epoch)
+    loader = DataLoader(dataset, batch_size=8, sampler=sampler, num_workers=workers)
+    return [torch.cat([lr.flatten(), hr.flatten()]) for lr, hr in loader]
+
+
+def test_pipeline_is_deterministic_with_and_without_workers():
+    dataset = PatchDataset(_pairs(), scale=3, patch_size=12, patches_per_image=10, seed=7)
+    plain = _batches(dataset, 0, epoch=2)
+    torch.testing.assert_close(_batches(dataset, 0, epoch=2), plain, rtol=0, atol=0)
+    torch.testing.assert_close(_batches(dataset, 2, epoch=2), plain, rtol=0, atol=0)
+    assert not torch.equal(_batches(dataset, 0, epoch=3)[0], plain[0])  # epochs differ
+
+
+def test_sampler_splits_an_epoch_across_ranks():
+    keys = [list(PatchSampler(10, seed=3, rank=r, world=3)) for r in range(3)]
+    assert all(len(k) == 4 for k in keys)
+    indices = [index for rank in keys for _, index in rank]
+    assert set(indices) == set(range(10))
+
+
+def test_patch_size_must_fit_and_divide():
+    with pytest.raises(DatasetError, match="multiple of scale"):
+        PatchDataset(_pairs(), scale=3, patch_size=10)
+    with pytest.raises(DatasetError, match="smaller than"):
+        PatchDataset(_pairs(size=(21, 21)), scale=3, patch_size=33)
+
+
+def test_batched_fetch_equals_item_by_item():
+    dataset = PatchDataset(
+        _pairs(kernels=("bicubic", "nearest")), scale=3, patch_size=12, patches_per_image=30
+    )
+    keys = [(4, i) for i in range(len(dataset))]
+    for (lr_a, hr_a), (lr_b, hr_b) in zip(dataset.__getitems__(keys), [dataset[k] for k in keys]):
+        assert torch.equal(lr_a, lr_b) and torch.equal(hr_a, hr_b)
