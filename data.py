@@ -755,21 +755,25 @@ def _mix(*values: int) -> int:
 
 
 class PatchSampler(Sampler):
-    """Yields (epoch, index) keys: a seeded shuffle per epoch, split across `world` ranks."""
+    """Yields (epoch, index) keys: a seeded shuffle per epoch, split across `world` ranks.
+
+    `start` skips the first keys of this rank's share of the epoch (to continue an epoch
+    that was interrupted); `set_epoch` resets it.
+    """
 
     def __init__(
         self, length: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world: int = 1
     ) -> None:
         self.length, self.seed, self.shuffle = length, seed, shuffle
         self.rank, self.world = rank, world
-        self.epoch = 0
+        self.epoch, self.start = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose order and crops the next iteration yields."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Choose the epoch whose order and crops the next iteration yields, from key `start` on."""
+        self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
-        return math.ceil(self.length / self.world)
+        return math.ceil(self.length / self.world) - self.start
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         if self.shuffle:
@@ -777,8 +781,9 @@ class PatchSampler(Sampler):
             order = torch.randperm(self.length, generator=generator).tolist()
         else:
             order = list(range(self.length))
-        order += order[: len(self) * self.world - self.length]  # pad so every rank gets as many
-        for index in order[self.rank :: self.world]:
+        share = math.ceil(self.length / self.world)
+        order += order[: share * self.world - self.length]  # pad so every rank gets as many
+        for index in order[self.rank :: self.world][self.start :]:
             yield (self.epoch, index)
 
 

@@ -12,8 +12,12 @@ Benchmark protocol (the MATLAB scripts behind the published SR tables):
 
 from __future__ import annotations
 
+import os
+import pickle
+import random
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -149,3 +153,135 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
         return 130
     except BrokenPipeError:
         return 0
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoints: atomic writes, safe loads
+# ---------------------------------------------------------------------------------------
+
+CHECKPOINT_FORMAT = "srkit-checkpoint"
+
+
+def save_checkpoint(checkpoint: dict, path: str | os.PathLike) -> Path:
+    """Write a checkpoint atomically: temporary file in the same folder, fsync, rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # never ends in .pth
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_folder(path.parent)
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot write checkpoint ({err.strerror or err})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename inside `folder` durable (no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a toolkit checkpoint with weights_only=True; raise CheckpointError on any problem.
+
+    A file that holds pickled Python objects is refused without running their code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()
+        detail = next((line for line in first if "GLOBAL" in line or "Unsupported" in line), "")
+        raise CheckpointError(
+            f"{path}: refused, it holds pickled Python objects that weights_only loading does "
+            f"not allow{f' ({detail.strip()})' if detail else ''}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({reason})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path}: not a checkpoint of this toolkit (a bare state_dict or another program's file?)"
+        )
+    return checkpoint
+
+
+# ---------------------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------------------
+
+
+def charbonnier_loss(sr: Tensor, hr: Tensor, eps: float = 1e-3) -> Tensor:
+    """Charbonnier loss mean(sqrt((sr - hr)^2 + eps^2)), a smooth L1 (Lai et al. 2017)."""
+    return torch.sqrt((sr - hr).pow(2) + eps * eps).mean()
+
+
+LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "mse": F.mse_loss,
+    "l1": F.l1_loss,
+    "charbonnier": charbonnier_loss,
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Random state
+# ---------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy and python's random."""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Every global RNG state, as plain types and tensors that weights_only loading accepts."""
+    import numpy as np
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` saved (CUDA states only where CUDA is there)."""
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))

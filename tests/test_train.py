@@ -1,0 +1,337 @@
+"""train.py: exact resume, overrides, safe and atomic checkpoints, signals, inspect, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import train
+from utils import LOSSES, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _smooth_images(folder: Path, count: int, size: int, seed: int) -> None:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        coarse = rng.integers(0, 256, (size // 6, size // 6, 3), dtype=np.uint8)
+        Image.fromarray(coarse).resize((size, size), Image.BICUBIC).save(folder / f"img{i}.png")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("data")
+    _smooth_images(root / "train", 6, 48, seed=0)
+    _smooth_images(root / "val", 2, 36, seed=1)
+    return {"train": root / "train", "val": root / "val"}
+
+
+def _args(data: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return [
+        "--train-data",
+        str(data["train"]),
+        "--val-data",
+        str(data["val"]),
+        "--out-dir",
+        str(out),
+        "--patch-size",
+        "12",
+        "--patches-per-image",
+        "8",
+        "--batch-size",
+        "8",
+        "--save-freq",
+        "1",
+        "--quiet",
+        "--lr",
+        "1e-3",
+        *extra,
+    ]
+
+
+def _run(argv: list[str]) -> int:
+    return run_cli(train.main, argv)
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _same_optimizer(a: dict, b: dict) -> bool:
+    return (
+        all(_same_weights(a["state"][i], b["state"][i]) for i in a["state"])
+        and a["param_groups"] == b["param_groups"]
+    )
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_resume_is_bit_identical(data, tmp_path, workers):
+    assert _run(["train", *_args(data, tmp_path / "straight", "--num-epoch", "4", "--workers", workers)]) == 0
+    assert _run(["train", *_args(data, tmp_path / "split", "--num-epoch", "2", "--workers", workers)]) == 0
+    assert _run(["resume", str(tmp_path / "split" / "last.pth"), "--num-epoch", "4"]) == 0
+    straight, split = _load(tmp_path / "straight" / "last.pth"), _load(tmp_path / "split" / "last.pth")
+    assert straight["epoch"] == split["epoch"] == 4
+    assert _same_weights(straight["state_dict"], split["state_dict"])
+    assert _same_optimizer(straight["optimizer"], split["optimizer"])
+    assert [r["train_loss"] for r in straight["history"]] == [r["train_loss"] for r in split["history"]]
+    assert [r["psnr"] for r in straight["history"]] == [r["psnr"] for r in split["history"]]
+
+
+def test_checkpoint_contents_and_files(data, tmp_path):
+    out = tmp_path / "run"
+    assert _run(["train", *_args(data, out, "--num-epoch", "3", "--save-freq", "2")]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["best.pth", "epoch-0002.pth", "history.csv", "last.pth"]
+    ckpt = _load(out / "last.pth")
+    for key in ("model", "state_dict", "optimizer", "args", "epoch", "history", "best_psnr", "rng"):
+        assert key in ckpt, key
+    assert ckpt["model"] == {"name": "srcnn", "scale": 3, "options": {}}
+    assert set(ckpt["rng"]) == {"torch", "cuda", "numpy", "python"}
+    row = ckpt["history"][-1]
+    for key in ("train_loss", "psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "lr", "seconds"):
+        assert row[key] is not None, key
+    assert ckpt["best_psnr"] == max(r["psnr"] for r in ckpt["history"])
+    assert _load(out / "best.pth")["best_psnr"] == ckpt["best_psnr"]
+    lines = (out / "history.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch,train_loss,psnr") and len(lines) == 4
+
+
+def test_resume_overrides_and_reports_them(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _run(["train", *_args(data, out, "--num-epoch", "1")]) == 0
+    capsys.readouterr()
+    assert _run(["resume", str(out / "last.pth"), "--batch-size", "4", "--num-epoch", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "override batch_size: 8 -> 4" in printed and "override num_epoch: 1 -> 2" in printed
+    ckpt = _load(out / "last.pth")
+    assert ckpt["args"]["batch_size"] == 4 and ckpt["args"]["lr"] == 1e-3  # saved value reused
+    assert _run(["resume", str(out / "last.pth"), "--num-epoch", "2"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert _run(["resume", str(out / "last.pth"), "--model-option", "f2=5"]) == 2
+    assert "cannot change on resume" in capsys.readouterr().err
+
+
+def test_unsafe_checkpoint_is_refused_without_running_its_code(tmp_path, capsys):
+    marker = tmp_path / "marker"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"format": "srkit-checkpoint", "payload": Payload()}, evil)
+    for command in ("resume", "inspect"):
+        assert _run([command, str(evil)]) == 2
+        err = capsys.readouterr().err
+        assert "refused" in err and len(err.strip().splitlines()) == 1
+    assert not marker.exists()
+
+
+def test_bad_input_is_one_line_and_status_2(data, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    (tmp_path / "empty").mkdir()
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"PK\x03\x04 not really a zip")
+    bare = tmp_path / "bare.pth"
+    torch.save({"weight": torch.zeros(3)}, bare)
+    cases = {
+        "unknown model": ["train", *_args(data, tmp_path / "o1", "--model", "nope")],
+        "batch size": ["train", *_args(data, tmp_path / "o2", "--batch-size", "0")],
+        "unwritable out-dir": ["train", *_args(data, blocker / "sub")],
+        "no images": ["train", *_args(data, tmp_path / "o3"), "--train-data", str(tmp_path / "empty")],
+        "missing checkpoint": ["resume", str(tmp_path / "missing.pth")],
+        "corrupt checkpoint": ["inspect", str(corrupt)],
+        "foreign checkpoint": ["resume", str(bare)],
+    }
+    for kind, argv in cases.items():
+        with pytest.raises(SystemExit) if kind == "unknown model" else _nothing() as exit_info:
+            status = _run(argv)
+        if exit_info is not None:
+            status = exit_info.value.code
+        err = capsys.readouterr().err
+        assert status == 2, kind
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (kind, err)
+    assert not list(tmp_path.rglob("*.pth.*")) and not list(tmp_path.glob("o*/*.pth"))
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")
+def test_cuda_flag_without_cuda_is_a_clear_error(data, tmp_path, capsys):
+    assert _run(["train", *_args(data, tmp_path / "run", "--cuda")]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    assert _run(["train", *_args(data, out, "--num-epoch", "1")]) == 0
+    good = (out / "last.pth").read_bytes()
+    calls = {"n": 0}
+    mse = LOSSES["mse"]
+
+    def poisoned(sr, hr):
+        calls["n"] += 1
+        loss = mse(sr, hr)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setitem(LOSSES, "mse", poisoned)
+    assert _run(["resume", str(out / "last.pth"), "--num-epoch", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "epoch 2, step 3" in err and "nan" in err
+    assert (out / "last.pth").read_bytes() == good
+
+
+def test_inspect_text_json_and_plot(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _run(["train", *_args(data, out, "--num-epoch", "2")]) == 0
+    capsys.readouterr()
+    assert _run(["inspect", str(out / "last.pth")]) == 0
+    text = capsys.readouterr().out
+    assert "srcnn x3" in text and "20,099 parameters" in text and "epoch      2 of 2" in text
+    assert _run(["inspect", str(out / "last.pth"), "--json", "--plot", str(tmp_path / "curves.png")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    for key in ("model", "scale", "epoch", "params", "args", "history", "best_psnr"):
+        assert key in info
+    assert info["params"] == 20099 and info["epoch"] == 2 and len(info["history"]) == 2
+    png = (tmp_path / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def _start(argv: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *argv],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def _wait_until_training(proc: subprocess.Popen) -> None:
+    """Read stdout up to the line train.py prints just before its first step."""
+    for line in proc.stdout:
+        if line.startswith("training "):
+            return
+    raise AssertionError(f"training did not start: {proc.communicate()}")
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "training did not start"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_saves_mid_epoch_and_resume_matches_straight_run(data, tmp_path, signum, status):
+    # long epochs (many small steps) so that the signal lands inside one
+    argv = _args(
+        data, tmp_path / "stopped", "--num-epoch", "2", "--patches-per-image", "200", "--batch-size", "4"
+    )
+    proc = _start(["train", *argv], tmp_path)
+    _wait_for(tmp_path / "stopped" / "history.csv", proc)  # epoch 1 done, epoch 2 running
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == status, err
+    assert "resume with: python train.py resume" in out
+    stopped = _load(tmp_path / "stopped" / "last.pth")
+    assert stopped["epoch"] == 1 and stopped["in_epoch"]["batches"] > 0
+    assert _run(["resume", str(tmp_path / "stopped" / "last.pth")]) == 0
+    straight = _args(
+        data, tmp_path / "straight", "--num-epoch", "2", "--patches-per-image", "200", "--batch-size", "4"
+    )
+    assert _run(["train", *straight]) == 0
+    a, b = _load(tmp_path / "stopped" / "last.pth"), _load(tmp_path / "straight" / "last.pth")
+    assert _same_weights(a["state_dict"], b["state_dict"])
+    assert a["history"][-1]["train_loss"] == b["history"][-1]["train_loss"]
+
+
+def test_sigkill_never_leaves_a_broken_checkpoint(data, tmp_path):
+    out = tmp_path / "run"
+    argv = _args(
+        data,
+        out,
+        "--num-epoch",
+        "1000",
+        "--patches-per-image",
+        "2",
+        "--batch-size",
+        "4",
+        "--val-freq",
+        "1000",
+    )
+    rng = random.Random(0)
+    epochs_seen = []
+    for attempt in range(6):
+        command = ["train", *argv] if attempt == 0 else ["resume", str(out / "last.pth")]
+        proc = _start(command, tmp_path)
+        _wait_until_training(proc)
+        time.sleep(rng.uniform(0.2, 1.5))  # epochs take ~0.1 s: kills land during saves too
+        proc.kill()
+        proc.wait()
+        for path in out.glob("*.pth"):
+            ckpt = _load(path)  # raises if truncated or unreadable
+            assert ckpt["epoch"] >= 1
+        epochs_seen.append(_load(out / "last.pth")["epoch"])
+    assert epochs_seen == sorted(epochs_seen) and epochs_seen[-1] > epochs_seen[0]  # resume made progress
+
+
+def test_torchrun_two_processes_on_cpu(data, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = tmp_path / "ddp"
+    base = [
+        str(torchrun),
+        "--nproc_per_node=2",
+        "--master_port",
+        str(29500 + os.getpid() % 1000),
+        str(ROOT / "train.py"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [*base, "train", *_args(data, out, "--num-epoch", "1")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("epoch 1/1") == 1  # only rank 0 logs
+    ckpt = _load(out / "last.pth")
+    assert ckpt["epoch"] == 1 and ckpt["history"][0]["psnr"] is not None
+    assert all(not k.startswith("module.") for k in ckpt["state_dict"])
+    again = subprocess.run(
+        [*base, "resume", str(out / "last.pth"), "--num-epoch", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert _load(out / "last.pth")["epoch"] == 2

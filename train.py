@@ -1,0 +1,862 @@
+"""Train, resume and inspect super-resolution models.
+
+    python train.py train --cuda --lr=0.0005 --batch-size=256 --num-epoch=100 --save-freq=10
+    python train.py train --lr=0.001 --batch-size=128 --num-epoch=20 --save-freq=2
+    python train.py resume checkpoint.x --cuda
+    python train.py resume checkpoint.x --batch-size=16 --num-epoch=200
+    python train.py inspect checkpoint.x [--json] [--plot curves.png]
+
+A checkpoint holds everything to continue as if never stopped: model name and options,
+weights, optimizer state, the arguments, the epoch (and position inside it when
+interrupted), the history, the best PSNR and every RNG state. It is written atomically
+and loads with torch.load(weights_only=True). Under `torchrun` the same script trains with
+DistributedDataParallel; only rank 0 logs and writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from data import DEGRADATIONS, ImagePair, PatchDataset, PatchSampler, imresize, load_pairs
+from model import MODELS, build_model, count_parameters, model_zoo
+from utils import (
+    CHECKPOINT_FORMAT,
+    LOSSES,
+    PROTOCOL,
+    CheckpointError,
+    UserError,
+    load_checkpoint,
+    psnr,
+    rng_state,
+    run_cli,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+    ssim,
+)
+
+# The assignment's defaults (SRCNN x3, Adam, lr 1e-4, batch 128, 100 epochs, MSE, T91 / Set5).
+DEFAULTS: dict[str, Any] = {
+    "model": "srcnn",
+    "model_option": [],
+    "scale": 3,
+    "lr": 1e-4,
+    "batch_size": 128,
+    "num_epoch": 100,
+    "save_freq": 10,
+    "loss": "mse",
+    "train_data": "T91",
+    "val_data": "Set5",
+    "degradation": "bicubic",
+    "patch_size": 33,
+    "patches_per_image": 256,
+    "grid_stride": None,
+    "workers": min(4, max(0, (os.cpu_count() or 1) - 2)),
+    "seed": 0,
+    "out_dir": None,
+    "val_freq": 1,
+    "schedule": "constant",
+    "lr_step": 30,
+    "lr_gamma": 0.5,
+    "warmup_epochs": 0,
+    "grad_clip": None,
+    "amp": None,
+    "cuda": False,
+    "quiet": False,
+}
+# Changing these on resume would not continue the same run.
+FIXED_ON_RESUME = ("model", "model_option", "scale")
+SCHEDULES = ("constant", "step", "cosine")
+
+
+class TrainingStopped(Exception):
+    """Training cannot go on (non-finite loss); the last good checkpoint is kept."""
+
+
+# ---------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _degradation(text: str) -> str:
+    """Validate --degradation: one kernel, a comma list, or 'random' (all of them)."""
+    kernels = DEGRADATIONS if text == "random" else tuple(text.split(","))
+    unknown = [k for k in kernels if k not in DEGRADATIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown kernel {unknown[0]!r}; use {', '.join(DEGRADATIONS)} or random"
+        )
+    return text
+
+
+def _add_training_options(parser: argparse.ArgumentParser, resume: bool) -> None:
+    """Options of `train`; for `resume` they default to 'not given' and override the saved ones."""
+
+    def add(*flags: str, **kwargs: Any) -> None:
+        dest = flags[0].lstrip("-").replace("-", "_")
+        if resume:
+            kwargs["default"] = argparse.SUPPRESS
+        else:
+            kwargs.setdefault("default", DEFAULTS[dest])
+        parser.add_argument(*flags, **kwargs)
+
+    zoo = "; ".join(f"{name}: {text}" for name, (_, text) in MODELS.items())
+    add("--model", choices=list(MODELS), help=f"network ({zoo})")
+    add(
+        "--model-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="model constructor option, repeatable (value parsed as JSON), e.g. f2=5",
+    )
+    add("--scale", type=int, choices=(2, 3, 4), help="upscaling factor")
+    add("--lr", type=float, help="peak learning rate (Adam)")
+    add("--batch-size", type=int, help="patches per step (per process under torchrun)")
+    add("--num-epoch", type=int, help="train until this epoch")
+    add("--save-freq", type=int, help="write epoch-NNNN.pth every this many epochs (last.pth every epoch)")
+    add("--loss", choices=list(LOSSES), help="training loss")
+    add("--train-data", help="training set: a name (T91, sample-train, ...) or a folder of images")
+    add("--val-data", help="validation set: a name (Set5, Set14, sample-test, ...) or a folder")
+    add("--degradation", type=_degradation, help="LR kernel: bicubic, bilinear, nearest, a,b list, or random")
+    add("--patch-size", type=int, help="HR patch size in pixels (a multiple of the scale)")
+    add("--patches-per-image", type=int, help="random patches per training image per epoch")
+    add("--grid-stride", type=int, help="instead: the SRCNN paper's fixed grid of patches at this stride")
+    add("--workers", type=int, help="DataLoader worker processes")
+    add("--seed", type=int, help="seed of initialisation, data order, crops and augmentation")
+    add("--out-dir", help="folder for checkpoints and history.csv (default runs/<model>_x<scale>)")
+    add("--val-freq", type=int, help="validate every this many epochs (and at the last)")
+    add(
+        "--schedule",
+        choices=SCHEDULES,
+        help="learning-rate schedule: constant, step (x gamma every "
+        "--lr-step epochs) or cosine (to 0 at --num-epoch)",
+    )
+    add("--lr-step", type=int, help="epochs between decays of the step schedule")
+    add("--lr-gamma", type=float, help="decay factor of the step schedule")
+    add("--warmup-epochs", type=float, help="linear warm-up from 0 over this many epochs")
+    add("--grad-clip", type=float, help="clip the gradient norm to this value")
+    add(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        help="mixed precision (bf16 where supported, else fp16); default: on with --cuda",
+    )
+    add("--cuda", action="store_true", help="train on the GPU (error if CUDA is missing)")
+    add("--quiet", action="store_true", help="no progress bars (the per-epoch line stays)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The train / resume / inspect command line."""
+    zoo = "\n".join(f"  {name:10} {params:>9,} params  {text}" for name, params, text in model_zoo())
+    parser = Parser(
+        description=__doc__.split("\n\n")[0],
+        epilog=f"models (x3):\n{zoo}\n\n{PROTOCOL}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    train = sub.add_parser(
+        "train",
+        help="train a model from scratch",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=f"models (x3):\n{zoo}\n\n{PROTOCOL}",
+    )
+    _add_training_options(train, resume=False)
+    resume = sub.add_parser("resume", help="continue from a checkpoint; given flags override saved ones")
+    resume.add_argument("checkpoint", help="a checkpoint written by train.py")
+    _add_training_options(resume, resume=True)
+    inspect = sub.add_parser("inspect", help="describe a checkpoint and its history")
+    inspect.add_argument("checkpoint", help="a checkpoint written by train.py")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
+    inspect.add_argument("--plot", metavar="FILE", help="draw loss and validation PSNR curves into a PNG")
+    return parser
+
+
+def parse_model_options(items: list[str]) -> dict[str, Any]:
+    """['f2=5', 'in_channels=1'] -> {'f2': 5, 'in_channels': 1} (values parsed as JSON if they parse)."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--model-option {item!r}: expected KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def check_config(config: dict) -> None:
+    """Reject settings that cannot train, before anything is loaded or written."""
+    for key in (
+        "batch_size",
+        "num_epoch",
+        "save_freq",
+        "val_freq",
+        "patch_size",
+        "patches_per_image",
+        "lr_step",
+    ):
+        if config[key] < 1:
+            raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {config[key]}")
+    if config["workers"] < 0:
+        raise UserError(f"--workers must be 0 or more, got {config['workers']}")
+    if not config["lr"] > 0:
+        raise UserError(f"--lr must be positive, got {config['lr']}")
+    if config["grid_stride"] is not None and config["grid_stride"] < 1:
+        raise UserError(f"--grid-stride must be at least 1, got {config['grid_stride']}")
+    if config["patch_size"] % config["scale"]:
+        raise UserError(f"--patch-size {config['patch_size']} is not a multiple of --scale {config['scale']}")
+    if config["cuda"] and not torch.cuda.is_available():
+        raise UserError("--cuda given, but CUDA is not available here (no GPU, or a CPU-only torch)")
+
+
+# ---------------------------------------------------------------------------------------
+# Training state and checkpoints
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """Where training stands: completed epochs, and the position inside an interrupted one."""
+
+    epoch: int = 0
+    samples: int = 0  # samples of epoch + 1 already trained on (this rank), after an interrupt
+    loss_sum: float = 0.0
+    batches: int = 0
+    seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)
+    best_psnr: float | None = None
+
+
+def make_checkpoint(
+    config: dict,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler_state: dict | None,
+    progress: Progress,
+) -> dict:
+    """Everything needed to rebuild the model and continue training."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "kind": "single-image",
+        "model": {
+            "name": config["model"],
+            "scale": config["scale"],
+            "options": parse_model_options(config["model_option"]),
+        },
+        "params": count_parameters(model),
+        "state_dict": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler_state,
+        "args": dict(config),
+        "epoch": progress.epoch,
+        "in_epoch": {
+            "samples": progress.samples,
+            "loss_sum": progress.loss_sum,
+            "batches": progress.batches,
+            "seconds": progress.seconds,
+        },
+        "history": progress.history,
+        "best_psnr": progress.best_psnr,
+        "rng": rng_state(),
+    }
+
+
+def progress_from(checkpoint: dict) -> Progress:
+    """The Progress saved in a checkpoint."""
+    in_epoch = checkpoint.get("in_epoch") or {}
+    return Progress(
+        epoch=checkpoint["epoch"],
+        samples=in_epoch.get("samples", 0),
+        loss_sum=in_epoch.get("loss_sum", 0.0),
+        batches=in_epoch.get("batches", 0),
+        seconds=in_epoch.get("seconds", 0.0),
+        history=list(checkpoint.get("history", [])),
+        best_psnr=checkpoint.get("best_psnr"),
+    )
+
+
+HISTORY_FIELDS = (
+    "epoch",
+    "train_loss",
+    "psnr",
+    "ssim",
+    "bicubic_psnr",
+    "bicubic_ssim",
+    "lr",
+    "seconds",
+    "patches_per_s",
+)
+
+
+def write_history_csv(history: list[dict], path: Path) -> None:
+    """history.csv, written atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in HISTORY_FIELDS})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(buffer.getvalue())
+    os.replace(tmp, path)
+
+
+def ensure_writable(folder: Path) -> None:
+    """Create the output folder and prove a file can be written there."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"{folder}: output folder is not writable ({err.strerror or err})") from None
+
+
+# ---------------------------------------------------------------------------------------
+# Learning rate, devices, distributed
+# ---------------------------------------------------------------------------------------
+
+
+def learning_rate(config: dict, progress: float) -> float:
+    """Learning rate at a point of training, `progress` in epochs (a pure function)."""
+    peak = config["lr"]
+    if config["warmup_epochs"] and progress < config["warmup_epochs"]:
+        return peak * progress / config["warmup_epochs"]
+    if config["schedule"] == "step":
+        return peak * config["lr_gamma"] ** int(progress // config["lr_step"])
+    if config["schedule"] == "cosine":
+        return 0.5 * peak * (1 + math.cos(math.pi * min(progress / config["num_epoch"], 1.0)))
+    return peak
+
+
+@dataclass
+class Runtime:
+    """Device, precision and process-group facts of this run."""
+
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    amp_dtype: torch.dtype | None = None
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_runtime(config: dict) -> Runtime:
+    """Pick the device and precision; join the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if config["cuda"]:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if config["cuda"] else "gloo")
+    amp = config["amp"] if config["amp"] is not None else config["cuda"]
+    amp_dtype = None
+    if amp:
+        amp_dtype = (
+            torch.bfloat16 if (not config["cuda"] or torch.cuda.is_bf16_supported()) else torch.float16
+        )
+    return Runtime(device, rank, world, amp_dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, pairs: list[ImagePair], scale: int, runtime: Runtime) -> tuple[float, float]:
+    """Mean PSNR/SSIM of the model on full validation images, by the benchmark protocol."""
+    model.eval()
+    psnrs, ssims = [], []
+    for pair in pairs:
+        lr = pair.lr.unsqueeze(0).to(runtime.device)
+        with _autocast(runtime):
+            sr = model(lr)
+        sr = sr.float().cpu()
+        hr = pair.hr.unsqueeze(0)
+        psnrs.append(psnr(sr, hr, shave=scale).item())
+        ssims.append(ssim(sr, hr, shave=scale).item())
+    model.train()
+    return sum(psnrs) / len(psnrs), sum(ssims) / len(ssims)
+
+
+def bicubic_baseline(pairs: list[ImagePair], scale: int) -> tuple[float, float]:
+    """Mean PSNR/SSIM of MATLAB-compatible bicubic upscaling on the same images."""
+    psnrs, ssims = [], []
+    for pair in pairs:
+        sr = imresize(pair.lr, size=tuple(pair.hr.shape[-2:]))
+        psnrs.append(psnr(sr, pair.hr, shave=scale).item())
+        ssims.append(ssim(sr, pair.hr, shave=scale).item())
+    return sum(psnrs) / len(psnrs), sum(ssims) / len(ssims)
+
+
+def _autocast(runtime: Runtime):
+    """Autocast context for the run's mixed precision, or nothing."""
+    if runtime.amp_dtype is None:
+        return nullcontext()
+    return torch.autocast(runtime.device.type, dtype=runtime.amp_dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# The training loop
+# ---------------------------------------------------------------------------------------
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the loop finishes its step, saves and exits."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.signal = signum
+
+
+def train(config: dict, checkpoint: dict | None = None) -> int:
+    """Train (or continue) the run described by `config`; returns the exit status."""
+    check_config(config)
+    runtime = setup_runtime(config)
+    out_dir = Path(config["out_dir"])
+    if runtime.main:
+        ensure_writable(out_dir)
+    log = print if runtime.main else (lambda *a, **k: None)
+    options = parse_model_options(config["model_option"])
+
+    seed_everything(config["seed"] + runtime.rank)
+    try:
+        model = build_model(config["model"], scale=config["scale"], **options)
+    except TypeError as err:
+        raise UserError(f"model {config['model']}: bad --model-option ({err})") from None
+    channels = getattr(model, "in_channels", None) or options.get("in_channels", 3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
+    progress = Progress()
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["state_dict"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        progress = progress_from(checkpoint)
+        set_rng_state(checkpoint["rng"])
+    model.to(runtime.device)
+    if runtime.device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    _move_optimizer_state(optimizer, runtime.device)
+    scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp_dtype == torch.float16)
+    if checkpoint is not None and checkpoint.get("scaler"):
+        scaler.load_state_dict(checkpoint["scaler"])
+    net = model
+    if runtime.world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[runtime.device] if config["cuda"] else None
+        )
+
+    kernels = DEGRADATIONS if config["degradation"] == "random" else tuple(config["degradation"].split(","))
+    show = not config["quiet"] and runtime.main
+    train_pairs = load_pairs(config["train_data"], config["scale"], kernels, channels=channels, progress=show)
+    val_pairs = load_pairs(config["val_data"], config["scale"], channels=channels, progress=show)
+    dataset = PatchDataset(
+        train_pairs,
+        config["scale"],
+        config["patch_size"],
+        config["patches_per_image"],
+        seed=config["seed"],
+        grid_stride=config["grid_stride"],
+    )
+    sampler = PatchSampler(len(dataset), seed=config["seed"], rank=runtime.rank, world=runtime.world)
+    loader = DataLoader(
+        dataset,
+        batch_size=config["batch_size"],
+        sampler=sampler,
+        num_workers=config["workers"],
+        persistent_workers=config["workers"] > 0,
+        pin_memory=runtime.device.type == "cuda",
+    )
+    bicubic = bicubic_baseline(val_pairs, config["scale"])
+    loss_fn = LOSSES[config["loss"]]
+    steps_per_epoch = len(loader)
+
+    if progress.epoch >= config["num_epoch"]:
+        log(
+            f"nothing to do: the checkpoint is at epoch {progress.epoch} "
+            f"and --num-epoch is {config['num_epoch']}"
+        )
+        return 0
+    log(
+        f"training {config['model']} x{config['scale']} ({count_parameters(model):,} parameters) on "
+        f"{runtime.device}{f' x{runtime.world} processes' if runtime.world > 1 else ''}"
+        f"{f', {runtime.amp_dtype} autocast' if runtime.amp_dtype else ''}: {len(train_pairs)} images, "
+        f"{len(dataset)} patches/epoch, {steps_per_epoch} steps/epoch; validation on {config['val_data']} "
+        f"(bicubic {bicubic[0]:.2f} dB); writing to {out_dir}"
+    )
+
+    stop = StopFlag()
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for epoch in range(progress.epoch + 1, config["num_epoch"] + 1):
+            status = _train_epoch(
+                epoch,
+                config,
+                net,
+                model,
+                optimizer,
+                scaler,
+                loss_fn,
+                loader,
+                sampler,
+                steps_per_epoch,
+                progress,
+                runtime,
+                stop,
+                show,
+            )
+            if status is not None:  # interrupted: save where we are
+                if runtime.main:
+                    path = save_checkpoint(
+                        make_checkpoint(config, model, optimizer, scaler.state_dict(), progress),
+                        out_dir / "last.pth",
+                    )
+                    log(
+                        f"\ninterrupted at epoch {epoch}, "
+                        f"after {progress.batches} of {steps_per_epoch} steps; "
+                        f"saved {path}\nresume with: python train.py resume {path}"
+                    )
+                return status
+            _end_epoch(
+                epoch, config, model, optimizer, scaler, val_pairs, bicubic, progress, runtime, out_dir, log
+            )
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Put loaded optimizer moments on the training device (Adam's step count stays on CPU)."""
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if isinstance(value, Tensor) and key != "step":
+                state[key] = value.to(device)
+
+
+def _train_epoch(
+    epoch: int,
+    config: dict,
+    net: nn.Module,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    loss_fn,
+    loader: DataLoader,
+    sampler: PatchSampler,
+    steps_per_epoch: int,
+    progress: Progress,
+    runtime: Runtime,
+    stop: StopFlag,
+    show: bool,
+) -> int | None:
+    """One epoch (or its rest, after an interrupt); returns an exit status if stopped by a signal."""
+    from tqdm import tqdm
+
+    sampler.set_epoch(epoch, start=progress.samples)
+    if progress.samples == 0:
+        progress.loss_sum, progress.batches, progress.seconds = 0.0, 0, 0.0
+    cuda = runtime.device.type == "cuda"
+    check_every = 16 if cuda else 1  # reading the loss syncs the GPU; check in groups there
+    pending: list[Tensor] = []
+    started = time.perf_counter()
+    bar = tqdm(
+        total=steps_per_epoch,
+        initial=progress.batches,
+        desc=f"epoch {epoch}/{config['num_epoch']}",
+        disable=not show,
+        leave=False,
+        unit="step",
+        dynamic_ncols=True,
+    )
+    net.train()
+    for lr, hr in loader:
+        step = progress.batches + 1
+        rate = learning_rate(config, epoch - 1 + progress.batches / steps_per_epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = rate
+        lr = lr.to(runtime.device, non_blocking=cuda)
+        hr = hr.to(runtime.device, non_blocking=cuda)
+        if cuda:
+            lr = lr.contiguous(memory_format=torch.channels_last)
+        with _autocast(runtime):
+            sr = net(lr)
+        loss = loss_fn(sr.float(), hr)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if config["grad_clip"]:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"])
+        scaler.step(optimizer)
+        scaler.update()
+        pending.append(loss.detach())
+        progress.batches = step
+        progress.samples += lr.shape[0]
+        if len(pending) >= check_every or step == steps_per_epoch or stop.signal is not None:
+            values = torch.stack(pending).tolist()
+            for offset, value in enumerate(values):
+                if not math.isfinite(value):
+                    bad_step = step - len(values) + offset + 1
+                    raise TrainingStopped(
+                        f"loss is {value} at epoch {epoch}, step {bad_step} (lr {rate:.3g}); stopped. "
+                        f"The last good checkpoint is {Path(config['out_dir']) / 'last.pth'} "
+                        f"(epoch {progress.epoch}); try a lower --lr or --grad-clip"
+                    )
+            progress.loss_sum += sum(values)
+            pending.clear()
+            elapsed = progress.seconds + time.perf_counter() - started
+            bar.set_postfix(
+                loss=f"{progress.loss_sum / step:.5f}",
+                patches_s=f"{progress.samples * runtime.world / max(elapsed, 1e-9):,.0f}",
+            )
+        bar.update(1)
+        if stop.signal is not None:
+            progress.seconds += time.perf_counter() - started
+            bar.close()
+            return 128 + stop.signal
+    bar.close()
+    progress.seconds += time.perf_counter() - started
+    return None
+
+
+def _end_epoch(
+    epoch: int,
+    config: dict,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    val_pairs: list[ImagePair],
+    bicubic: tuple[float, float],
+    progress: Progress,
+    runtime: Runtime,
+    out_dir: Path,
+    log,
+) -> None:
+    """Validate, record the epoch, and write the checkpoints (rank 0)."""
+    loss = progress.loss_sum / max(progress.batches, 1)
+    if runtime.world > 1:
+        totals = torch.tensor([progress.loss_sum, float(progress.batches)], dtype=torch.float64)
+        dist.all_reduce(totals)
+        loss = (totals[0] / totals[1]).item()
+    validate = epoch % config["val_freq"] == 0 or epoch == config["num_epoch"]
+    score = evaluate(model, val_pairs, config["scale"], runtime) if validate and runtime.main else None
+    samples = progress.samples * runtime.world
+    row = {
+        "epoch": epoch,
+        "train_loss": loss,
+        "psnr": score[0] if score else None,
+        "ssim": score[1] if score else None,
+        "bicubic_psnr": bicubic[0],
+        "bicubic_ssim": bicubic[1],
+        "lr": learning_rate(config, epoch - 1e-9),
+        "seconds": progress.seconds,
+        "patches_per_s": samples / max(progress.seconds, 1e-9),
+    }
+    progress.history.append(row)
+    progress.epoch = epoch
+    progress.samples, progress.loss_sum, progress.batches, progress.seconds = 0, 0.0, 0, 0.0
+    new_best = score is not None and (progress.best_psnr is None or score[0] > progress.best_psnr)
+    if new_best:
+        progress.best_psnr = score[0]
+    if runtime.main:
+        checkpoint = make_checkpoint(config, model, optimizer, scaler.state_dict(), progress)
+        save_checkpoint(checkpoint, out_dir / "last.pth")
+        if epoch % config["save_freq"] == 0:
+            save_checkpoint(checkpoint, out_dir / f"epoch-{epoch:04d}.pth")
+        if new_best:
+            save_checkpoint(checkpoint, out_dir / "best.pth")
+        write_history_csv(progress.history, out_dir / "history.csv")
+        val = (
+            f"{config['val_data']} PSNR {score[0]:.2f} dB SSIM {score[1]:.4f} (bicubic {bicubic[0]:.2f} / "
+            f"{bicubic[1]:.4f}){' best' if new_best else ''}"
+            if score
+            else "no validation"
+        )
+        log(
+            f"epoch {epoch}/{config['num_epoch']}  loss {loss:.6f}  {val}  lr {row['lr']:.3g}  "
+            f"{row['seconds']:.1f}s  {row['patches_per_s']:,.0f} patches/s"
+        )
+    if runtime.world > 1:
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------------------------
+# Subcommands
+# ---------------------------------------------------------------------------------------
+
+
+def command_train(args: argparse.Namespace) -> int:
+    """`train`: a new run from the defaults and the given flags."""
+    config = {key: getattr(args, key) for key in DEFAULTS}
+    config["model_option"] = list(config["model_option"] or [])
+    if config["out_dir"] is None:
+        config["out_dir"] = str(Path("runs") / f"{config['model']}_x{config['scale']}")
+    return train(config)
+
+
+def command_resume(args: argparse.Namespace) -> int:
+    """`resume`: the saved arguments, overridden by the flags given now."""
+    checkpoint = load_checkpoint(args.checkpoint)
+    if checkpoint.get("kind") != "single-image":
+        raise CheckpointError(
+            f"{args.checkpoint}: a {checkpoint.get('kind')} checkpoint; train.py resumes "
+            "single-image checkpoints"
+        )
+    config = {**DEFAULTS, **checkpoint["args"]}
+    given = {key: getattr(args, key) for key in DEFAULTS if hasattr(args, key)}
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    for key, value in given.items():
+        if value == config[key]:
+            continue
+        if key in FIXED_ON_RESUME:
+            raise UserError(
+                f"--{key.replace('_', '-')} cannot change on resume "
+                f"(saved {config[key]!r}); start a new run with train"
+            )
+        if rank0:
+            print(f"override {key}: {config[key]!r} -> {value!r}")
+        config[key] = value
+    return train(config, checkpoint)
+
+
+def describe(checkpoint: dict) -> dict:
+    """The facts `inspect` shows, as plain JSON-able types."""
+    return {
+        "model": checkpoint["model"]["name"],
+        "scale": checkpoint["model"]["scale"],
+        "options": checkpoint["model"]["options"],
+        "kind": checkpoint.get("kind"),
+        "params": checkpoint.get("params"),
+        "epoch": checkpoint["epoch"],
+        "in_epoch": checkpoint.get("in_epoch"),
+        "best_psnr": checkpoint.get("best_psnr"),
+        "args": checkpoint["args"],
+        "history": checkpoint.get("history", []),
+    }
+
+
+def command_inspect(args: argparse.Namespace) -> int:
+    """`inspect`: what a checkpoint holds, as text or JSON, and optionally its curves."""
+    info = describe(load_checkpoint(args.checkpoint))
+    if args.plot:
+        plot_history(info, Path(args.plot))
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"checkpoint {args.checkpoint}")
+    print(
+        f"model      {info['model']} x{info['scale']}  options {info['options'] or '{}'}  "
+        f"{info['params']:,} parameters"
+    )
+    partial = (info["in_epoch"] or {}).get("batches", 0)
+    print(
+        f"epoch      {info['epoch']} of {info['args'].get('num_epoch')}"
+        f"{f' (+{partial} steps of the next, interrupted)' if partial else ''}"
+    )
+    best = info["best_psnr"]
+    print(f"best PSNR  {'-' if best is None else f'{best:.3f} dB'} on {info['args'].get('val_data')}")
+    print("arguments  " + "  ".join(f"{k}={v}" for k, v in sorted(info["args"].items())))
+    if info["history"]:
+        print(f"\n{'epoch':>5} {'loss':>10} {'PSNR':>7} {'SSIM':>7} {'bicubic':>8} {'lr':>9} {'seconds':>8}")
+        for row in info["history"]:
+
+            def fmt(value, spec):
+                return "-" if value is None else format(value, spec)
+
+            print(
+                f"{row['epoch']:>5} {row['train_loss']:>10.6f} {fmt(row['psnr'], '7.3f')} "
+                f"{fmt(row['ssim'], '7.4f')} {row['bicubic_psnr']:>8.3f} {row['lr']:>9.3g} "
+                f"{row['seconds']:>8.1f}"
+            )
+    if args.plot:
+        print(f"\nplot written to {args.plot}")
+    return 0
+
+
+def plot_history(info: dict, path: Path) -> None:
+    """Training loss and validation PSNR (model vs bicubic) against epoch, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = info["history"]
+    if not history:
+        raise UserError("the checkpoint has no history to plot yet")
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_psnr) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_loss.plot(epochs, [row["train_loss"] for row in history], marker=".")
+    ax_loss.set(
+        xlabel="epoch",
+        ylabel=f"training loss ({info['args'].get('loss')})",
+        yscale="log",
+        title="training loss",
+    )
+    validated = [row for row in history if row["psnr"] is not None]
+    ax_psnr.plot(
+        [r["epoch"] for r in validated], [r["psnr"] for r in validated], marker=".", label=info["model"]
+    )
+    ax_psnr.plot(epochs, [row["bicubic_psnr"] for row in history], linestyle="--", label="bicubic")
+    ax_psnr.set(
+        xlabel="epoch",
+        ylabel="PSNR (dB, Y, shave = scale)",
+        title=f"validation on {info['args'].get('val_data')} x{info['scale']}",
+    )
+    ax_psnr.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise UserError(f"{path}: cannot write plot ({err.strerror or err})") from None
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: parse the subcommand and run it."""
+    args = build_parser().parse_args(argv)
+    command = {"train": command_train, "resume": command_resume, "inspect": command_inspect}[args.command]
+    try:
+        return command(args)
+    except TrainingStopped as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
