@@ -463,9 +463,8 @@ def train(config: dict, checkpoint: dict | None = None) -> int:
         optimizer.load_state_dict(checkpoint["optimizer"])
         progress = progress_from(checkpoint)
         set_rng_state(checkpoint["rng"])
-    model.to(runtime.device)
-    if runtime.device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    # channels_last: faster convolutions on GPUs and on CPUs alike (bench.py measures it)
+    model.to(runtime.device, memory_format=torch.channels_last)
     _move_optimizer_state(optimizer, runtime.device)
     scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp_dtype == torch.float16)
     if checkpoint is not None and checkpoint.get("scaler"):
@@ -609,8 +608,7 @@ def _train_epoch(
             group["lr"] = rate
         lr = lr.to(runtime.device, non_blocking=cuda)
         hr = hr.to(runtime.device, non_blocking=cuda)
-        if cuda:
-            lr = lr.contiguous(memory_format=torch.channels_last)
+        lr = lr.contiguous(memory_format=torch.channels_last)
         with _autocast(runtime):
             sr = net(lr)
         loss = loss_fn(sr.float(), hr)
