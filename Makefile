@@ -4,7 +4,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint venv clean
+.PHONY: demo demo-run test lint venv clean
+
+# The demo: train SRCNN briefly on the photos bundled with scikit-image (no network),
+# inspect the checkpoint, and super-resolve the held-back photos with it (and with the
+# shipped checkpoint, when there is one). tests/test_super_resolve.py runs demo-run small.
+DEMO_DIR ?= demo
+DEMO_EPOCHS ?= 60
+DEMO_PATCHES ?= 128
+DEMO_PATCH_SIZE ?= 48
 
 # (Re)create the virtual environment when it is missing or the requirements changed.
 $(STAMP): requirements.txt requirements-dev.txt
@@ -13,6 +21,23 @@ $(STAMP): requirements.txt requirements-dev.txt
 	touch $@
 
 venv: $(STAMP)
+
+demo: $(STAMP)
+	@$(MAKE) --no-print-directory demo-run PY=$(PY)
+
+demo-run:
+	$(PY) train.py train --train-data sample-train --val-data sample-test --num-epoch $(DEMO_EPOCHS) \
+	    --patches-per-image $(DEMO_PATCHES) --patch-size $(DEMO_PATCH_SIZE) --batch-size 32 --lr 2e-3 \
+	    --schedule cosine --val-freq 10 --save-freq $(DEMO_EPOCHS) --out-dir $(DEMO_DIR)/run --quiet
+	$(PY) train.py inspect $(DEMO_DIR)/run/last.pth --plot $(DEMO_DIR)/curves.png
+	@if [ -f checkpoints/srcnn_x3.pth ]; then \
+	    echo "--- the shipped checkpoint, checkpoints/srcnn_x3.pth:"; \
+	    $(PY) super_resolve.py --checkpoint checkpoints/srcnn_x3.pth --dataset sample-test --quiet \
+	        --compare-dir $(DEMO_DIR)/panels-shipped; fi
+	@echo "--- the model trained just now, on the held-back photos:"
+	$(PY) super_resolve.py --checkpoint $(DEMO_DIR)/run/last.pth --dataset sample-test --quiet \
+	    --save --out-dir $(DEMO_DIR)/sr --compare-dir $(DEMO_DIR)/panels
+	@echo "comparison panel: $(DEMO_DIR)/panels/chelsea_compare.png (training curves: $(DEMO_DIR)/curves.png)"
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -43,6 +43,11 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Tensor:
     8- and 16-bit data keep their precision; RGBA and palette images become RGB; grayscale
     stays one channel; the EXIF orientation is applied. Raises ImageError on any problem.
     """
+    return read_image(path, max_pixels)[0]
+
+
+def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tuple[Tensor, int]:
+    """`load_image`, and the bit depth of the file (8 or 16)."""
     path = Path(path)
     if not path.exists():
         raise ImageError(f"{path}: no such file")
@@ -63,7 +68,7 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Tensor:
         raise ImageError(f"{path}: not a readable image ({_reason(err)})") from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as err:
         raise ImageError(f"{path}: corrupt or truncated image ({_reason(err)})") from None
-    return _to_tensor(array, path)
+    return _to_tensor(array, path), 16 if array.dtype == np.uint16 else 8
 
 
 def _reason(err: BaseException) -> str:
@@ -171,7 +176,7 @@ def save_image(img: Tensor, path: str | os.PathLike, bits: int = 8) -> Path:
         raise ValueError(f"expected a (1|3, H, W) image, got {tuple(img.shape)}")
     peak = 65535.0 if bits == 16 else 255.0
     dtype = np.uint16 if bits == 16 else np.uint8
-    array = torch.round(img.detach().float().clamp(0, 1) * peak).cpu().numpy().astype(dtype)
+    array = img.detach().float().clamp(0, 1).mul_(peak).round_().cpu().numpy().astype(dtype)
     array = array.transpose(1, 2, 0)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{suffix}")
     try:
@@ -221,6 +226,23 @@ def to_channels(img: Tensor, channels: int) -> Tensor:
         r, g, b = img.unbind(-3)
         return (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(-3)
     raise ValueError(f"cannot convert {have} channels to {channels}")
+
+
+def rgb_to_ycbcr(rgb: Tensor) -> Tensor:
+    """Full-range BT.601 YCbCr (JPEG's) of (..., 3, H, W) in [0, 1]; Y as `to_channels(.., 1)`."""
+    r, g, b = rgb.unbind(-3)
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    return torch.stack([y, 0.5 + 0.564 * (b - y), 0.5 + 0.713 * (r - y)], dim=-3)
+
+
+def ycbcr_to_rgb(ycbcr: Tensor) -> Tensor:
+    """Inverse of `rgb_to_ycbcr`."""
+    y, cb, cr = ycbcr.unbind(-3)
+    cb, cr = cb - 0.5, cr - 0.5
+    r = y + cr / 0.713
+    b = y + cb / 0.564
+    g = (y - 0.299 * r - 0.114 * b) / 0.587
+    return torch.stack([r, g, b], dim=-3)
 
 
 # ---------------------------------------------------------------------------------------
@@ -276,16 +298,15 @@ def _contributions(in_len: int, out_len: int, scale: float, method: str) -> tupl
 
 
 def _resize_axis(x: Tensor, axis: int, out_len: int, scale: float, method: str) -> Tensor:
-    """Resize one spatial axis (-2 or -1) of x."""
+    """Resize one spatial axis (-2 or -1) of x, one kernel tap at a time (memory ~ 2 outputs)."""
     in_len = x.shape[axis]
     index, weights = _contributions(in_len, out_len, scale, method)
     index, weights = index.to(x.device), weights.to(x.device, x.dtype)
-    taps = index.shape[1]
-    if axis == -1:
-        gathered = x.index_select(-1, index.flatten()).unflatten(-1, (out_len, taps))
-        return (gathered * weights).sum(-1)
-    gathered = x.index_select(-2, index.flatten()).unflatten(-2, (out_len, taps))
-    return (gathered * weights[..., None]).sum(-2)
+    shape = (out_len, 1) if axis == -2 else (out_len,)
+    out = x.index_select(axis, index[:, 0]).mul_(weights[:, 0].view(shape))
+    for tap in range(1, index.shape[1]):
+        out.add_(x.index_select(axis, index[:, tap]).mul_(weights[:, tap].view(shape)))
+    return out
 
 
 def _out_len(in_len: int, scale: float) -> int:

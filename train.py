@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from data import DEGRADATIONS, ImagePair, PatchDataset, PatchSampler, imresize, load_pairs
-from model import MODELS, build_model, count_parameters, model_zoo
+from model import MODELS, Upscaler, build_model, count_parameters, model_zoo
 from utils import (
     CHECKPOINT_FORMAT,
     LOSSES,
@@ -391,19 +392,18 @@ def setup_runtime(config: dict) -> Runtime:
 # ---------------------------------------------------------------------------------------
 
 
-@torch.inference_mode()
-def evaluate(model: nn.Module, pairs: list[ImagePair], scale: int, runtime: Runtime) -> tuple[float, float]:
-    """Mean PSNR/SSIM of the model on full validation images, by the benchmark protocol."""
-    model.eval()
+def evaluate(
+    model: nn.Module, pairs: list[ImagePair], config: dict, channels: int, device: torch.device
+) -> tuple[float, float]:
+    """Mean PSNR/SSIM of the model on full validation images (float32, tiled), by the benchmark protocol."""
+    upscaler = Upscaler(
+        model.eval(), config["model"], config["scale"], channels, device, tile=256, overlap=16
+    )
     psnrs, ssims = [], []
     for pair in pairs:
-        lr = pair.lr.unsqueeze(0).to(runtime.device)
-        with _autocast(runtime):
-            sr = model(lr)
-        sr = sr.float().cpu()
-        hr = pair.hr.unsqueeze(0)
-        psnrs.append(psnr(sr, hr, shave=scale).item())
-        ssims.append(ssim(sr, hr, shave=scale).item())
+        sr = upscaler(pair.lr)
+        psnrs.append(psnr(sr, pair.hr, shave=config["scale"]).item())
+        ssims.append(ssim(sr, pair.hr, shave=config["scale"]).item())
     model.train()
     return sum(psnrs) / len(psnrs), sum(ssims) / len(ssims)
 
@@ -478,7 +478,8 @@ def train(config: dict, checkpoint: dict | None = None) -> int:
     kernels = DEGRADATIONS if config["degradation"] == "random" else tuple(config["degradation"].split(","))
     show = not config["quiet"] and runtime.main
     train_pairs = load_pairs(config["train_data"], config["scale"], kernels, channels=channels, progress=show)
-    val_pairs = load_pairs(config["val_data"], config["scale"], channels=channels, progress=show)
+    # validation images keep their own channels: gray ones are scored on gray, as in the tables
+    val_pairs = load_pairs(config["val_data"], config["scale"], progress=show)
     dataset = PatchDataset(
         train_pairs,
         config["scale"],
@@ -497,6 +498,10 @@ def train(config: dict, checkpoint: dict | None = None) -> int:
         pin_memory=runtime.device.type == "cuda",
     )
     bicubic = bicubic_baseline(val_pairs, config["scale"])
+
+    def validate() -> tuple[float, float]:
+        return evaluate(model, val_pairs, config, channels, runtime.device)
+
     loss_fn = LOSSES[config["loss"]]
     steps_per_epoch = len(loader)
 
@@ -547,7 +552,7 @@ def train(config: dict, checkpoint: dict | None = None) -> int:
                     )
                 return status
             _end_epoch(
-                epoch, config, model, optimizer, scaler, val_pairs, bicubic, progress, runtime, out_dir, log
+                epoch, config, model, optimizer, scaler, validate, bicubic, progress, runtime, out_dir, log
             )
     finally:
         for s, handler in previous.items():
@@ -655,7 +660,7 @@ def _end_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
-    val_pairs: list[ImagePair],
+    validate: Callable[[], tuple[float, float]],
     bicubic: tuple[float, float],
     progress: Progress,
     runtime: Runtime,
@@ -668,8 +673,8 @@ def _end_epoch(
         totals = torch.tensor([progress.loss_sum, float(progress.batches)], dtype=torch.float64)
         dist.all_reduce(totals)
         loss = (totals[0] / totals[1]).item()
-    validate = epoch % config["val_freq"] == 0 or epoch == config["num_epoch"]
-    score = evaluate(model, val_pairs, config["scale"], runtime) if validate and runtime.main else None
+    due = epoch % config["val_freq"] == 0 or epoch == config["num_epoch"]
+    score = validate() if due and runtime.main else None
     samples = progress.samples * runtime.world
     row = {
         "epoch": epoch,

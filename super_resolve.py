@@ -1,0 +1,406 @@
+"""Super-resolve images with a trained checkpoint, beside bicubic, with metrics and panels.
+
+    python super_resolve.py --checkpoint checkpoint.x lr.bmp
+    python super_resolve.py --checkpoint X photos/ 'more/*.png' --out-dir out/ --compare-dir panels/
+    python super_resolve.py --checkpoint X lr.png --gt hr.png --compare panel.png
+    python super_resolve.py --checkpoint X --dataset Set5 [--json] [--save] [--compare-dir panels/]
+
+For each LR input it writes `<name>_<model>_x<scale>.png` (the model) and
+`<name>_bicubic_x<scale>.png` (MATLAB-compatible bicubic) beside the input or in --out-dir.
+Large images run in overlapping tiles, so memory stays bounded whatever their size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from data import (
+    IMAGE_SUFFIXES,
+    ImagePair,
+    imresize,
+    list_images,
+    load_pairs,
+    read_image,
+    save_image,
+    to_channels,
+)
+from model import Upscaler
+from utils import PROTOCOL, CheckpointError, ImageError, UserError, load_checkpoint, psnr, run_cli, ssim
+
+MIN_LR_SIDE = 3  # smaller inputs have no meaningful upscaling (and bicubic needs a neighbourhood)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The super_resolve.py command line."""
+    parser = Parser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1] + "\n" + PROTOCOL,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("inputs", nargs="*", help="LR images, globs or folders of images")
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by train.py")
+    parser.add_argument("--out-dir", help="write outputs here instead of beside each input")
+    parser.add_argument("--gt", help="ground-truth HR image (one input) or folder (matched by name)")
+    parser.add_argument(
+        "--dataset", help="evaluate on a set: Set5, Set14, BSD100, Urban100, sample, a folder"
+    )
+    parser.add_argument("--json", action="store_true", help="print results as JSON")
+    parser.add_argument("--save", action="store_true", help="with --dataset: also write the SR images")
+    parser.add_argument("--compare", metavar="FILE", help="write a comparison panel PNG (one input)")
+    parser.add_argument("--compare-dir", metavar="DIR", help="write a comparison panel per image here")
+    parser.add_argument("--tile", type=int, default=256, help="tile size in LR pixels (default 256)")
+    parser.add_argument("--tile-overlap", type=int, default=16, help="tile overlap in LR pixels (default 16)")
+    parser.add_argument("--cuda", action="store_true", help="run the model on the GPU")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------
+# Model and baseline
+# ---------------------------------------------------------------------------------------
+
+
+def load_upscaler(path: str, cuda: bool, tile: int, overlap: int) -> Upscaler:
+    """Load a single-image checkpoint for inference."""
+    if cuda and not torch.cuda.is_available():
+        raise UserError("--cuda given, but CUDA is not available here (no GPU, or a CPU-only torch)")
+    if tile < 8 or overlap < 0:
+        raise UserError(f"--tile must be at least 8 and --tile-overlap at least 0, got {tile}, {overlap}")
+    checkpoint = load_checkpoint(path)
+    if checkpoint.get("kind", "single-image") != "single-image":
+        raise CheckpointError(f"{path}: a {checkpoint.get('kind')} checkpoint, not a single-image model")
+    device = torch.device("cuda" if cuda else "cpu")
+    return Upscaler.from_checkpoint(checkpoint, device, tile, overlap)
+
+
+def bicubic(lr: Tensor, scale: int) -> Tensor:
+    """MATLAB-compatible bicubic upscaling of a (C, H, W) image, clamped to [0, 1]."""
+    return imresize(lr, size=(lr.shape[-2] * scale, lr.shape[-1] * scale)).clamp(0, 1)
+
+
+def score(sr: Tensor, hr: Tensor, scale: int) -> tuple[float, float]:
+    """PSNR and SSIM by the benchmark protocol (shave = scale)."""
+    return psnr(sr, hr, shave=scale).item(), ssim(sr, hr, shave=scale).item()
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------
+
+
+def expand_inputs(items: list[str]) -> list[Path]:
+    """Files, globs and folders -> image paths, in order, without repeats."""
+    paths: list[Path] = []
+    for item in items:
+        if Path(item).is_dir():
+            found = list_images(item)
+            if not found:
+                raise ImageError(f"{item}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        elif any(ch in item for ch in "*?["):
+            found = [Path(p) for p in sorted(glob.glob(item)) if Path(p).suffix.lower() in IMAGE_SUFFIXES]
+            if not found:
+                raise ImageError(f"{item}: matches no images")
+        else:
+            found = [Path(item)]
+        paths += [p for p in found if p not in paths]
+    return paths
+
+
+def find_gt(gt: str, lr_path: Path, single: bool) -> Path:
+    """The ground truth of an input: the --gt file, or a same-named file in the --gt folder."""
+    folder = Path(gt)
+    if not folder.is_dir():
+        if not single:
+            raise UserError("--gt is a file but there are several inputs; give a folder of HR images")
+        return folder
+    stems = [lr_path.stem, lr_path.stem.replace("_LR", "_HR"), lr_path.stem.replace("_lr", "_hr")]
+    for candidate in list_images(folder):
+        if candidate.stem in stems:
+            return candidate
+    raise ImageError(f"{folder}: no ground truth for {lr_path.name} (looked for {', '.join(stems)})")
+
+
+def check_size(lr: Tensor, where: str) -> None:
+    """Refuse inputs too small to upscale."""
+    if min(lr.shape[-2:]) < MIN_LR_SIDE:
+        raise ImageError(
+            f"{where}: {lr.shape[-1]}x{lr.shape[-2]} is too small "
+            f"(at least {MIN_LR_SIDE}x{MIN_LR_SIDE} pixels)"
+        )
+
+
+def check_gt(gt: Tensor, sr: Tensor, gt_path: Path, lr_path: Path, scale: int) -> Tensor:
+    """Ground truth in the SR image's channels, or an error naming both sizes."""
+    if gt.shape[-2:] != sr.shape[-2:]:
+        raise ImageError(
+            f"{gt_path}: ground truth is {gt.shape[-1]}x{gt.shape[-2]} but the x{scale} output of "
+            f"{lr_path.name} is {sr.shape[-1]}x{sr.shape[-2]}"
+        )
+    if min(gt.shape[-2:]) - 2 * scale < 11:
+        raise ImageError(f"{gt_path}: too small to score (SSIM needs 11x11 pixels after shaving {scale})")
+    return to_channels(gt, sr.shape[0])
+
+
+# ---------------------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------------------
+
+
+def output_paths(lr_path: Path, out_dir: str | None, model_name: str, scale: int) -> tuple[Path, Path]:
+    """Where the model and bicubic outputs of an input go."""
+    folder = Path(out_dir) if out_dir else lr_path.parent
+    stem = lr_path.stem
+    return folder / f"{stem}_{model_name}_x{scale}.png", folder / f"{stem}_bicubic_x{scale}.png"
+
+
+def ensure_folder(folder: str | Path) -> Path:
+    """Create an output folder, or fail with one line."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{folder}: cannot create output folder ({err.strerror or err})") from None
+    return folder
+
+
+def print_table(rows: list[dict], model_name: str, title: str) -> None:
+    """Per-image PSNR/SSIM of model and bicubic, and the mean."""
+    width = max([len(r["name"]) for r in rows] + [10])
+    header = (
+        f"{'image':{width}}  {model_name + ' PSNR':>12} {'SSIM':>7}  "
+        f"{'bicubic PSNR':>12} {'SSIM':>7}  {'gain':>6}"
+    )
+    rule = "-" * len(header)
+
+    def line(r: dict) -> str:
+        return (
+            f"{r['name']:{width}}  {r['model_psnr']:12.3f} {r['model_ssim']:7.4f}  "
+            f"{r['bicubic_psnr']:12.3f} {r['bicubic_ssim']:7.4f}  {r['model_psnr'] - r['bicubic_psnr']:+6.2f}"
+        )
+
+    print(f"{title}\n{header}\n{rule}")
+    print("\n".join(line(r) for r in rows))
+    print(f"{rule}\n{line(mean_row(rows))}")
+
+
+def mean_row(rows: list[dict]) -> dict:
+    """The mean of every metric over the rows."""
+    keys = ("model_psnr", "model_ssim", "bicubic_psnr", "bicubic_ssim")
+    return {"name": "mean", **{k: sum(r[k] for r in rows) / len(rows) for k in keys}}
+
+
+# ---------------------------------------------------------------------------------------
+# Comparison panel
+# ---------------------------------------------------------------------------------------
+
+
+def zoom_box(reference: Tensor, size: int) -> tuple[int, int]:
+    """Top-left of the size x size window with the most detail (gradient energy) of an image."""
+    gray = reference.mean(0, keepdim=True)
+    energy = (gray[:, 1:, :-1] - gray[:, :-1, :-1]).abs() + (gray[:, :-1, 1:] - gray[:, :-1, :-1]).abs()
+    pooled = torch.nn.functional.avg_pool2d(energy.unsqueeze(0), size, stride=max(1, size // 4))[0, 0]
+    index = int(pooled.flatten().argmax())
+    stride = max(1, size // 4)
+    return (index // pooled.shape[1]) * stride, (index % pooled.shape[1]) * stride
+
+
+def save_panel(path: Path, title: str, panels: list[tuple[str, Tensor]]) -> Path:
+    """A PNG with each image (top) and the same zoomed region of each, boxed (bottom)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    height, width = panels[-1][1].shape[-2:]
+    size = max(8, min(height, width) // 4)
+    top, left = zoom_box(panels[-1][1], size)
+    fig, axes = plt.subplots(2, len(panels), figsize=(3.6 * len(panels), 7.4), squeeze=False)
+    for column, (label, img) in enumerate(panels):
+        array = img.clamp(0, 1).permute(1, 2, 0).numpy()
+        gray = array.shape[-1] == 1
+        shown = array[..., 0] if gray else array
+        options = {"cmap": "gray", "vmin": 0, "vmax": 1} if gray else {}
+        axes[0, column].imshow(shown, **options)
+        axes[0, column].add_patch(
+            Rectangle((left, top), size, size, fill=False, edgecolor="red", linewidth=1.5)
+        )
+        axes[0, column].set_title(label, fontsize=10)
+        axes[1, column].imshow(
+            shown[top : top + size, left : left + size], interpolation="nearest", **options
+        )
+        for ax in axes[:, column]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise UserError(f"{path}: cannot write panel ({err.strerror or err})") from None
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def panel_images(
+    lr: Tensor, bic: Tensor, sr: Tensor, hr: Tensor | None, row: dict | None, name: str, scale: int
+) -> list[tuple[str, Tensor]]:
+    """The labelled images of a comparison panel: LR (nearest), bicubic, model, GT."""
+    nearest = lr.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
+
+    def label(what: str, key: str) -> str:
+        return f"{what}\n{row[key + '_psnr']:.2f} dB / {row[key + '_ssim']:.4f}" if row else what
+
+    panels = [
+        (f"LR x{scale} (nearest)", nearest),
+        (label("bicubic", "bicubic"), bic),
+        (label(name, "model"), sr),
+    ]
+    if hr is not None:
+        panels.append(("ground truth", hr))
+    return panels
+
+
+# ---------------------------------------------------------------------------------------
+# Modes
+# ---------------------------------------------------------------------------------------
+
+
+def run_dataset(args: argparse.Namespace, upscaler: Upscaler) -> int:
+    """--dataset: per-image and mean PSNR/SSIM of model and bicubic."""
+    from tqdm import tqdm
+
+    show = not args.quiet and not args.json
+    pairs: list[ImagePair] = load_pairs(args.dataset, upscaler.scale, progress=show)
+    out_dir = (
+        ensure_folder(args.out_dir or Path("results") / f"{Path(args.dataset).name}_x{upscaler.scale}")
+        if args.save
+        else None
+    )
+    panel_dir = ensure_folder(args.compare_dir) if args.compare_dir else None
+    rows = []
+    for pair in tqdm(pairs, desc=args.dataset, disable=not show, leave=False):
+        check_size(pair.lr, pair.name)
+        sr, bic = upscaler(pair.lr), bicubic(pair.lr, upscaler.scale)
+        model_score, bicubic_score = score(sr, pair.hr, upscaler.scale), score(bic, pair.hr, upscaler.scale)
+        row = {
+            "name": pair.name,
+            "model_psnr": model_score[0],
+            "model_ssim": model_score[1],
+            "bicubic_psnr": bicubic_score[0],
+            "bicubic_ssim": bicubic_score[1],
+        }
+        rows.append(row)
+        if out_dir is not None:
+            save_image(sr, out_dir / f"{pair.name}_{upscaler.name}_x{upscaler.scale}.png")
+        if panel_dir is not None:
+            panels = panel_images(pair.lr, bic, sr, pair.hr, row, upscaler.name, upscaler.scale)
+            save_panel(panel_dir / f"{pair.name}_compare.png", f"{pair.name} x{upscaler.scale}", panels)
+    report(args, upscaler, rows, f"{args.dataset} x{upscaler.scale}")
+    if out_dir is not None and not args.json:
+        print(f"SR images written to {out_dir}")
+    if panel_dir is not None and not args.json:
+        print(f"comparison panels written to {panel_dir}")
+    return 0
+
+
+def report(args: argparse.Namespace, upscaler: Upscaler, rows: list[dict], title: str) -> None:
+    """Print the results as a table or as JSON."""
+    mean = {k: v for k, v in mean_row(rows).items() if k != "name"}
+    if args.json:
+        result = {
+            "checkpoint": args.checkpoint,
+            "model": upscaler.name,
+            "scale": upscaler.scale,
+            "dataset": args.dataset,
+            "protocol": PROTOCOL,
+            "images": rows,
+            "mean": mean,
+        }
+        print(json.dumps(result, indent=2))
+    else:
+        print_table(rows, upscaler.name, f"{title} (PSNR in dB)\n{PROTOCOL}")
+
+
+def run_inputs(args: argparse.Namespace, upscaler: Upscaler) -> int:
+    """Positional inputs: write model and bicubic outputs, score against --gt, draw panels."""
+    from tqdm import tqdm
+
+    paths = expand_inputs(args.inputs)
+    if args.compare and len(paths) > 1:
+        raise UserError("--compare takes one input; use --compare-dir for several")
+    if args.out_dir:
+        ensure_folder(args.out_dir)
+    panel_dir = ensure_folder(args.compare_dir) if args.compare_dir else None
+    rows = []
+    show = not args.quiet and not args.json and len(paths) > 1
+    for lr_path in tqdm(paths, desc="super-resolving", disable=not show, leave=False):
+        lr, bits = read_image(lr_path)
+        check_size(lr, str(lr_path))
+        gt_path = find_gt(args.gt, lr_path, single=len(paths) == 1) if args.gt else None
+        gt = read_image(gt_path)[0] if gt_path else None
+        sr, bic = upscaler(lr), bicubic(lr, upscaler.scale)
+        row = None
+        if gt is not None:
+            gt = check_gt(gt, sr, gt_path, lr_path, upscaler.scale)
+            model_score, bicubic_score = score(sr, gt, upscaler.scale), score(bic, gt, upscaler.scale)
+            row = {
+                "name": lr_path.stem,
+                "model_psnr": model_score[0],
+                "model_ssim": model_score[1],
+                "bicubic_psnr": bicubic_score[0],
+                "bicubic_ssim": bicubic_score[1],
+            }
+            rows.append(row)
+        sr_path, bic_path = output_paths(lr_path, args.out_dir, upscaler.name, upscaler.scale)
+        save_image(sr, sr_path, bits=bits)
+        save_image(bic, bic_path, bits=bits)
+        if not args.json:
+            print(f"wrote {sr_path} and {bic_path}")
+        panel_path = (
+            Path(args.compare)
+            if args.compare
+            else (panel_dir / f"{lr_path.stem}_compare.png" if panel_dir else None)
+        )
+        if panel_path is not None:
+            panels = panel_images(lr, bic, sr, gt, row, upscaler.name, upscaler.scale)
+            save_panel(panel_path, f"{lr_path.name} x{upscaler.scale}", panels)
+            if not args.json:
+                print(f"comparison panel: {panel_path}")
+    if rows:
+        report(args, upscaler, rows, f"against {args.gt}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    args = build_parser().parse_args(argv)
+    if bool(args.inputs) == bool(args.dataset):
+        raise UserError("give LR images to super-resolve, or --dataset to evaluate (not both)")
+    if args.gt and args.dataset:
+        raise UserError("--gt goes with input images; a --dataset brings its own ground truth")
+    upscaler = load_upscaler(args.checkpoint, args.cuda, args.tile, args.tile_overlap)
+    return run_dataset(args, upscaler) if args.dataset else run_inputs(args, upscaler)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,357 @@
+"""super_resolve.py: outputs, metrics, datasets, panels, tiling, bit depth, channels, errors, demo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import super_resolve
+import train
+from data import degrade, imresize, load_image, save_image
+from model import build_model, tiled_forward
+from utils import psnr, run_cli, ssim
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _smooth(size: tuple[int, int], seed: int, channels: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (size[0] // 5 + 1, size[1] // 5 + 1, channels), dtype=np.uint8)
+    image = Image.fromarray(coarse[..., 0] if channels == 1 else coarse)
+    return np.array(image.resize((size[1], size[0]), Image.BICUBIC))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, Path]:
+    """A tiny training set, a trained RGB and Y checkpoint, and a folder of HR/LR pairs."""
+    root = tmp_path_factory.mktemp("sr")
+    (root / "train").mkdir()
+    for i in range(4):
+        Image.fromarray(_smooth((48, 48), i)).save(root / "train" / f"t{i}.png")
+    pairs = root / "pairs"
+    pairs.mkdir()
+    for i in range(2):
+        hr = torch.from_numpy(_smooth((45, 60), 10 + i)).permute(2, 0, 1).float() / 255
+        save_image(hr, pairs / f"p{i}_HR.png")
+        save_image(degrade(hr, 3), pairs / f"p{i}_LR.png")
+    common = [
+        "--train-data",
+        str(root / "train"),
+        "--val-data",
+        str(pairs),
+        "--patch-size",
+        "12",
+        "--patches-per-image",
+        "4",
+        "--batch-size",
+        "8",
+        "--num-epoch",
+        "1",
+        "--quiet",
+    ]
+    assert run_cli(train.main, ["train", *common, "--out-dir", str(root / "rgb")]) == 0
+    assert (
+        run_cli(
+            train.main, ["train", *common, "--out-dir", str(root / "y"), "--model-option", "in_channels=1"]
+        )
+        == 0
+    )
+    return {"root": root, "pairs": pairs, "rgb": root / "rgb" / "last.pth", "y": root / "y" / "last.pth"}
+
+
+def _sr(*argv: str) -> int:
+    return run_cli(super_resolve.main, list(argv))
+
+
+def test_writes_model_and_bicubic_beside_the_input(world, tmp_path, capsys):
+    lr = tmp_path / "lr.bmp"
+    Image.fromarray(_smooth((20, 25), 3)).save(lr)
+    assert _sr("--checkpoint", str(world["rgb"]), str(lr)) == 0
+    out = capsys.readouterr().out
+    sr_path, bic_path = tmp_path / "lr_srcnn_x3.png", tmp_path / "lr_bicubic_x3.png"
+    assert str(sr_path) in out and str(bic_path) in out
+    assert load_image(sr_path).shape == (3, 60, 75)
+    expected_bicubic = imresize(load_image(lr), 3).clamp(0, 1)
+    assert torch.equal(load_image(bic_path), torch.round(expected_bicubic * 255) / 255)
+
+
+def test_many_inputs_globs_and_folders_into_out_dir(world, tmp_path):
+    (tmp_path / "in").mkdir()
+    for name in ("a.png", "b.png", "c.jpg"):
+        Image.fromarray(_smooth((15, 15), len(name))).save(tmp_path / "in" / name)
+    assert (
+        _sr(
+            "--checkpoint",
+            str(world["rgb"]),
+            str(tmp_path / "in"),
+            str(tmp_path / "in" / "*.png"),
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--quiet",
+        )
+        == 0
+    )
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == sorted(f"{s}_{k}_x3.png" for s in "abc" for k in ("srcnn", "bicubic"))
+
+
+def test_gt_metrics_match_the_written_images(world, tmp_path, capsys):
+    pairs = world["pairs"]
+    assert (
+        _sr(
+            "--checkpoint",
+            str(world["rgb"]),
+            str(pairs / "p0_LR.png"),
+            "--gt",
+            str(pairs / "p0_HR.png"),
+            "--out-dir",
+            str(tmp_path),
+            "--json",
+        )
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    row = result["images"][0]
+    hr = load_image(pairs / "p0_HR.png")
+    sr = load_image(tmp_path / "p0_LR_srcnn_x3.png")
+    bic = load_image(tmp_path / "p0_LR_bicubic_x3.png")
+    assert row["model_psnr"] == pytest.approx(psnr(sr, hr, shave=3).item(), abs=1e-9)
+    assert row["bicubic_psnr"] == pytest.approx(psnr(bic, hr, shave=3).item(), abs=1e-9)
+    assert row["model_ssim"] == pytest.approx(ssim(sr, hr, shave=3).item(), abs=1e-9)
+    assert result["mean"]["model_psnr"] == row["model_psnr"]
+
+
+def test_dataset_report_table_and_json(world, tmp_path, capsys):
+    argv = ["--checkpoint", str(world["rgb"]), "--dataset", str(world["pairs"]), "--quiet"]
+    assert _sr(*argv, "--json", "--save", "--out-dir", str(tmp_path / "saved")) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in result["images"]] == ["p0_HR", "p1_HR"]
+    for key in ("model_psnr", "model_ssim", "bicubic_psnr", "bicubic_ssim"):
+        assert result["mean"][key] == pytest.approx(sum(r[key] for r in result["images"]) / 2)
+    hr = load_image(world["pairs"] / "p1_HR.png")
+    bic = imresize(load_image(world["pairs"] / "p1_LR.png"), 3)
+    assert result["images"][1]["bicubic_psnr"] == pytest.approx(psnr(bic, hr, shave=3).item())
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == [
+        "p0_HR_srcnn_x3.png",
+        "p1_HR_srcnn_x3.png",
+    ]
+    assert _sr(*argv) == 0
+    table = capsys.readouterr().out
+    assert "p0_HR" in table and "mean" in table and "Y channel" in table
+
+
+def test_dataset_by_name_reproduces_the_bicubic_baseline(world, data_root, monkeypatch, capsys):
+    monkeypatch.setenv("SR_DATA_ROOT", str(data_root))
+    assert _sr("--checkpoint", str(world["rgb"]), "--dataset", "Set5", "--json", "--quiet") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(result["images"]) == 5 and result["scale"] == 3
+    assert result["mean"]["bicubic_psnr"] == pytest.approx(30.41, abs=0.03)
+
+
+def test_comparison_panels(world, tmp_path):
+    pairs = world["pairs"]
+    assert (
+        _sr(
+            "--checkpoint",
+            str(world["rgb"]),
+            str(pairs / "p0_LR.png"),
+            "--gt",
+            str(pairs / "p0_HR.png"),
+            "--out-dir",
+            str(tmp_path),
+            "--compare",
+            str(tmp_path / "panel.png"),
+        )
+        == 0
+    )
+    panel = Image.open(tmp_path / "panel.png")
+    assert panel.size[0] > 4 * 200  # four columns: LR, bicubic, model, GT
+    assert (
+        _sr(
+            "--checkpoint",
+            str(world["rgb"]),
+            "--dataset",
+            str(pairs),
+            "--quiet",
+            "--compare-dir",
+            str(tmp_path / "panels"),
+        )
+        == 0
+    )
+    assert sorted(p.name for p in (tmp_path / "panels").iterdir()) == [
+        "p0_HR_compare.png",
+        "p1_HR_compare.png",
+    ]
+
+
+def test_tiled_output_equals_whole_image_output():
+    torch.manual_seed(0)
+    model = build_model("srcnn").eval()
+    lr = torch.rand(1, 3, 50, 70)
+    with torch.no_grad():
+        whole = model(lr)
+        tiled = tiled_forward(model, lr, 3, tile=16, overlap=6)  # receptive radius of SRCNN x3: 4 LR px
+        seams = tiled_forward(model, lr, 3, tile=16, overlap=1)
+    assert tiled.shape == whole.shape
+    torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
+    assert (seams - whole).abs().max() > 1e-3  # too small an overlap shows: the test can fail
+
+
+def test_cli_tiles_give_the_same_image(world, tmp_path):
+    lr = tmp_path / "big.png"
+    Image.fromarray(_smooth((70, 90), 5)).save(lr)
+    for tile in ("16", "1000"):
+        (tmp_path / tile).mkdir()
+        assert (
+            _sr("--checkpoint", str(world["rgb"]), str(lr), "--tile", tile, "--out-dir", str(tmp_path / tile))
+            == 0
+        )
+    a = np.asarray(Image.open(tmp_path / "16" / "big_srcnn_x3.png")).astype(int)
+    b = np.asarray(Image.open(tmp_path / "1000" / "big_srcnn_x3.png")).astype(int)
+    assert np.abs(a - b).max() <= 1  # equal up to rounding of values within 1e-5 of a half level
+
+
+_PEAK = """
+import resource, sys
+sys.path.insert(0, sys.argv[1])
+import super_resolve
+from utils import run_cli
+status = run_cli(super_resolve.main, sys.argv[2:])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+sys.exit(status)
+"""
+
+
+def test_peak_memory_stays_flat_as_the_image_grows(world, tmp_path):
+    peaks = {}
+    for side in (100, 400):
+        lr = tmp_path / f"lr{side}.png"
+        Image.fromarray(_smooth((side, side), side)).save(lr)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _PEAK,
+                str(ROOT),
+                "--checkpoint",
+                str(world["rgb"]),
+                str(lr),
+                "--tile",
+                "64",
+                "--out-dir",
+                str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr
+        peaks[side] = int(done.stdout.strip().splitlines()[-1])  # MiB
+    # 400x400 -> 1200x1200: the image itself is ~17 MiB as float32 RGB; without tiles SRCNN's
+    # 64+32 feature maps alone would add ~530 MiB
+    assert peaks[400] - peaks[100] < 150, peaks
+
+
+def test_16_bit_in_16_bit_out(world, tmp_path):
+    lr = torch.from_numpy(_smooth((16, 16), 7)).permute(2, 0, 1).float() / 255
+    lr = (lr + torch.rand_like(lr) / 300).clamp(0, 1)
+    save_image(lr, tmp_path / "deep.png", bits=16)
+    assert _sr("--checkpoint", str(world["rgb"]), str(tmp_path / "deep.png")) == 0
+    for kind in ("srcnn", "bicubic"):
+        out = Image.open(tmp_path / f"deep_{kind}_x3.png")
+        import png
+
+        assert png.Reader(filename=str(tmp_path / f"deep_{kind}_x3.png")).read()[3]["bitdepth"] == 16
+        assert out.size == (48, 48)
+
+
+def test_grayscale_stays_grayscale_and_y_model_takes_rgb(world, tmp_path):
+    Image.fromarray(_smooth((18, 18), 8, channels=1)).save(tmp_path / "gray.png")
+    assert _sr("--checkpoint", str(world["rgb"]), str(tmp_path / "gray.png")) == 0
+    assert Image.open(tmp_path / "gray_srcnn_x3.png").mode == "L"
+    Image.fromarray(_smooth((18, 18), 9)).save(tmp_path / "rgb.png")
+    assert _sr("--checkpoint", str(world["y"]), str(tmp_path / "rgb.png")) == 0
+    sr = load_image(tmp_path / "rgb_srcnn_x3.png")
+    assert sr.shape == (3, 54, 54)
+    assert (
+        _sr("--checkpoint", str(world["y"]), str(tmp_path / "gray.png"), "--out-dir", str(tmp_path / "g"))
+        == 0
+    )
+    assert Image.open(tmp_path / "g" / "gray_srcnn_x3.png").mode == "L"
+
+
+def test_bad_input_is_one_line_status_2_and_writes_nothing(world, tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    good = tmp_path / "in" / "good.png"
+    Image.fromarray(_smooth((20, 20), 1)).save(good)
+    tiny = tmp_path / "in" / "tiny.png"
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tiny)
+    text = tmp_path / "in" / "text.png"
+    text.write_text("not an image")
+    wrong_gt = tmp_path / "in" / "gt.png"
+    Image.fromarray(np.zeros((50, 61, 3), np.uint8)).save(wrong_gt)
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(world["rgb"].read_bytes()[:1000])
+    multi = tmp_path / "multi.pth"
+    ckpt = torch.load(world["rgb"], weights_only=True)
+    ckpt["kind"] = "multi-frame"
+    torch.save(ckpt, multi)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    ok = str(world["rgb"])
+    cases = {
+        "missing file": (["--checkpoint", ok, str(tmp_path / "nope.png")], "no such file"),
+        "non-image": (["--checkpoint", ok, str(text)], "not a readable image"),
+        "too small": (["--checkpoint", ok, str(tiny)], "too small"),
+        "corrupt checkpoint": (["--checkpoint", str(corrupt), str(good)], "corrupt"),
+        "wrong kind": (["--checkpoint", str(multi), str(good)], "multi-frame"),
+        "gt size": (["--checkpoint", ok, str(good), "--gt", str(wrong_gt)], "61x50"),
+        "unwritable": (["--checkpoint", ok, str(good), "--out-dir", str(blocker / "x")], "cannot"),
+    }
+    for kind, (argv, words) in cases.items():
+        assert _sr(*argv) == 2, kind
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and words in err and "Traceback" not in err, (kind, err)
+    assert "60x60" in _last_error(capsys, ["--checkpoint", ok, str(good), "--gt", str(wrong_gt)])
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == [
+        "good.png",
+        "gt.png",
+        "text.png",
+        "tiny.png",
+    ]
+
+
+def _last_error(capsys, argv: list[str]) -> str:
+    _sr(*argv)
+    return capsys.readouterr().err
+
+
+def test_demo_pipeline_small(tmp_path):
+    done = subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "-C",
+            str(ROOT),
+            "demo-run",
+            f"PY={sys.executable}",
+            f"DEMO_DIR={tmp_path}",
+            "DEMO_EPOCHS=2",
+            "DEMO_PATCHES=8",
+            "DEMO_PATCH_SIZE=24",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "mean" in done.stdout and "chelsea" in done.stdout
+    assert (tmp_path / "panels" / "chelsea_compare.png").exists()
+    assert (tmp_path / "curves.png").exists() and (tmp_path / "run" / "last.pth").exists()
