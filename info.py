@@ -36,11 +36,17 @@ def environment() -> dict[str, str]:
 
 
 def main() -> int:
-    """Print the toolkit's identity and the environment."""
+    """Print the toolkit's identity, the environment and the model zoo."""
+    from model import model_zoo
+
     print(f"{NAME} {VERSION} ({LICENSE}) by {', '.join(AUTHORS)}")
     print(DESCRIPTION)
+    print("\nenvironment")
     for key, value in environment().items():
         print(f"  {key:15} {value}")
+    print("\nmodels (parameters at x3, default options)")
+    for name, params, text in model_zoo():
+        print(f"  {name:10} {params:>10,}  {text}")
     return 0
 
 

@@ -39,11 +39,12 @@ from data import DEGRADATIONS, ImagePair, PatchDataset, PatchSampler, imresize, 
 from model import MODELS, Upscaler, build_model, count_parameters, model_zoo
 from utils import (
     CHECKPOINT_FORMAT,
-    LOSSES,
+    LOSS_NAMES,
     PROTOCOL,
     CheckpointError,
     UserError,
     load_checkpoint,
+    make_loss,
     psnr,
     rng_state,
     run_cli,
@@ -63,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "num_epoch": 100,
     "save_freq": 10,
     "loss": "mse",
+    "perceptual_weights": None,
     "train_data": "T91",
     "val_data": "Set5",
     "degradation": "bicubic",
@@ -96,6 +98,10 @@ class TrainingStopped(Exception):
 # ---------------------------------------------------------------------------------------
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each option; description and epilog kept as written."""
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors (no usage dump) and exit status 2."""
 
@@ -125,8 +131,7 @@ def _add_training_options(parser: argparse.ArgumentParser, resume: bool) -> None
             kwargs.setdefault("default", DEFAULTS[dest])
         parser.add_argument(*flags, **kwargs)
 
-    zoo = "; ".join(f"{name}: {text}" for name, (_, text) in MODELS.items())
-    add("--model", choices=list(MODELS), help=f"network ({zoo})")
+    add("--model", choices=list(MODELS), help="network (the models are listed below)")
     add(
         "--model-option",
         action="append",
@@ -138,7 +143,12 @@ def _add_training_options(parser: argparse.ArgumentParser, resume: bool) -> None
     add("--batch-size", type=int, help="patches per step (per process under torchrun)")
     add("--num-epoch", type=int, help="train until this epoch")
     add("--save-freq", type=int, help="write epoch-NNNN.pth every this many epochs (last.pth every epoch)")
-    add("--loss", choices=list(LOSSES), help="training loss")
+    add("--loss", choices=list(LOSS_NAMES), help="training loss (perceptual: VGG16 features + 0.1 L1)")
+    add(
+        "--perceptual-weights",
+        metavar="FILE",
+        help="torchvision VGG16 weights for --loss perceptual (default: download them)",
+    )
     add("--train-data", help="training set: a name (T91, sample-train, ...) or a folder of images")
     add("--val-data", help="validation set: a name (Set5, Set14, sample-test, ...) or a folder")
     add("--degradation", type=_degradation, help="LR kernel: bicubic, bilinear, nearest, a,b list, or random")
@@ -180,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train",
         help="train a model from scratch",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         epilog=f"models (x3):\n{zoo}\n\n{PROTOCOL}",
     )
     _add_training_options(train, resume=False)
@@ -450,6 +460,7 @@ def train(config: dict, checkpoint: dict | None = None) -> int:
     log = print if runtime.main else (lambda *a, **k: None)
     options = parse_model_options(config["model_option"])
 
+    loss_fn = make_loss(config["loss"], runtime.device, config["perceptual_weights"])
     seed_everything(config["seed"] + runtime.rank)
     try:
         model = build_model(config["model"], scale=config["scale"], **options)
@@ -502,7 +513,6 @@ def train(config: dict, checkpoint: dict | None = None) -> int:
     def validate() -> tuple[float, float]:
         return evaluate(model, val_pairs, config, channels, runtime.device)
 
-    loss_fn = LOSSES[config["loss"]]
     steps_per_epoch = len(loader)
 
     if progress.epoch >= config["num_epoch"]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 PROTOCOL = (
     "Metrics follow the benchmark protocol: SR rounded to 8 bits, Y channel of BT.601 "
@@ -231,11 +231,106 @@ def charbonnier_loss(sr: Tensor, hr: Tensor, eps: float = 1e-3) -> Tensor:
     return torch.sqrt((sr - hr).pow(2) + eps * eps).mean()
 
 
+# torchvision's VGG16 `features` up to relu3_3, in its layout (so its weight files load as-is)
+_VGG16_LAYERS = (64, 64, "M", 128, 128, "M", 256, 256, 256)
+VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class LossError(UserError):
+    """A loss that cannot be set up (perceptual weights unavailable)."""
+
+
+class PerceptualLoss(nn.Module):
+    """L1 between VGG16 features (relu1_2, relu2_2, relu3_3) of SR and HR, plus a small pixel L1.
+
+    As in the DIY project (Johnson et al. 2016), the pixel term keeps colours and
+    brightness, to which the classifier's features are insensitive. The network is frozen.
+    """
+
+    taps = (3, 8, 15)
+
+    def __init__(self, state_dict: dict[str, Tensor] | None = None, pixel_weight: float = 0.1) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for spec in _VGG16_LAYERS:
+            if spec == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(channels, int(spec), 3, padding=1), nn.ReLU(inplace=False)]
+                channels = int(spec)
+        self.features = nn.Sequential(*layers)
+        if state_dict is not None:
+            wanted = {k: v for k, v in state_dict.items() if k.startswith("features.")}
+            missing = self.load_state_dict(wanted, strict=False).missing_keys
+            if missing:
+                raise LossError(
+                    f"perceptual weights lack {', '.join(missing[:3])} (not a torchvision VGG16?)"
+                )
+        self.features.requires_grad_(False).eval()
+        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.pixel_weight = pixel_weight
+
+    def train(self, mode: bool = True) -> PerceptualLoss:
+        """The feature network always stays in eval mode."""
+        return self
+
+    def _features(self, img: Tensor) -> list[Tensor]:
+        x = (img.expand(-1, 3, -1, -1) - self.mean) / self.std  # gray -> RGB
+        out = []
+        for index, layer in enumerate(self.features):
+            x = layer(x)
+            if index in self.taps:
+                out.append(x)
+        return out
+
+    def forward(self, sr: Tensor, hr: Tensor) -> Tensor:
+        loss = self.pixel_weight * F.l1_loss(sr, hr)
+        for a, b in zip(self._features(sr), self._features(hr.detach())):
+            loss = loss + F.l1_loss(a, b)
+        return loss
+
+
+def perceptual_weights(path: str | None) -> dict[str, Tensor]:
+    """torchvision's VGG16 ImageNet weights: from `path`, else downloaded (torch hub cache)."""
+    if path:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, pickle.UnpicklingError) as err:
+            raise LossError(f"{path}: cannot read perceptual weights ({_first_line(err)})") from None
+    try:
+        return torch.hub.load_state_dict_from_url(VGG16_URL, map_location="cpu", progress=False)
+    except Exception as err:  # any network or cache failure ends in the same advice
+        raise LossError(
+            f"the perceptual loss needs torchvision's VGG16 weights and they could not be downloaded "
+            f"({_first_line(err)}); download {VGG16_URL} elsewhere and pass --perceptual-weights FILE"
+        ) from None
+
+
+def _first_line(err: BaseException) -> str:
+    """First line of an exception message, or its type name."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "mse": F.mse_loss,
     "l1": F.l1_loss,
     "charbonnier": charbonnier_loss,
 }
+LOSS_NAMES = (*LOSSES, "perceptual")
+
+
+def make_loss(
+    name: str, device: torch.device, weights_path: str | None = None
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """The training loss by name; `perceptual` loads its VGG16 weights (before any training)."""
+    if name == "perceptual":
+        return PerceptualLoss(perceptual_weights(weights_path)).to(device)
+    return LOSSES[name]
 
 
 # ---------------------------------------------------------------------------------------

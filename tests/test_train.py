@@ -155,6 +155,17 @@ def test_bad_input_is_one_line_and_status_2(data, tmp_path, capsys):
         "batch size": ["train", *_args(data, tmp_path / "o2", "--batch-size", "0")],
         "unwritable out-dir": ["train", *_args(data, blocker / "sub")],
         "no images": ["train", *_args(data, tmp_path / "o3"), "--train-data", str(tmp_path / "empty")],
+        "perceptual weights": [
+            "train",
+            *_args(
+                data,
+                tmp_path / "o4",
+                "--loss",
+                "perceptual",
+                "--perceptual-weights",
+                str(tmp_path / "no-vgg.pth"),
+            ),
+        ],
         "missing checkpoint": ["resume", str(tmp_path / "missing.pth")],
         "corrupt checkpoint": ["inspect", str(corrupt)],
         "foreign checkpoint": ["resume", str(bare)],
