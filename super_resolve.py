@@ -25,15 +25,31 @@ from torch import Tensor
 from data import (
     IMAGE_SUFFIXES,
     ImagePair,
+    bicubic_of_mean,
     imresize,
     list_images,
+    load_frames,
     load_pairs,
+    load_probav_scene,
+    probav_layout,
     read_image,
     save_image,
+    single_band,
     to_channels,
 )
-from model import Upscaler
-from utils import PROTOCOL, CheckpointError, ImageError, UserError, load_checkpoint, psnr, run_cli, ssim
+from model import Upscaler, load_model, tiled_forward
+from utils import (
+    PROTOCOL,
+    CheckpointError,
+    ImageError,
+    UserError,
+    cpsnr,
+    cssim,
+    load_checkpoint,
+    psnr,
+    run_cli,
+    ssim,
+)
 
 MIN_LR_SIDE = 3  # smaller inputs have no meaningful upscaling (and bicubic needs a neighbourhood)
 
@@ -75,17 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------
 
 
-def load_upscaler(path: str, cuda: bool, tile: int, overlap: int) -> Upscaler:
-    """Load a single-image checkpoint for inference."""
-    if cuda and not torch.cuda.is_available():
+def check_options(args: argparse.Namespace) -> torch.device:
+    """Validate device and tiling options; the device to run on."""
+    if args.cuda and not torch.cuda.is_available():
         raise UserError("--cuda given, but CUDA is not available here (no GPU, or a CPU-only torch)")
-    if tile < 8 or overlap < 0:
-        raise UserError(f"--tile must be at least 8 and --tile-overlap at least 0, got {tile}, {overlap}")
-    checkpoint = load_checkpoint(path)
-    if checkpoint.get("kind", "single-image") != "single-image":
-        raise CheckpointError(f"{path}: a {checkpoint.get('kind')} checkpoint, not a single-image model")
-    device = torch.device("cuda" if cuda else "cpu")
-    return Upscaler.from_checkpoint(checkpoint, device, tile, overlap)
+    if args.tile < 8 or args.tile_overlap < 0:
+        raise UserError(
+            f"--tile must be at least 8 and --tile-overlap at least 0, got {args.tile}, {args.tile_overlap}"
+        )
+    return torch.device("cuda" if args.cuda else "cpu")
 
 
 def bicubic(lr: Tensor, scale: int) -> Tensor:
@@ -391,6 +405,83 @@ def run_inputs(args: argparse.Namespace, upscaler: Upscaler) -> int:
     return 0
 
 
+def run_scene(args: argparse.Namespace, checkpoint: dict, device: torch.device) -> int:
+    """Multi-frame checkpoint: the frames of one scene (files, a folder, or a PROBA-V imgset
+    folder) -> SR image, its uncertainty map and the bicubic upscale of the frames' mean;
+    cPSNR/cSSIM with --gt (or the scene's own HR.png)."""
+    if args.dataset:
+        raise UserError("a multi-frame checkpoint takes the frames of one scene, not --dataset")
+    model = load_model(checkpoint).to(device)
+    if not getattr(model, "multi_frame", False):
+        raise CheckpointError(
+            f"{args.checkpoint}: marked multi-frame, but {checkpoint['model']['name']} is not"
+        )
+    name, scale = checkpoint["model"]["name"], checkpoint["model"]["scale"]
+    single_folder = len(args.inputs) == 1 and Path(args.inputs[0]).is_dir()
+    if single_folder and probav_layout(args.inputs[0]):
+        burst = load_probav_scene(
+            args.inputs[0], checkpoint["args"].get("frames", 9) if "args" in checkpoint else 9
+        )
+        frames, bits, scene = burst.frames, 16, Path(args.inputs[0])
+        gt, mask = (burst.hr, burst.mask) if burst.hr.numel() else (None, None)
+    else:
+        paths = expand_inputs(args.inputs)
+        frames, bits = load_frames(paths), max(read_image(p)[1] for p in paths[:1])
+        scene = Path(args.inputs[0]) if single_folder else paths[0].with_name(paths[0].stem)
+        gt, mask = None, None
+    check_size(frames, str(scene))
+    if args.gt:
+        gt = single_band(read_image(args.gt)[0])
+        mask = torch.ones_like(gt)
+    with torch.inference_mode():
+        fused = tiled_forward(
+            lambda x: torch.cat(model(x), dim=1), frames[None], scale, args.tile, args.tile_overlap, device
+        )[0].float()
+    sr, log_scale = fused[:1].clamp(0, 1), fused[1:]
+    baseline = bicubic_of_mean(frames, scale).clamp(0, 1)
+    folder = ensure_folder(args.out_dir) if args.out_dir else scene.parent
+    stem = scene.name
+    sr_path = folder / f"{stem}_{name}_x{scale}.png"
+    sigma_path = folder / f"{stem}_{name}_x{scale}_uncertainty.png"
+    bic_path = folder / f"{stem}_bicubic_x{scale}.png"
+    uncertainty = torch.exp(log_scale)  # the Laplace scale b of each pixel
+    save_image(sr, sr_path, bits=bits)
+    top = torch.quantile(uncertainty.flatten()[:: max(1, uncertainty.numel() // 1_000_000)], 0.99)
+    save_image((uncertainty / top.clamp(min=1e-12)).clamp(0, 1), sigma_path)
+    save_image(baseline, bic_path, bits=bits)
+    if not args.json:
+        print(
+            f"wrote {sr_path}, {bic_path} and {sigma_path} (uncertainty: Laplace scale, "
+            f"{uncertainty.min():.4g}..{uncertainty.max():.4g}, white at its 99th percentile {top:.4g})"
+        )
+    if gt is not None:
+        if gt.shape[-2:] != sr.shape[-2:]:
+            raise ImageError(
+                f"ground truth is {gt.shape[-1]}x{gt.shape[-2]} but the x{scale} output is "
+                f"{sr.shape[-1]}x{sr.shape[-2]}"
+            )
+        row = {
+            "name": stem,
+            "model_cpsnr": cpsnr(sr[None], gt[None], mask[None]).item(),
+            "model_cssim": cssim(sr[None], gt[None], mask[None]).item(),
+            "bicubic_cpsnr": cpsnr(baseline[None], gt[None], mask[None]).item(),
+            "bicubic_cssim": cssim(baseline[None], gt[None], mask[None]).item(),
+        }
+        if args.json:
+            print(
+                json.dumps(
+                    {"checkpoint": args.checkpoint, "model": name, "scale": scale, "images": [row]}, indent=2
+                )
+            )
+        else:
+            print(
+                f"{stem}: {name} cPSNR {row['model_cpsnr']:.3f} dB cSSIM {row['model_cssim']:.4f}; "
+                f"bicubic of mean {row['bicubic_cpsnr']:.3f} dB / {row['bicubic_cssim']:.4f}; gain "
+                f"{row['model_cpsnr'] - row['bicubic_cpsnr']:+.2f} dB"
+            )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = build_parser().parse_args(argv)
@@ -398,7 +489,14 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("give LR images to super-resolve, or --dataset to evaluate (not both)")
     if args.gt and args.dataset:
         raise UserError("--gt goes with input images; a --dataset brings its own ground truth")
-    upscaler = load_upscaler(args.checkpoint, args.cuda, args.tile, args.tile_overlap)
+    device = check_options(args)
+    checkpoint = load_checkpoint(args.checkpoint)
+    kind = checkpoint.get("kind", "single-image")
+    if kind == "multi-frame":
+        return run_scene(args, checkpoint, device)
+    if kind != "single-image":
+        raise CheckpointError(f"{args.checkpoint}: unknown kind of checkpoint {kind!r}")
+    upscaler = Upscaler.from_checkpoint(checkpoint, device, args.tile, args.tile_overlap)
     return run_dataset(args, upscaler) if args.dataset else run_inputs(args, upscaler)
 
 

@@ -33,9 +33,19 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from data import DEGRADATIONS, ImagePair, PatchDataset, PatchSampler, imresize, load_pairs
+from data import (
+    DEGRADATIONS,
+    BurstConfig,
+    PatchDataset,
+    PatchSampler,
+    bicubic_of_mean,
+    burst_evaluation_set,
+    burst_training_set,
+    imresize,
+    load_pairs,
+)
 from model import MODELS, Upscaler, build_model, count_parameters, model_zoo
 from utils import (
     CHECKPOINT_FORMAT,
@@ -43,9 +53,13 @@ from utils import (
     PROTOCOL,
     CheckpointError,
     UserError,
+    cpsnr,
+    cssim,
     load_checkpoint,
     make_loss,
     psnr,
+    registered_l1,
+    registered_uncertainty_loss,
     rng_state,
     run_cli,
     save_checkpoint,
@@ -80,6 +94,11 @@ DEFAULTS: dict[str, Any] = {
     "lr_gamma": 0.5,
     "warmup_epochs": 0,
     "grad_clip": None,
+    "frames": 9,
+    "burst_shift": 2,
+    "burst_noise": 0.01,
+    "burst_blur": 0.0,
+    "burst_occlusion": 0.3,
     "amp": None,
     "cuda": False,
     "quiet": False,
@@ -168,7 +187,12 @@ def _add_training_options(parser: argparse.ArgumentParser, resume: bool) -> None
     add("--lr-step", type=int, help="epochs between decays of the step schedule")
     add("--lr-gamma", type=float, help="decay factor of the step schedule")
     add("--warmup-epochs", type=float, help="linear warm-up from 0 over this many epochs")
-    add("--grad-clip", type=float, help="clip the gradient norm to this value")
+    add("--grad-clip", type=float, help="clip the gradient norm to this value (piunet: 15 unless given)")
+    add("--frames", type=int, help="piunet: LR frames per scene")
+    add("--burst-shift", type=int, help="piunet synthetic bursts: largest frame shift, in HR pixels")
+    add("--burst-noise", type=float, help="piunet synthetic bursts: Gaussian noise on the LR frames")
+    add("--burst-blur", type=float, help="piunet synthetic bursts: extra Gaussian blur (HR pixels)")
+    add("--burst-occlusion", type=float, help="piunet synthetic bursts: chance of an occluded rectangle")
     add(
         "--amp",
         action=argparse.BooleanOptionalAction,
@@ -263,6 +287,7 @@ class Progress:
 
 def make_checkpoint(
     config: dict,
+    kind: str,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler_state: dict | None,
@@ -271,7 +296,7 @@ def make_checkpoint(
     """Everything needed to rebuild the model and continue training."""
     return {
         "format": CHECKPOINT_FORMAT,
-        "kind": "single-image",
+        "kind": kind,
         "model": {
             "name": config["model"],
             "scale": config["scale"],
@@ -402,30 +427,124 @@ def setup_runtime(config: dict) -> Runtime:
 # ---------------------------------------------------------------------------------------
 
 
-def evaluate(
-    model: nn.Module, pairs: list[ImagePair], config: dict, channels: int, device: torch.device
-) -> tuple[float, float]:
-    """Mean PSNR/SSIM of the model on full validation images (float32, tiled), by the benchmark protocol."""
-    upscaler = Upscaler(
-        model.eval(), config["model"], config["scale"], channels, device, tile=256, overlap=16
+@dataclass
+class Task:
+    """What differs between single-image and multi-frame training: data, loss, validation."""
+
+    kind: str  # "single-image" or "multi-frame", as stored in checkpoints
+    dataset: Dataset
+    step_loss: Callable[[nn.Module, list[Tensor], int], Tensor]  # (net, batch, epoch) -> loss
+    validate: Callable[[], tuple[float, float]]  # model's (PSNR, SSIM) or (cPSNR, cSSIM)
+    baseline: tuple[float, float]  # the same for the interpolation baseline
+    summary: str  # one line for the start-up message
+    metric: str = "PSNR"  # what validate() measures, for the log
+    baseline_name: str = "bicubic"
+
+
+def single_image_task(config: dict, model: nn.Module, runtime: Runtime, show: bool) -> Task:
+    """LR/HR patches, the chosen loss, PSNR/SSIM of full validation images against bicubic."""
+    options = parse_model_options(config["model_option"])
+    channels = options.get("in_channels", 3)
+    kernels = DEGRADATIONS if config["degradation"] == "random" else tuple(config["degradation"].split(","))
+    train_pairs = load_pairs(config["train_data"], config["scale"], kernels, channels=channels, progress=show)
+    # validation images keep their own channels: gray ones are scored on gray, as in the tables
+    val_pairs = load_pairs(config["val_data"], config["scale"], progress=show)
+    dataset = PatchDataset(
+        train_pairs,
+        config["scale"],
+        config["patch_size"],
+        config["patches_per_image"],
+        seed=config["seed"],
+        grid_stride=config["grid_stride"],
     )
-    psnrs, ssims = [], []
-    for pair in pairs:
-        sr = upscaler(pair.lr)
-        psnrs.append(psnr(sr, pair.hr, shave=config["scale"]).item())
-        ssims.append(ssim(sr, pair.hr, shave=config["scale"]).item())
-    model.train()
-    return sum(psnrs) / len(psnrs), sum(ssims) / len(ssims)
+    loss_fn = make_loss(config["loss"], runtime.device, config["perceptual_weights"])
+    scale = config["scale"]
+
+    def step_loss(net: nn.Module, batch: list[Tensor], epoch: int) -> Tensor:
+        lr, hr = batch
+        with _autocast(runtime):
+            sr = net(lr.contiguous(memory_format=torch.channels_last))
+        return loss_fn(sr.float(), hr)
+
+    def scores(upscale: Callable[[Tensor], Tensor]) -> tuple[float, float]:
+        results = [
+            (psnr(sr, p.hr, shave=scale).item(), ssim(sr, p.hr, shave=scale).item())
+            for p in val_pairs
+            for sr in [upscale(p.lr)]
+        ]
+        return sum(r[0] for r in results) / len(results), sum(r[1] for r in results) / len(results)
+
+    def validate() -> tuple[float, float]:
+        upscaler = Upscaler(
+            model.eval(), config["model"], scale, channels, runtime.device, tile=256, overlap=16
+        )
+        try:
+            return scores(upscaler)
+        finally:
+            model.train()
+
+    baseline = scores(lambda lr: imresize(lr, size=(lr.shape[-2] * scale, lr.shape[-1] * scale)))
+    summary = (
+        f"{len(train_pairs)} images, {len(dataset)} patches/epoch, loss {config['loss']}; validation "
+        f"PSNR on {config['val_data']} (bicubic {baseline[0]:.2f} dB)"
+    )
+    return Task("single-image", dataset, step_loss, validate, baseline, summary)
 
 
-def bicubic_baseline(pairs: list[ImagePair], scale: int) -> tuple[float, float]:
-    """Mean PSNR/SSIM of MATLAB-compatible bicubic upscaling on the same images."""
-    psnrs, ssims = [], []
-    for pair in pairs:
-        sr = imresize(pair.lr, size=tuple(pair.hr.shape[-2:]))
-        psnrs.append(psnr(sr, pair.hr, shave=scale).item())
-        ssims.append(ssim(sr, pair.hr, shave=scale).item())
-    return sum(psnrs) / len(psnrs), sum(ssims) / len(ssims)
+def multi_frame_task(config: dict, model: nn.Module, runtime: Runtime, show: bool) -> Task:
+    """Bursts (synthetic from any image set, or PROBA-V scenes), the paper's registered loss
+    schedule, cPSNR/cSSIM of held-out scenes against the bicubic upscale of the frames' mean."""
+    burst = BurstConfig(
+        frames=config["frames"],
+        scale=config["scale"],
+        max_shift=config["burst_shift"],
+        blur=config["burst_blur"],
+        noise=config["burst_noise"],
+        occlusion=config["burst_occlusion"],
+    )
+    dataset = burst_training_set(
+        config["train_data"], burst, config["patch_size"], config["patches_per_image"], config["seed"], show
+    )
+    val_bursts = burst_evaluation_set(config["val_data"], burst, show)
+
+    def step_loss(net: nn.Module, batch: list[Tensor], epoch: int) -> Tensor:
+        frames, hr, mask = batch
+        with _autocast(runtime):
+            mu, sigma = net(frames)
+        if epoch == 1:  # the paper: registered L1 first, then the uncertainty loss
+            return registered_l1(mu.float(), hr, mask)
+        return registered_uncertainty_loss(mu.float(), sigma.float(), hr, mask)
+
+    def scores(fuse: Callable[[Tensor], Tensor]) -> tuple[float, float]:
+        results = []
+        for b in val_bursts:
+            sr = fuse(b.frames).clamp(0, 1)
+            results.append(
+                (
+                    cpsnr(sr[None], b.hr[None], b.mask[None]).item(),
+                    cssim(sr[None], b.hr[None], b.mask[None]).item(),
+                )
+            )
+        return sum(r[0] for r in results) / len(results), sum(r[1] for r in results) / len(results)
+
+    @torch.inference_mode()
+    def fuse_with_model(frames: Tensor) -> Tensor:
+        return model(frames[None].to(runtime.device))[0][0].float().cpu()
+
+    def validate() -> tuple[float, float]:
+        model.eval()
+        try:
+            return scores(fuse_with_model)
+        finally:
+            model.train()
+
+    baseline = scores(lambda frames: bicubic_of_mean(frames, config["scale"]))
+    summary = (
+        f"{len(dataset)} bursts/epoch of {config['frames']} frames, registered L1 (epoch 1) then "
+        f"registered Laplace NLL; validation cPSNR on {len(val_bursts)} {config['val_data']} scenes "
+        f"(bicubic of mean {baseline[0]:.2f} dB)"
+    )
+    return Task("multi-frame", dataset, step_loss, validate, baseline, summary, "cPSNR", "bicubic of mean")
 
 
 def _autocast(runtime: Runtime):
@@ -460,13 +579,11 @@ def train(config: dict, checkpoint: dict | None = None) -> int:
     log = print if runtime.main else (lambda *a, **k: None)
     options = parse_model_options(config["model_option"])
 
-    loss_fn = make_loss(config["loss"], runtime.device, config["perceptual_weights"])
     seed_everything(config["seed"] + runtime.rank)
     try:
         model = build_model(config["model"], scale=config["scale"], **options)
     except TypeError as err:
         raise UserError(f"model {config['model']}: bad --model-option ({err})") from None
-    channels = getattr(model, "in_channels", None) or options.get("in_channels", 3)
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
     progress = Progress()
     if checkpoint is not None:
@@ -486,33 +603,18 @@ def train(config: dict, checkpoint: dict | None = None) -> int:
             model, device_ids=[runtime.device] if config["cuda"] else None
         )
 
-    kernels = DEGRADATIONS if config["degradation"] == "random" else tuple(config["degradation"].split(","))
     show = not config["quiet"] and runtime.main
-    train_pairs = load_pairs(config["train_data"], config["scale"], kernels, channels=channels, progress=show)
-    # validation images keep their own channels: gray ones are scored on gray, as in the tables
-    val_pairs = load_pairs(config["val_data"], config["scale"], progress=show)
-    dataset = PatchDataset(
-        train_pairs,
-        config["scale"],
-        config["patch_size"],
-        config["patches_per_image"],
-        seed=config["seed"],
-        grid_stride=config["grid_stride"],
-    )
-    sampler = PatchSampler(len(dataset), seed=config["seed"], rank=runtime.rank, world=runtime.world)
+    make_task = multi_frame_task if getattr(model, "multi_frame", False) else single_image_task
+    task = make_task(config, model, runtime, show)
+    sampler = PatchSampler(len(task.dataset), seed=config["seed"], rank=runtime.rank, world=runtime.world)
     loader = DataLoader(
-        dataset,
+        task.dataset,
         batch_size=config["batch_size"],
         sampler=sampler,
         num_workers=config["workers"],
         persistent_workers=config["workers"] > 0,
         pin_memory=runtime.device.type == "cuda",
     )
-    bicubic = bicubic_baseline(val_pairs, config["scale"])
-
-    def validate() -> tuple[float, float]:
-        return evaluate(model, val_pairs, config, channels, runtime.device)
-
     steps_per_epoch = len(loader)
 
     if progress.epoch >= config["num_epoch"]:
@@ -524,9 +626,8 @@ def train(config: dict, checkpoint: dict | None = None) -> int:
     log(
         f"training {config['model']} x{config['scale']} ({count_parameters(model):,} parameters) on "
         f"{runtime.device}{f' x{runtime.world} processes' if runtime.world > 1 else ''}"
-        f"{f', {runtime.amp_dtype} autocast' if runtime.amp_dtype else ''}: {len(train_pairs)} images, "
-        f"{len(dataset)} patches/epoch, {steps_per_epoch} steps/epoch; validation on {config['val_data']} "
-        f"(bicubic {bicubic[0]:.2f} dB); writing to {out_dir}"
+        f"{f', {runtime.amp_dtype} autocast' if runtime.amp_dtype else ''}: {task.summary}; "
+        f"{steps_per_epoch} steps/epoch; writing to {out_dir}"
     )
 
     stop = StopFlag()
@@ -540,7 +641,7 @@ def train(config: dict, checkpoint: dict | None = None) -> int:
                 model,
                 optimizer,
                 scaler,
-                loss_fn,
+                task,
                 loader,
                 sampler,
                 steps_per_epoch,
@@ -552,7 +653,7 @@ def train(config: dict, checkpoint: dict | None = None) -> int:
             if status is not None:  # interrupted: save where we are
                 if runtime.main:
                     path = save_checkpoint(
-                        make_checkpoint(config, model, optimizer, scaler.state_dict(), progress),
+                        make_checkpoint(config, task.kind, model, optimizer, scaler.state_dict(), progress),
                         out_dir / "last.pth",
                     )
                     log(
@@ -561,9 +662,7 @@ def train(config: dict, checkpoint: dict | None = None) -> int:
                         f"saved {path}\nresume with: python train.py resume {path}"
                     )
                 return status
-            _end_epoch(
-                epoch, config, model, optimizer, scaler, validate, bicubic, progress, runtime, out_dir, log
-            )
+            _end_epoch(epoch, config, task, model, optimizer, scaler, progress, runtime, out_dir, log)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -587,7 +686,7 @@ def _train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
-    loss_fn,
+    task: Task,
     loader: DataLoader,
     sampler: PatchSampler,
     steps_per_epoch: int,
@@ -616,27 +715,24 @@ def _train_epoch(
         dynamic_ncols=True,
     )
     net.train()
-    for lr, hr in loader:
+    clip = config["grad_clip"] or (15.0 if task.kind == "multi-frame" else None)  # the PIUnet paper's 15
+    for batch in loader:
         step = progress.batches + 1
         rate = learning_rate(config, epoch - 1 + progress.batches / steps_per_epoch)
         for group in optimizer.param_groups:
             group["lr"] = rate
-        lr = lr.to(runtime.device, non_blocking=cuda)
-        hr = hr.to(runtime.device, non_blocking=cuda)
-        lr = lr.contiguous(memory_format=torch.channels_last)
-        with _autocast(runtime):
-            sr = net(lr)
-        loss = loss_fn(sr.float(), hr)
+        batch = [tensor.to(runtime.device, non_blocking=cuda) for tensor in batch]
+        loss = task.step_loss(net, batch, epoch)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        if config["grad_clip"]:
+        if clip:
             scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"])
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
         scaler.step(optimizer)
         scaler.update()
         pending.append(loss.detach())
         progress.batches = step
-        progress.samples += lr.shape[0]
+        progress.samples += batch[0].shape[0]
         if len(pending) >= check_every or step == steps_per_epoch or stop.signal is not None:
             values = torch.stack(pending).tolist()
             for offset, value in enumerate(values):
@@ -667,11 +763,10 @@ def _train_epoch(
 def _end_epoch(
     epoch: int,
     config: dict,
+    task: Task,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
-    validate: Callable[[], tuple[float, float]],
-    bicubic: tuple[float, float],
     progress: Progress,
     runtime: Runtime,
     out_dir: Path,
@@ -684,7 +779,8 @@ def _end_epoch(
         dist.all_reduce(totals)
         loss = (totals[0] / totals[1]).item()
     due = epoch % config["val_freq"] == 0 or epoch == config["num_epoch"]
-    score = validate() if due and runtime.main else None
+    score = task.validate() if due and runtime.main else None
+    bicubic = task.baseline
     samples = progress.samples * runtime.world
     row = {
         "epoch": epoch,
@@ -704,7 +800,7 @@ def _end_epoch(
     if new_best:
         progress.best_psnr = score[0]
     if runtime.main:
-        checkpoint = make_checkpoint(config, model, optimizer, scaler.state_dict(), progress)
+        checkpoint = make_checkpoint(config, task.kind, model, optimizer, scaler.state_dict(), progress)
         save_checkpoint(checkpoint, out_dir / "last.pth")
         if epoch % config["save_freq"] == 0:
             save_checkpoint(checkpoint, out_dir / f"epoch-{epoch:04d}.pth")
@@ -712,8 +808,8 @@ def _end_epoch(
             save_checkpoint(checkpoint, out_dir / "best.pth")
         write_history_csv(progress.history, out_dir / "history.csv")
         val = (
-            f"{config['val_data']} PSNR {score[0]:.2f} dB SSIM {score[1]:.4f} (bicubic {bicubic[0]:.2f} / "
-            f"{bicubic[1]:.4f}){' best' if new_best else ''}"
+            f"{config['val_data']} {task.metric} {score[0]:.2f} dB SSIM {score[1]:.4f} "
+            f"({task.baseline_name} {bicubic[0]:.2f} / {bicubic[1]:.4f}){' best' if new_best else ''}"
             if score
             else "no validation"
         )
@@ -742,11 +838,8 @@ def command_train(args: argparse.Namespace) -> int:
 def command_resume(args: argparse.Namespace) -> int:
     """`resume`: the saved arguments, overridden by the flags given now."""
     checkpoint = load_checkpoint(args.checkpoint)
-    if checkpoint.get("kind") != "single-image":
-        raise CheckpointError(
-            f"{args.checkpoint}: a {checkpoint.get('kind')} checkpoint; train.py resumes "
-            "single-image checkpoints"
-        )
+    if checkpoint.get("kind") not in ("single-image", "multi-frame") or "args" not in checkpoint:
+        raise CheckpointError(f"{args.checkpoint}: not a training checkpoint written by train.py")
     config = {**DEFAULTS, **checkpoint["args"]}
     given = {key: getattr(args, key) for key in DEFAULTS if hasattr(args, key)}
     rank0 = int(os.environ.get("RANK", "0")) == 0
