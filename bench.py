@@ -1,39 +1,310 @@
-"""Speed benchmark (not a test): throughput of the toolkit's hot paths on this machine.
+"""Speed and memory benchmark (not a test): the toolkit's hot paths against this machine's ceiling.
 
-    python bench.py                 # every section, a table on stdout
-    python bench.py --only data     # one section
-    python bench.py --json          # machine-readable
+    python bench.py                          # every section, a table on stdout
+    python bench.py --only ceiling inference # some sections
+    python bench.py --json                   # machine-readable
+    python bench.py --cuda                   # on the GPU (bf16 ceiling and autocast paths too)
 
-Sections: `data` (training patch pipeline, patches/s).
+Sections:
+  ceiling    FLOP/s of a large float32 matrix product (and bf16 on a GPU): the reference
+  inference  megapixels/s super-resolving a 1-megapixel output per model, FLOPs per output
+             pixel, achieved FLOP/s as a fraction of the ceiling; the plain NCHW float32
+             forward and the toolkit's fast path (what super_resolve.py runs) side by side
+  training   patches/s and fraction of the ceiling of train.py's real step (data loading
+             included) for srcnn (33x33 patches, batch 128) and a residual model
+  piunet     forward+backward time and peak memory per batch, SDPA against the authors'
+             nn.MultiheadAttention layout, at equal outputs
+  data       the training patch pipeline alone, patches/s
+Every figure is the best of --repeats timed runs after a warm-up run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
 
 from data import PatchDataset, PatchSampler, load_pairs
+from model import Upscaler, build_model
 from utils import run_cli
+
+INFERENCE_MODELS = {
+    "srcnn": {},
+    "residual": {},
+    "vdsr": {},
+    "edsr": {"preset": "baseline"},
+    "unet": {},
+}
+
+
+def best_time(fn: Callable[[], object], repeats: int, cuda: bool) -> float:
+    """Best wall time of `repeats` runs of fn after one warm-up run."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of the matrix products and convolutions fn runs (torch's flop counter)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def bench_ceiling(args: argparse.Namespace) -> list[dict]:
+    """FLOP/s of a large matrix product: float32, and bf16 on a GPU."""
+    device = torch.device("cuda" if args.cuda else "cpu")
+    dtypes = [torch.float32] + ([torch.bfloat16] if args.cuda else [])
+    rows = []
+    for dtype in dtypes:
+        n = 8192 if args.cuda else 2048
+        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+        seconds = best_time(lambda a=a, b=b: a @ b, max(args.repeats, 5), args.cuda)
+        rows.append(
+            {
+                "section": "ceiling",
+                "what": f"matmul {n}x{n} {str(dtype)[6:]}",
+                "flops_per_s": 2 * n**3 / seconds,
+                "dtype": str(dtype)[6:],
+            }
+        )
+    return rows
+
+
+def ceiling_of(rows: list[dict], dtype: str = "float32") -> float:
+    """The measured ceiling for a dtype."""
+    return next(r["flops_per_s"] for r in rows if r["section"] == "ceiling" and r["dtype"] == dtype)
+
+
+def bench_inference(args: argparse.Namespace, ceiling: float) -> list[dict]:
+    """MP/s of each model on a ~1-megapixel output: plain NCHW float32 vs the fast path."""
+    rows = []
+    for name in args.models or list(INFERENCE_MODELS):
+        rows += _bench_model_inference(name, args, ceiling)
+    return rows
+
+
+def _bench_model_inference(name: str, args: argparse.Namespace, ceiling: float) -> list[dict]:
+    """The two inference rows of one model."""
+    device = torch.device("cuda" if args.cuda else "cpu")
+    torch.manual_seed(0)
+    scale = 3
+    side = -(-args.size // scale)  # LR side whose x3 output is about size x size
+    lr = torch.rand(1, 3, side, side, device=device)
+    model = build_model(name, scale, **INFERENCE_MODELS.get(name, {})).to(device).eval()
+    pixels = (side * scale) ** 2
+
+    def plain() -> torch.Tensor:
+        with torch.no_grad():
+            return model(lr)
+
+    flops = count_flops(plain)
+    reference = plain()
+    upscaler = Upscaler(model, name, scale, 3, device, args.tile, 16)
+
+    def fast() -> torch.Tensor:  # super_resolve.py's Upscaler: channels_last, inference_mode, tiles
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.cuda and args.bf16):
+            return upscaler(lr[0])
+
+    rows = []
+    for path, fn, memory_format in (
+        ("plain NCHW fp32", plain, torch.contiguous_format),
+        ("fast path", fast, torch.channels_last),
+    ):
+        model.to(memory_format=memory_format)
+        error = (fn().float().reshape(reference.shape) - reference.clamp(0, 1)).abs().max().item()
+        seconds = best_time(fn, args.repeats, args.cuda)
+        rows.append(
+            {
+                "section": "inference",
+                "what": f"{name} {path}",
+                "model": name,
+                "path": path,
+                "output_pixels": pixels,
+                "seconds": seconds,
+                "mp_per_s": pixels / seconds / 1e6,
+                "flops_per_pixel": flops / pixels,
+                "flops_per_s": flops / seconds,
+                "fraction_of_ceiling": flops / seconds / ceiling,
+                "max_abs_difference": error if path == "fast path" else 0.0,
+            }
+        )
+    return rows
+
+
+def _training_setup(name: str, options: list[str], args: argparse.Namespace):
+    """The real train.py task, model, optimizer and loader for a model on the bench data."""
+    import train
+
+    config = dict(train.DEFAULTS)
+    config.update(
+        model=name,
+        model_option=options,
+        train_data=args.train_data,
+        val_data="sample-test",
+        patch_size=33,
+        batch_size=128,
+        patches_per_image=128 * (args.steps * args.repeats + 2) // 5 + 1,  # plenty, whatever the set
+        workers=args.workers,
+        cuda=args.cuda,
+        out_dir="unused",
+        amp=None,
+    )
+    runtime = train.setup_runtime(config)
+    torch.manual_seed(0)
+    model = build_model(name, 3, **train.parse_model_options(options))
+    model.to(runtime.device, memory_format=torch.channels_last)
+    task = train.single_image_task(config, model, runtime, show=False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp_dtype == torch.float16)
+    loader = DataLoader(
+        task.dataset,
+        batch_size=128,
+        sampler=PatchSampler(len(task.dataset)),
+        num_workers=args.workers,
+        pin_memory=args.cuda,
+        drop_last=True,
+        persistent_workers=args.workers > 0,
+    )
+    return train, task, model, optimizer, scaler, loader, runtime
+
+
+def bench_training(args: argparse.Namespace, ceiling: float) -> list[dict]:
+    """Patches/s of train.py's step with its data pipeline, and the FLOPs it achieves."""
+    return [_bench_model_training(name, options, args, ceiling) for name, options in TRAINING_MODELS]
+
+
+TRAINING_MODELS = (("srcnn", []), ("edsr", ["preset=small"]))
+
+
+def _bench_model_training(name: str, options: list[str], args: argparse.Namespace, ceiling: float) -> dict:
+    """The training row of one model."""
+    train, task, model, optimizer, scaler, loader, runtime = _training_setup(name, options, args)
+    batches = iter(loader)
+    first = next(batches)
+
+    def step(batch: list[torch.Tensor]) -> torch.Tensor:
+        return train.train_step(task, model, model, optimizer, scaler, batch, 1, runtime.device, None)
+
+    flops = count_flops(lambda: step(first))
+    best = float("inf")
+    for _ in range(args.repeats):
+        if args.cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            step(next(batches))  # data loading is part of the step's cost
+        if args.cuda:
+            torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - start) / args.steps)
+    return {
+        "section": "training",
+        "what": f"{name} {' '.join(options)} batch 128 33x33".strip(),
+        "model": name,
+        "seconds_per_step": best,
+        "patches_per_s": 128 / best,
+        "flops_per_step": flops,
+        "flops_per_s": flops / best,
+        "fraction_of_ceiling": flops / best / ceiling,
+        "amp": str(runtime.amp_dtype),
+    }
+
+
+PIUNET_WORKER = "--piunet-worker"
+
+
+def piunet_step(layout: str, args: argparse.Namespace) -> dict:
+    """Time and peak memory of one PIUnet forward+backward (run in a fresh process)."""
+    device = torch.device("cuda" if args.cuda else "cpu")
+    torch.manual_seed(0)
+    model = build_model("piunet", 3, attention=layout).to(device)
+    frames = torch.rand(args.piunet_batch, 9, 32, 32, device=device)
+
+    def step() -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.cuda):
+            mu, sigma = model(frames)
+        loss = (mu.float() - 0.5).abs().mean() + sigma.float().mean()
+        loss.backward()
+        return mu
+
+    if args.cuda:
+        torch.cuda.reset_peak_memory_stats()
+    seconds = best_time(step, args.repeats, args.cuda)
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if args.cuda
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
+    model.zero_grad()
+    with torch.no_grad():
+        output = model.eval()(frames[:1])[0].float().sum().item()
+    return {"layout": layout, "seconds": seconds, "peak_bytes": peak, "checksum": output}
+
+
+def bench_piunet(args: argparse.Namespace) -> list[dict]:
+    """PIUnet forward+backward: SDPA layout against nn.MultiheadAttention's, each in its own process."""
+    rows = []
+    results = {}
+    for layout in ("mha", "sdpa"):
+        command = [
+            sys.executable,
+            __file__,
+            PIUNET_WORKER,
+            layout,
+            "--repeats",
+            str(args.repeats),
+            "--piunet-batch",
+            str(args.piunet_batch),
+        ] + (["--cuda"] if args.cuda else [])
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        results[layout] = json.loads(done.stdout)
+    for layout, result in results.items():
+        rows.append(
+            {
+                "section": "piunet",
+                "what": f"piunet fwd+bwd batch {args.piunet_batch}x9x32x32 {layout}",
+                "layout": layout,
+                "seconds": result["seconds"],
+                "peak_bytes": result["peak_bytes"],
+                "speedup_vs_mha": results["mha"]["seconds"] / result["seconds"],
+                "same_output": abs(result["checksum"] - results["mha"]["checksum"]) < 1e-3,
+            }
+        )
+    return rows
 
 
 def bench_data(args: argparse.Namespace) -> list[dict]:
-    """Patches/s of the training pipeline: random and grid patches, with and without workers."""
+    """Patches/s of the training pipeline alone: random and grid patches, with and without workers."""
     start = time.perf_counter()
-    pairs = load_pairs(args.train_data, args.scale, progress=False)
+    pairs = load_pairs(args.train_data, 3, progress=False)
     decode_s = time.perf_counter() - start
     rows = []
-    modes = {"random": {"patches_per_image": 128}, "grid": {"grid_stride": 14}}
-    for mode, options in modes.items():
-        dataset = PatchDataset(pairs, args.scale, args.patch_size, seed=0, **options)
+    for mode, options in {"random": {"patches_per_image": 128}, "grid": {"grid_stride": 14}}.items():
+        dataset = PatchDataset(pairs, 3, 33, seed=0, **options)
         for workers in (0, 2):
-            sampler = PatchSampler(len(dataset), seed=0)
             loader = DataLoader(
-                dataset, batch_size=args.batch_size, sampler=sampler, num_workers=workers, drop_last=True
+                dataset,
+                batch_size=128,
+                sampler=PatchSampler(len(dataset)),
+                num_workers=workers,
+                drop_last=True,
             )
             next(iter(loader))  # start-up (worker processes) is not throughput
             start, patches = time.perf_counter(), 0
@@ -43,45 +314,103 @@ def bench_data(args: argparse.Namespace) -> list[dict]:
             rows.append(
                 {
                     "section": "data",
-                    "what": f"{args.train_data} {mode} {args.patch_size}x{args.patch_size} x{args.scale}",
-                    "workers": workers,
-                    "patches": patches,
+                    "what": f"{args.train_data} {mode} 33x33 x3 workers={workers}",
                     "patches_per_s": patches / seconds,
+                    "patches": patches,
                     "decode_s": decode_s,
                 }
             )
     return rows
 
 
-SECTIONS = {"data": bench_data}
+def format_row(row: dict) -> str:
+    """One table line."""
+    what = f"{row['section']:9} {row['what']:44}"
+    if row["section"] == "ceiling":
+        return f"{what} {row['flops_per_s'] / 1e9:9.1f} GFLOP/s"
+    if row["section"] == "inference":
+        return (
+            f"{what} {row['mp_per_s']:7.3f} MP/s  {row['flops_per_pixel'] / 1e3:8.1f} kFLOP/px  "
+            f"{row['flops_per_s'] / 1e9:7.1f} GFLOP/s = {100 * row['fraction_of_ceiling']:5.1f}% of ceiling"
+            + (f"  (max diff {row['max_abs_difference']:.1e})" if row["path"] == "fast path" else "")
+        )
+    if row["section"] == "training":
+        return (
+            f"{what} {row['patches_per_s']:7.0f} patches/s  {row['flops_per_s'] / 1e9:7.1f} GFLOP/s = "
+            f"{100 * row['fraction_of_ceiling']:5.1f}% of ceiling"
+        )
+    if row["section"] == "piunet":
+        return (
+            f"{what} {1000 * row['seconds']:8.1f} ms  peak {row['peak_bytes'] / 2**20:8.0f} MiB  "
+            f"{row['speedup_vs_mha']:4.2f}x vs mha  same output: {row['same_output']}"
+        )
+    patches = f"({row['patches']} patches; decode {row['decode_s']:.2f}s)"
+    return f"{what} {row['patches_per_s']:9.0f} patches/s {patches}"
+
+
+SECTIONS = ("ceiling", "inference", "training", "piunet", "data")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the chosen sections and print a table (or JSON)."""
+    """Run the chosen sections; print a table or JSON."""
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--only", choices=list(SECTIONS), nargs="+", help="sections to run (default: all)")
+    parser.add_argument("--only", choices=SECTIONS, nargs="+", help="sections to run (default: all)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--train-data", default="T91", help="training set for the data section")
-    parser.add_argument("--scale", type=int, default=3, help="scale factor")
-    parser.add_argument("--patch-size", type=int, default=33, help="HR patch size")
-    parser.add_argument("--batch-size", type=int, default=128, help="batch size")
+    parser.add_argument("--cuda", action="store_true", help="benchmark on the GPU")
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="bf16 autocast in the GPU fast path (default: on)",
+    )
+    parser.add_argument(
+        "--size", type=int, default=1000, help="output side for inference (default 1000: 1 MP)"
+    )
+    parser.add_argument(
+        "--tile",
+        type=int,
+        default=512,
+        help="tile size of the fast path, LR pixels (default 512: a 1 MP output in one tile)",
+    )
+    parser.add_argument("--models", nargs="+", choices=list(INFERENCE_MODELS), help="inference models")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure (best is kept)")
+    parser.add_argument("--steps", type=int, default=10, help="training steps per timed run")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for the training section")
+    parser.add_argument("--train-data", default="T91", help="training images (T91, sample-train, a folder)")
+    parser.add_argument("--piunet-batch", type=int, default=4, help="PIUnet batch size")
+    parser.add_argument(PIUNET_WORKER, dest="piunet_worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    rows = []
-    for name in args.only or list(SECTIONS):
-        rows += SECTIONS[name](args)
-    result = {"threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}
-    if args.json:
-        print(json.dumps(result, indent=2))
+    if args.cuda and not torch.cuda.is_available():
+        raise SystemExit("bench.py: error: --cuda given, but CUDA is not available here")
+    if args.piunet_worker:
+        print(json.dumps(piunet_step(args.piunet_worker, args)))
         return 0
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    for row in rows:
+    sections = args.only or list(SECTIONS)
+    rows = bench_ceiling(args)
+    ceiling = ceiling_of(rows)
+    if "inference" in sections:
+        rows += bench_inference(args, ceiling)
+    if "training" in sections:
+        rows += bench_training(args, ceiling)
+    if "piunet" in sections:
+        rows += bench_piunet(args)
+    if "data" in sections:
+        rows += bench_data(args)
+    device = torch.cuda.get_device_name(0) if args.cuda else f"CPU, {torch.get_num_threads()} threads"
+    if args.json:
         print(
-            f"{row['section']:6} {row['what']:32} workers={row['workers']}  "
-            f"{row['patches_per_s']:10.0f} patches/s  "
-            f"({row['patches']} patches; decode {row['decode_s']:.2f}s)"
+            json.dumps(
+                {"device": device, "torch": torch.__version__, "cpus": os.cpu_count(), "rows": rows}, indent=2
+            )
         )
+    else:
+        print(f"{device}, torch {torch.__version__}")
+        for row in rows:
+            print(format_row(row))
     return 0
 
 

@@ -248,23 +248,47 @@ class TemporalAttention(nn.Module):
     """Self-attention across the T frames, separately at every pixel, without positional
     encoding (so it is permutation-equivariant). Same parameters as nn.MultiheadAttention
     (packed q/k/v projection, output projection), computed with F.scaled_dot_product_attention
-    so it runs in bf16/fp16 under autocast.
+    so it runs in bf16/fp16 under autocast. `layout="mha"` computes the same function the
+    authors' way, through nn.MultiheadAttention's (T, B*H*W, F) path (for bench.py).
     """
 
-    def __init__(self, features: int, heads: int) -> None:
+    def __init__(self, features: int, heads: int, layout: str = "sdpa") -> None:
         super().__init__()
         if features % heads:
             raise ValueError(f"{features} features do not split into {heads} heads")
-        self.heads = heads
+        if layout not in ("sdpa", "mha"):
+            raise ValueError(f"unknown attention layout {layout!r}; use sdpa or mha")
+        self.heads, self.layout = heads, layout
         self.qkv = nn.Linear(features, 3 * features)
         self.out = nn.Linear(features, features)
 
     def forward(self, x: Tensor, frames: int) -> Tensor:
         bt, c, h, w = x.shape
         tokens = x.view(bt // frames, frames, c, h * w).permute(0, 3, 1, 2).reshape(-1, frames, c)
-        q, k, v = self.qkv(tokens).view(-1, frames, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(-1, frames, c)
-        y = self.out(y).view(bt // frames, h * w, frames, c).permute(0, 2, 3, 1)
+        if self.layout == "mha":
+            sequence = tokens.transpose(0, 1)  # (T, N, F), as nn.MultiheadAttention takes it
+            y = F.multi_head_attention_forward(
+                sequence,
+                sequence,
+                sequence,
+                c,
+                self.heads,
+                self.qkv.weight,
+                self.qkv.bias,
+                None,
+                None,
+                False,
+                0.0,
+                self.out.weight,
+                self.out.bias,
+                training=self.training,
+                need_weights=False,
+            )[0].transpose(0, 1)
+        else:
+            q, k, v = self.qkv(tokens).view(-1, frames, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+            y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(-1, frames, c)
+            y = self.out(y)
+        y = y.reshape(bt // frames, h * w, frames, c).permute(0, 2, 3, 1)
         return y.reshape(bt, c, h, w)
 
 
@@ -280,11 +304,13 @@ def _piunet_norm(kind: str, features: int) -> nn.Module:
 class AttentionStage(nn.Module):
     """conv 3x3 per frame -> norm -> LeakyReLU -> + temporal attention -> norm [-> LeakyReLU]."""
 
-    def __init__(self, cin: int, features: int, heads: int, norm: str, activate: bool) -> None:
+    def __init__(
+        self, cin: int, features: int, heads: int, norm: str, activate: bool, layout: str = "sdpa"
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(cin, features, 3, padding=1)
         self.norm_a = _piunet_norm(norm, features)
-        self.attention = TemporalAttention(features, heads)
+        self.attention = TemporalAttention(features, heads, layout)
         self.norm_b = _piunet_norm(norm, features)
         self.activate = activate
 
@@ -298,10 +324,10 @@ class TEFA(nn.Module):
     """Temporal-attention feature block: two attention stages, squeeze-excitation gating from
     the global mean over frames and pixels, plus the block input."""
 
-    def __init__(self, features: int, heads: int, se_ratio: int, norm: str) -> None:
+    def __init__(self, features: int, heads: int, se_ratio: int, norm: str, layout: str = "sdpa") -> None:
         super().__init__()
-        self.stage0 = AttentionStage(features, features, heads, norm, activate=True)
-        self.stage1 = AttentionStage(features, features, heads, norm, activate=False)
+        self.stage0 = AttentionStage(features, features, heads, norm, activate=True, layout=layout)
+        self.stage1 = AttentionStage(features, features, heads, norm, activate=False, layout=layout)
         self.se_down = nn.Linear(features, features // se_ratio)
         self.se_up = nn.Linear(features // se_ratio, features)
 
@@ -319,9 +345,11 @@ class TERN(nn.Module):
     applied to every feature channel of that frame (implicit sub-pixel registration).
     `identity_init` starts every kernel as the identity (a later variant)."""
 
-    def __init__(self, features: int, heads: int, norm: str, identity_init: bool = False) -> None:
+    def __init__(
+        self, features: int, heads: int, norm: str, identity_init: bool = False, layout: str = "sdpa"
+    ) -> None:
         super().__init__()
-        self.stage = AttentionStage(features, features, heads, norm, activate=True)
+        self.stage = AttentionStage(features, features, heads, norm, activate=True, layout=layout)
         self.kernels = nn.Linear(features, 25)
         if identity_init:
             nn.init.zeros_(self.kernels.weight)
@@ -346,6 +374,7 @@ class PIUnet(nn.Module):
     `norm="group"`, `tern_identity_init`, `residual_gain` (a learned scalar on the network's
     residual, starting at 0 so that training starts from the upscaled mean), and
     `upsample="bicubic"` (MATLAB-compatible bicubic for the global residual).
+    `attention="mha"` runs attention in the authors' nn.MultiheadAttention layout (bench.py).
     """
 
     multi_frame = True
@@ -362,6 +391,7 @@ class PIUnet(nn.Module):
         tern_identity_init: bool = False,
         residual_gain: bool = False,
         upsample: str = "bilinear",
+        attention: str = "sdpa",
     ) -> None:
         super().__init__()
         if in_channels != 1:
@@ -369,10 +399,10 @@ class PIUnet(nn.Module):
         if upsample not in ("bilinear", "bicubic"):
             raise ValueError(f"upsample must be bilinear or bicubic, not {upsample!r}")
         self.scale, self.upsample = scale, upsample
-        self.input = AttentionStage(1, features, heads, norm, activate=False)
-        self.blocks = nn.ModuleList([TEFA(features, heads, se_ratio, norm) for _ in range(blocks)])
-        self.middle = AttentionStage(features, features, heads, norm, activate=True)
-        self.tern = TERN(features, heads, norm, identity_init=tern_identity_init)
+        self.input = AttentionStage(1, features, heads, norm, activate=False, layout=attention)
+        self.blocks = nn.ModuleList([TEFA(features, heads, se_ratio, norm, attention) for _ in range(blocks)])
+        self.middle = AttentionStage(features, features, heads, norm, activate=True, layout=attention)
+        self.tern = TERN(features, heads, norm, identity_init=tern_identity_init, layout=attention)
         self.mu_head = nn.Conv2d(features, scale * scale, 3, padding=1)
         self.sigma_conv = nn.Conv2d(features, features, 3, padding=1)
         self.sigma_norm = _piunet_norm(norm, features)

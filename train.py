@@ -679,6 +679,31 @@ def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device
                 state[key] = value.to(device)
 
 
+def train_step(
+    task: Task,
+    net: nn.Module,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    batch: list[Tensor],
+    epoch: int,
+    device: torch.device,
+    clip: float | None,
+) -> Tensor:
+    """One optimisation step on a batch from the loader; returns the (detached) loss."""
+    cuda = device.type == "cuda"
+    batch = [tensor.to(device, non_blocking=cuda) for tensor in batch]
+    loss = task.step_loss(net, batch, epoch)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
 def _train_epoch(
     epoch: int,
     config: dict,
@@ -721,16 +746,8 @@ def _train_epoch(
         rate = learning_rate(config, epoch - 1 + progress.batches / steps_per_epoch)
         for group in optimizer.param_groups:
             group["lr"] = rate
-        batch = [tensor.to(runtime.device, non_blocking=cuda) for tensor in batch]
-        loss = task.step_loss(net, batch, epoch)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if clip:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), clip)
-        scaler.step(optimizer)
-        scaler.update()
-        pending.append(loss.detach())
+        loss = train_step(task, net, model, optimizer, scaler, batch, epoch, runtime.device, clip)
+        pending.append(loss)
         progress.batches = step
         progress.samples += batch[0].shape[0]
         if len(pending) >= check_every or step == steps_per_epoch or stop.signal is not None:

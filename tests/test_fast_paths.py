@@ -1,0 +1,88 @@
+"""Fast paths compute what the plain paths compute (no test here times anything)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import bench
+from model import MODELS, Upscaler, build_model
+
+SMALL = {
+    "edsr": {"preset": "tiny"},
+    "unet": {"features": 8},
+    "vdsr": {"depth": 5, "features": 16},
+    "basic": {"depth": 4, "features": 16},
+    "residual": {"depth": 4, "features": 16},
+}
+SINGLE_IMAGE = [name for name, (make, _) in MODELS.items() if not getattr(make, "multi_frame", False)]
+
+
+@pytest.mark.parametrize("name", SINGLE_IMAGE)
+def test_upscaler_fast_path_equals_plain_forward(name):
+    torch.manual_seed(0)
+    model = build_model(name, 3, **SMALL.get(name, {})).eval()
+    lr = torch.rand(1, 3, 40, 37)
+    with torch.no_grad():
+        plain = model(lr)[0].clamp(0, 1)
+    fast = Upscaler(model.to(memory_format=torch.channels_last), name, 3, 3, torch.device("cpu"), 512, 16)(
+        lr[0]
+    )
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)
+
+
+def test_channels_last_training_step_equals_nchw():
+    torch.manual_seed(0)
+    plain = build_model("srcnn", 3)
+    fast = build_model("srcnn", 3)
+    fast.load_state_dict(plain.state_dict())
+    fast.to(memory_format=torch.channels_last)
+    lr, hr = torch.rand(8, 3, 11, 11), torch.rand(8, 3, 33, 33)
+    loss_plain = F.mse_loss(plain(lr), hr)
+    loss_fast = F.mse_loss(fast(lr.contiguous(memory_format=torch.channels_last)), hr)
+    loss_plain.backward()
+    loss_fast.backward()
+    torch.testing.assert_close(loss_fast, loss_plain, atol=1e-6, rtol=1e-5)
+    for a, b in zip(plain.parameters(), fast.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_bf16_autocast_is_within_its_tolerance():
+    torch.manual_seed(0)
+    model = build_model("srcnn", 3).eval()
+    lr = torch.rand(1, 3, 24, 24)
+    with torch.no_grad():
+        plain = model(lr)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            reduced = model(lr).float()
+    assert (reduced - plain).abs().max() < 2e-2  # bf16 keeps 8 bits of mantissa
+
+
+def test_piunet_sdpa_equals_the_authors_attention_layout():
+    torch.manual_seed(0)
+    sdpa = build_model("piunet", 3, features=12, blocks=1)
+    mha = build_model("piunet", 3, features=12, blocks=1, attention="mha")
+    mha.load_state_dict(sdpa.state_dict())
+    frames = torch.rand(2, 5, 8, 8)
+    for mode in ("train", "eval"):
+        getattr(sdpa, mode)()
+        getattr(mha, mode)()
+        a, b = sdpa(frames), mha(frames)
+        torch.testing.assert_close(a[0], b[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(a[1], b[1], atol=1e-5, rtol=1e-5)
+
+
+def test_bench_runs_and_reports_ratios(capsys):
+    assert (
+        bench.main(["--only", "inference", "--models", "srcnn", "--size", "48", "--repeats", "1", "--json"])
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    rows = {row["what"]: row for row in result["rows"]}
+    assert rows["matmul 2048x2048 float32"]["flops_per_s"] > 0
+    fast = rows["srcnn fast path"]
+    assert fast["flops_per_pixel"] == pytest.approx(2 * (3 * 81 * 64 + 64 * 32 + 32 * 25 * 3), rel=1e-6)
+    assert fast["fraction_of_ceiling"] > 0 and fast["max_abs_difference"] < 1e-5
