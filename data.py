@@ -298,7 +298,17 @@ def _contributions(in_len: int, out_len: int, scale: float, method: str) -> tupl
 
 
 def _resize_axis(x: Tensor, axis: int, out_len: int, scale: float, method: str) -> Tensor:
-    """Resize one spatial axis (-2 or -1) of x, one kernel tap at a time (memory ~ 2 outputs)."""
+    """Resize one spatial axis (-2 or -1) of x: integer upscaling as a convolution, anything
+    else by gathering one kernel tap at a time (memory ~ 2 outputs)."""
+    in_len = x.shape[axis]
+    factor = out_len // in_len
+    if method != "nearest" and factor > 1 and out_len == factor * in_len and in_len >= 3:
+        return _upsample_axis(x, axis, factor, method)
+    return _resize_axis_gather(x, axis, out_len, scale, method)
+
+
+def _resize_axis_gather(x: Tensor, axis: int, out_len: int, scale: float, method: str) -> Tensor:
+    """The general resize of one axis: weighted sum of gathered input pixels."""
     in_len = x.shape[axis]
     index, weights = _contributions(in_len, out_len, scale, method)
     index, weights = index.to(x.device), weights.to(x.device, x.dtype)
@@ -306,6 +316,38 @@ def _resize_axis(x: Tensor, axis: int, out_len: int, scale: float, method: str) 
     out = x.index_select(axis, index[:, 0]).mul_(weights[:, 0].view(shape))
     for tap in range(1, index.shape[1]):
         out.add_(x.index_select(axis, index[:, tap]).mul_(weights[:, tap].view(shape)))
+    return out
+
+
+def _phase_kernels(factor: int, method: str) -> Tensor:
+    """(factor, 5) weights of output phase p on input offsets -2..2, for integer upscaling."""
+    n = 8  # an interior block of a small axis has the same weights as any other
+    index, weights = _contributions(n, n * factor, float(factor), method)
+    kernels = torch.zeros(factor, 5, dtype=torch.float64)
+    block = n // 2
+    for phase in range(factor):
+        row = block * factor + phase
+        for tap in range(index.shape[1]):
+            offset = int(index[row, tap]) - block
+            if weights[row, tap] != 0:
+                kernels[phase, offset + 2] += weights[row, tap]
+    return kernels
+
+
+def _upsample_axis(x: Tensor, axis: int, factor: int, method: str) -> Tensor:
+    """Integer upscaling of one axis with MATLAB's weights: symmetric padding by 2, one 5-tap
+    convolution per output phase, phases interleaved. Same values as the gather path, a few
+    times faster, and exportable to ONNX with dynamic sizes."""
+    if axis == -1:
+        return _upsample_axis(x.transpose(-1, -2), -2, factor, method).transpose(-1, -2)
+    lead, (height, width) = x.shape[:-2], x.shape[-2:]
+    planes = x.reshape(-1, 1, height, width)
+    padded = torch.cat(
+        [planes[:, :, 1:2], planes[:, :, 0:1], planes, planes[:, :, -1:], planes[:, :, -2:-1]], dim=2
+    )
+    kernels = _phase_kernels(factor, method).to(x.device, x.dtype).view(factor, 1, 5, 1)
+    phases = torch.nn.functional.conv2d(padded, kernels)  # (N, factor, H, W)
+    out = phases.permute(0, 2, 1, 3).reshape(*lead, height * factor, width)
     return out
 
 

@@ -84,5 +84,6 @@ def test_bench_runs_and_reports_ratios(capsys):
     rows = {row["what"]: row for row in result["rows"]}
     assert rows["matmul 2048x2048 float32"]["flops_per_s"] > 0
     fast = rows["srcnn fast path"]
-    assert fast["flops_per_pixel"] == pytest.approx(2 * (3 * 81 * 64 + 64 * 32 + 32 * 25 * 3), rel=1e-6)
+    convolutions = 2 * (3 * 81 * 64 + 64 * 32 + 32 * 25 * 3)  # per output pixel; bicubic adds ~0.1 %
+    assert convolutions <= fast["flops_per_pixel"] < 1.01 * convolutions
     assert fast["fraction_of_ceiling"] > 0 and fast["max_abs_difference"] < 1e-5

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from conftest import reference_file
 
-from data import degrade, imresize, modcrop
+from data import _resize_axis_gather, degrade, imresize, modcrop
 
 
 def _reference_cases(reference_dir):
@@ -63,6 +63,16 @@ def test_is_differentiable():
     x = torch.rand(1, 1, 6, 7, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: imresize(t, 0.5), (x,))
     assert torch.autograd.gradcheck(lambda t: imresize(t, 1.5), (x,))
+    assert torch.autograd.gradcheck(lambda t: imresize(t, 3), (x,))  # the integer-upscaling path
+
+
+def test_integer_upscaling_path_equals_the_general_path():
+    x = torch.rand(2, 3, 9, 14, dtype=torch.float64)
+    for method in ("bicubic", "bilinear"):
+        for factor in (2, 3, 4):
+            general = _resize_axis_gather(x, -2, 9 * factor, float(factor), method)
+            general = _resize_axis_gather(general, -1, 14 * factor, float(factor), method)
+            torch.testing.assert_close(imresize(x, factor, method=method), general, atol=1e-12, rtol=0)
 
 
 def test_size_argument_and_output_size():
