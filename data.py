@@ -7,6 +7,7 @@ factor between them. HR images are cropped to a multiple of the scale before LR 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
 import json
@@ -319,19 +320,19 @@ def _resize_axis_gather(x: Tensor, axis: int, out_len: int, scale: float, method
     return out
 
 
-def _phase_kernels(factor: int, method: str) -> Tensor:
-    """(factor, 5) weights of output phase p on input offsets -2..2, for integer upscaling."""
-    n = 8  # an interior block of a small axis has the same weights as any other
-    index, weights = _contributions(n, n * factor, float(factor), method)
-    kernels = torch.zeros(factor, 5, dtype=torch.float64)
-    block = n // 2
+@functools.lru_cache(maxsize=32)
+def _phase_kernels(factor: int, method: str) -> tuple[tuple[float, ...], ...]:
+    """Weights of each output phase on input offsets -2..2 for integer upscaling, as MATLAB
+    computes them (plain numbers, so that traced and exported graphs hold them as constants)."""
+    kernel, _, _ = _KERNELS[method]
+    kernels = []
     for phase in range(factor):
-        row = block * factor + phase
-        for tap in range(index.shape[1]):
-            offset = int(index[row, tap]) - block
-            if weights[row, tap] != 0:
-                kernels[phase, offset + 2] += weights[row, tap]
-    return kernels
+        # output pixel s*i + phase sits at input position i + (phase + 0.5) / s - 0.5
+        centre = (phase + 0.5) / factor - 0.5
+        taps = [float(kernel(torch.tensor(centre - offset, dtype=torch.float64))) for offset in range(-2, 3)]
+        total = sum(taps)
+        kernels.append(tuple(t / total for t in taps))
+    return tuple(kernels)
 
 
 def _upsample_axis(x: Tensor, axis: int, factor: int, method: str) -> Tensor:
@@ -345,10 +346,22 @@ def _upsample_axis(x: Tensor, axis: int, factor: int, method: str) -> Tensor:
     padded = torch.cat(
         [planes[:, :, 1:2], planes[:, :, 0:1], planes, planes[:, :, -1:], planes[:, :, -2:-1]], dim=2
     )
-    kernels = _phase_kernels(factor, method).to(x.device, x.dtype).view(factor, 1, 5, 1)
+    kernels = torch.tensor(_phase_kernels(factor, method), dtype=x.dtype, device=x.device).view(
+        factor, 1, 5, 1
+    )
     phases = torch.nn.functional.conv2d(padded, kernels)  # (N, factor, H, W)
     out = phases.permute(0, 2, 1, 3).reshape(*lead, height * factor, width)
     return out
+
+
+def upscale(x: Tensor, factor: int, method: str = "bicubic") -> Tensor:
+    """`imresize(x, factor)` for an integer factor: the convolution path on both axes, with no
+    float arithmetic on sizes (so it traces and exports with dynamic height and width)."""
+    if factor == 1:
+        return x
+    if min(x.shape[-2:]) < 3 or method == "nearest":
+        return imresize(x, size=(x.shape[-2] * factor, x.shape[-1] * factor), method=method)
+    return _upsample_axis(_upsample_axis(x, -2, factor, method), -1, factor, method)
 
 
 def _out_len(in_len: int, scale: float) -> int:

@@ -7,17 +7,24 @@ inside (`data.imresize`), so callers treat all models alike.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import os
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from data import imresize, rgb_to_ycbcr, to_channels, ycbcr_to_rgb
-from utils import CheckpointError, ImageError
+from data import imresize, rgb_to_ycbcr, to_channels, upscale, ycbcr_to_rgb
+from utils import CheckpointError, ImageError, UserError
 
 
 class SRCNN(nn.Module):
@@ -45,7 +52,7 @@ class SRCNN(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, lr: Tensor) -> Tensor:
-        upscaled = imresize(lr, self.scale)
+        upscaled = _upscale(lr, self.scale, "bicubic")
         x = self.relu(self.features(upscaled))
         x = self.relu(self.mapping(x))
         return self.reconstruction(x)
@@ -53,7 +60,7 @@ class SRCNN(nn.Module):
 
 def _upscale(lr: Tensor, scale: int, method: str) -> Tensor:
     """MATLAB-compatible bicubic or bilinear upscaling by an integer factor."""
-    return imresize(lr, size=(lr.shape[-2] * scale, lr.shape[-1] * scale), method=method)
+    return upscale(lr, scale, method)
 
 
 def _normal_init(module: nn.Module, std: float) -> None:
@@ -224,7 +231,7 @@ class UNet(nn.Module):
         height, width = upscaled.shape[-2:]
         multiple = 2**self.levels
         pad_h, pad_w = (-height) % multiple, (-width) % multiple
-        x = F.pad(upscaled, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else upscaled
+        x = F.pad(upscaled, (0, pad_w, 0, pad_h), mode="replicate")  # no branch: exports with any size
         skips = []
         for block in self.down:
             x = block(x)
@@ -623,3 +630,76 @@ class Upscaler:
     def _run(self, lr: Tensor) -> Tensor:
         sr = tiled_forward(self.model, lr.unsqueeze(0), self.scale, self.tile, self.overlap, self.device)
         return sr[0].float().clamp(0, 1)
+
+
+# ---------------------------------------------------------------------------------------
+# ONNX: export single-image models, run them with onnxruntime
+# ---------------------------------------------------------------------------------------
+
+ONNX_HINT = "pip install -r requirements-onnx.txt"
+
+
+def export_onnx(model: nn.Module, path: str | Path, metadata: dict[str, str]) -> Path:
+    """Export a single-image model to ONNX with dynamic batch, height and width (at least 3
+    LR pixels), input `lr` and output `sr`; `metadata` is stored in the file. Atomic."""
+    try:
+        import onnx
+        import onnxscript  # noqa: F401  (torch's exporter needs it)
+    except ImportError:
+        raise UserError(f"ONNX export needs onnx and onnxscript: {ONNX_HINT}") from None
+    path = Path(path)
+    channels = int(metadata["in_channels"])
+    example = torch.rand(2, channels, 24, 24)
+    dims = {"lr": {0: torch.export.Dim("batch"), 2: torch.export.Dim("height", min=3),
+                   3: torch.export.Dim("width", min=3)}}  # fmt: skip
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    chatter = io.StringIO()  # the exporter's progress lines and warnings, shown only on failure
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(chatter), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(model.eval(), (example,), dynamo=True, dynamic_shapes=dims,
+                                    input_names=["lr"], output_names=["sr"], verbose=False)  # fmt: skip
+            program.save(str(tmp))
+        proto = onnx.load(str(tmp))
+        for key, value in metadata.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, str(value)
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, path)
+    except OSError as err:
+        raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
+    except Exception as err:
+        raise RuntimeError(f"ONNX export failed: {err}\n{chatter.getvalue()}") from err
+    finally:
+        logger.setLevel(level)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+class OnnxModel(nn.Module):
+    """An exported model run by onnxruntime, usable wherever a model is (tiles, channels)."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        try:
+            import onnxruntime
+        except ImportError:
+            raise UserError(f"running ONNX models needs onnxruntime: {ONNX_HINT}") from None
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise CheckpointError(
+                f"{path}: not a loadable ONNX model ({str(err).strip().splitlines()[0]})"
+            ) from None
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        if not {"model", "scale", "in_channels"} <= set(self.metadata):
+            raise CheckpointError(
+                f"{path}: an ONNX model not exported by `train.py export` (no srkit metadata)"
+            )
+
+    def forward(self, lr: Tensor) -> Tensor:
+        array = np.ascontiguousarray(lr.detach().float().cpu().numpy())
+        return torch.from_numpy(self.session.run(["sr"], {"lr": array})[0]).to(lr.device)

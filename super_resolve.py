@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 from torch import Tensor
 
 from data import (
+    DEGRADATIONS,
     IMAGE_SUFFIXES,
     ImagePair,
     bicubic_of_mean,
@@ -37,17 +37,22 @@ from data import (
     single_band,
     to_channels,
 )
-from model import Upscaler, load_model, tiled_forward
+from model import OnnxModel, Upscaler, load_model, tiled_forward
 from utils import (
+    FDA_BANDS,
     PROTOCOL,
     CheckpointError,
     ImageError,
     UserError,
+    band_energy_ratios,
     cpsnr,
     cssim,
     load_checkpoint,
+    new_figure,
     psnr,
+    radial_power_spectrum,
     run_cli,
+    save_figure,
     ssim,
 )
 
@@ -69,11 +74,24 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("inputs", nargs="*", help="LR images, globs or folders of images")
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by train.py")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a checkpoint written by train.py")
+    source.add_argument("--onnx", metavar="FILE", help="a model exported by `train.py export` (onnxruntime)")
     parser.add_argument("--out-dir", help="write outputs here instead of beside each input")
     parser.add_argument("--gt", help="ground-truth HR image (one input) or folder (matched by name)")
     parser.add_argument(
         "--dataset", help="evaluate on a set: Set5, Set14, BSD100, Urban100, sample, a folder"
+    )
+    parser.add_argument(
+        "--degradation",
+        metavar="KERNELS",
+        help="with --dataset: LR made by each kernel of a comma list (bicubic,bilinear,nearest); "
+        "reports L1, PSNR and SSIM of the model and of bicubic and bilinear upscaling per kernel",
+    )
+    parser.add_argument(
+        "--fda-plot",
+        metavar="FILE",
+        help="with --dataset: plot the radially averaged power spectra of SR, bicubic and HR",
     )
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     parser.add_argument("--save", action="store_true", help="with --dataset: also write the SR images")
@@ -213,8 +231,8 @@ def print_table(rows: list[dict], model_name: str, title: str) -> None:
 
 
 def mean_row(rows: list[dict]) -> dict:
-    """The mean of every metric over the rows."""
-    keys = ("model_psnr", "model_ssim", "bicubic_psnr", "bicubic_ssim")
+    """The mean of every numeric column over the rows."""
+    keys = [k for k, v in rows[0].items() if isinstance(v, float)]
     return {"name": "mean", **{k: sum(r[k] for r in rows) / len(rows) for k in keys}}
 
 
@@ -235,16 +253,12 @@ def zoom_box(reference: Tensor, size: int) -> tuple[int, int]:
 
 def save_panel(path: Path, title: str, panels: list[tuple[str, Tensor]]) -> Path:
     """A PNG with each image (top) and the same zoomed region of each, boxed (bottom)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
     height, width = panels[-1][1].shape[-2:]
     size = max(8, min(height, width) // 4)
     top, left = zoom_box(panels[-1][1], size)
-    fig, axes = plt.subplots(2, len(panels), figsize=(3.6 * len(panels), 7.4), squeeze=False)
+    fig, axes = new_figure(2, len(panels), figsize=(3.6 * len(panels), 7.4), squeeze=False)
     for column, (label, img) in enumerate(panels):
         array = img.clamp(0, 1).permute(1, 2, 0).numpy()
         gray = array.shape[-1] == 1
@@ -262,17 +276,7 @@ def save_panel(path: Path, title: str, panels: list[tuple[str, Tensor]]) -> Path
             ax.set_xticks([])
             ax.set_yticks([])
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise UserError(f"{path}: cannot write panel ({err.strerror or err})") from None
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
+    return save_figure(fig, path)
 
 
 def panel_images(
@@ -294,6 +298,24 @@ def panel_images(
     return panels
 
 
+def save_spectra_plot(path: Path, spectra: dict[str, list[Tensor]], title: str, model_name: str) -> Path:
+    """Mean radially averaged power spectra (log scale) of SR, bicubic and HR, as a PNG."""
+    fig, ax = new_figure(figsize=(7, 4.5))
+    for who, label, style in (("HR", "HR", "-"), ("model", model_name, "-"), ("bicubic", "bicubic", "--")):
+        mean = torch.stack(spectra[who]).mean(0)
+        frequency = (torch.arange(len(mean), dtype=torch.float64) + 0.5) * 0.5 / len(mean)
+        ax.semilogy(frequency.numpy(), mean.clamp(min=1e-12).numpy(), style, label=label)
+    for edge in (1 / 6, 1 / 3):
+        ax.axvline(edge, color="gray", linewidth=0.8, linestyle=":")
+    ax.set(
+        xlabel="normalised frequency (cycles/pixel); bands: low | mid | high",
+        ylabel="mean power (luma)",
+        title=f"radially averaged power spectra, {title}",
+    )
+    ax.legend()
+    return save_figure(fig, path)
+
+
 # ---------------------------------------------------------------------------------------
 # Modes
 # ---------------------------------------------------------------------------------------
@@ -311,7 +333,8 @@ def run_dataset(args: argparse.Namespace, upscaler: Upscaler) -> int:
         else None
     )
     panel_dir = ensure_folder(args.compare_dir) if args.compare_dir else None
-    rows = []
+    rows: list[dict] = []
+    spectra: dict[str, list[Tensor]] = {}
     for pair in tqdm(pairs, desc=args.dataset, disable=not show, leave=False):
         check_size(pair.lr, pair.name)
         sr, bic = upscaler(pair.lr), bicubic(pair.lr, upscaler.scale)
@@ -323,13 +346,22 @@ def run_dataset(args: argparse.Namespace, upscaler: Upscaler) -> int:
             "bicubic_psnr": bicubic_score[0],
             "bicubic_ssim": bicubic_score[1],
         }
+        for who, image in (("model", sr), ("bicubic", bic)):
+            for band, ratio in band_energy_ratios(image, pair.hr).items():
+                row[f"{who}_energy_{band}"] = ratio
         rows.append(row)
+        for who, image in (("model", sr), ("bicubic", bic), ("HR", pair.hr)):
+            spectra.setdefault(who, []).append(radial_power_spectrum(image))
         if out_dir is not None:
             save_image(sr, out_dir / f"{pair.name}_{upscaler.name}_x{upscaler.scale}.png")
         if panel_dir is not None:
             panels = panel_images(pair.lr, bic, sr, pair.hr, row, upscaler.name, upscaler.scale)
             save_panel(panel_dir / f"{pair.name}_compare.png", f"{pair.name} x{upscaler.scale}", panels)
     report(args, upscaler, rows, f"{args.dataset} x{upscaler.scale}")
+    if args.fda_plot:
+        save_spectra_plot(Path(args.fda_plot), spectra, f"{args.dataset} x{upscaler.scale}", upscaler.name)
+        if not args.json:
+            print(f"spectra plotted to {args.fda_plot}")
     if out_dir is not None and not args.json:
         print(f"SR images written to {out_dir}")
     if panel_dir is not None and not args.json:
@@ -342,7 +374,7 @@ def report(args: argparse.Namespace, upscaler: Upscaler, rows: list[dict], title
     mean = {k: v for k, v in mean_row(rows).items() if k != "name"}
     if args.json:
         result = {
-            "checkpoint": args.checkpoint,
+            "checkpoint": args.checkpoint or args.onnx,
             "model": upscaler.name,
             "scale": upscaler.scale,
             "dataset": args.dataset,
@@ -353,6 +385,78 @@ def report(args: argparse.Namespace, upscaler: Upscaler, rows: list[dict], title
         print(json.dumps(result, indent=2))
     else:
         print_table(rows, upscaler.name, f"{title} (PSNR in dB)\n{PROTOCOL}")
+        if "model_energy_low" in mean:
+            print(
+                "\nspectral energy SR/HR (mean over images; 1 = HR-like) in bands of normalised frequency "
+                "low <1/6, mid 1/6-1/3, high >1/3 cycles/pixel:"
+            )
+            for who in (upscaler.name, "bicubic"):
+                key = "model" if who == upscaler.name else who
+                bands = "  ".join(f"{band} {mean[f'{key}_energy_{band}']:.3f}" for band in FDA_BANDS)
+                print(f"  {who:10} {bands}")
+
+
+def run_robustness(args: argparse.Namespace, upscaler: Upscaler) -> int:
+    """--dataset with --degradation: the model against bicubic and bilinear upscaling when the
+    LR images are made by each kernel (the exercise report's study)."""
+    kernels = [k.strip() for k in args.degradation.split(",") if k.strip()]
+    unknown = [k for k in kernels if k not in DEGRADATIONS]
+    if unknown or not kernels:
+        raise UserError(f"--degradation {args.degradation!r}: use a comma list of {', '.join(DEGRADATIONS)}")
+    scale, show = upscaler.scale, not args.quiet and not args.json
+    methods = {upscaler.name: upscaler, "bicubic": lambda lr: bicubic(lr, scale),
+               "bilinear": lambda lr: imresize(lr, size=(lr.shape[-2] * scale, lr.shape[-1] * scale),
+                                               method="bilinear").clamp(0, 1)}  # fmt: skip
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for kernel in kernels:
+        pairs = load_pairs(args.dataset, scale, degradations=(kernel,), progress=show)
+        sums = {name: {"l1": 0.0, "psnr": 0.0, "ssim": 0.0} for name in methods}
+        for pair in pairs:
+            check_size(pair.lr, pair.name)
+            for name, method in methods.items():
+                sr = method(pair.lr)
+                p, q = score(sr, pair.hr, scale)
+                sums[name]["psnr"] += p
+                sums[name]["ssim"] += q
+                sums[name]["l1"] += l1_error(sr, pair.hr, scale)
+        results[kernel] = {
+            name: {k: v / len(pairs) for k, v in values.items()} for name, values in sums.items()
+        }
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "checkpoint": args.checkpoint or args.onnx,
+                    "model": upscaler.name,
+                    "scale": scale,
+                    "dataset": args.dataset,
+                    "protocol": PROTOCOL,
+                    "degradations": results,
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print(
+        f"{args.dataset} x{scale}: LR made by each kernel; mean L1 (8-bit SR, shaved, 0..1), PSNR (dB), SSIM"
+    )
+    print(PROTOCOL)
+    for kernel, by_method in results.items():
+        print(f"\nLR by {kernel}:")
+        best = max(by_method, key=lambda name: by_method[name]["psnr"])
+        for name, values in by_method.items():
+            mark = "  <- best" if name == best else ""
+            print(
+                f"  {name:10} L1 {values['l1']:.4f}  PSNR {values['psnr']:7.3f}  "
+                f"SSIM {values['ssim']:.4f}{mark}"
+            )
+    return 0
+
+
+def l1_error(sr: Tensor, hr: Tensor, shave: int) -> float:
+    """Mean absolute error in [0, 1] of the 8-bit-rounded SR on all channels, border shaved."""
+    a = torch.round(sr.clamp(0, 1) * 255) / 255
+    return (a - hr).abs()[..., shave:-shave, shave:-shave].mean().item()
 
 
 def run_inputs(args: argparse.Namespace, upscaler: Upscaler) -> int:
@@ -490,14 +594,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.gt and args.dataset:
         raise UserError("--gt goes with input images; a --dataset brings its own ground truth")
     device = check_options(args)
-    checkpoint = load_checkpoint(args.checkpoint)
-    kind = checkpoint.get("kind", "single-image")
-    if kind == "multi-frame":
-        return run_scene(args, checkpoint, device)
-    if kind != "single-image":
-        raise CheckpointError(f"{args.checkpoint}: unknown kind of checkpoint {kind!r}")
-    upscaler = Upscaler.from_checkpoint(checkpoint, device, args.tile, args.tile_overlap)
-    return run_dataset(args, upscaler) if args.dataset else run_inputs(args, upscaler)
+    if args.onnx:
+        onnx_model = OnnxModel(args.onnx)
+        meta = onnx_model.metadata
+        upscaler = Upscaler(onnx_model, meta["model"], int(meta["scale"]), int(meta["in_channels"]),
+                            torch.device("cpu"), args.tile, args.tile_overlap)  # fmt: skip
+    else:
+        checkpoint = load_checkpoint(args.checkpoint)
+        kind = checkpoint.get("kind", "single-image")
+        if kind == "multi-frame":
+            return run_scene(args, checkpoint, device)
+        if kind != "single-image":
+            raise CheckpointError(f"{args.checkpoint}: unknown kind of checkpoint {kind!r}")
+        upscaler = Upscaler.from_checkpoint(checkpoint, device, args.tile, args.tile_overlap)
+    if args.dataset:
+        return run_robustness(args, upscaler) if args.degradation else run_dataset(args, upscaler)
+    return run_inputs(args, upscaler)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from data import (
     imresize,
     load_pairs,
 )
-from model import MODELS, Upscaler, build_model, count_parameters, model_zoo
+from model import MODELS, Upscaler, build_model, count_parameters, export_onnx, load_model, model_zoo
 from utils import (
     CHECKPOINT_FORMAT,
     LOSS_NAMES,
@@ -57,12 +57,14 @@ from utils import (
     cssim,
     load_checkpoint,
     make_loss,
+    new_figure,
     psnr,
     registered_l1,
     registered_uncertainty_loss,
     rng_state,
     run_cli,
     save_checkpoint,
+    save_figure,
     seed_everything,
     set_rng_state,
     ssim,
@@ -225,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("checkpoint", help="a checkpoint written by train.py")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
     inspect.add_argument("--plot", metavar="FILE", help="draw loss and validation PSNR curves into a PNG")
+    export = sub.add_parser("export", help="export a single-image model to ONNX (dynamic height and width)")
+    export.add_argument("checkpoint", help="a checkpoint written by train.py")
+    export.add_argument("output", help="the .onnx file to write")
     return parser
 
 
@@ -928,18 +933,28 @@ def command_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_export(args: argparse.Namespace) -> int:
+    """`export`: the checkpoint's model as ONNX, run by `super_resolve.py --onnx`."""
+    checkpoint = load_checkpoint(args.checkpoint)
+    if checkpoint.get("kind", "single-image") != "single-image":
+        raise CheckpointError(f"{args.checkpoint}: ONNX export supports single-image models, not this "
+                              f"{checkpoint.get('kind')} one")  # fmt: skip
+    spec = checkpoint["model"]
+    metadata = {"model": spec["name"], "scale": str(spec["scale"]),
+                "in_channels": str(spec["options"].get("in_channels", 3)),
+                "options": json.dumps(spec["options"]), "source": str(args.checkpoint)}  # fmt: skip
+    path = export_onnx(load_model(checkpoint), args.output, metadata)
+    print(f"exported {spec['name']} x{spec['scale']} to {path} (input lr: N x C x H x W, any N, H, W >= 3)")
+    return 0
+
+
 def plot_history(info: dict, path: Path) -> None:
     """Training loss and validation PSNR (model vs bicubic) against epoch, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     history = info["history"]
     if not history:
         raise UserError("the checkpoint has no history to plot yet")
     epochs = [row["epoch"] for row in history]
-    fig, (ax_loss, ax_psnr) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_loss, ax_psnr) = new_figure(1, 2, figsize=(11, 4))
     ax_loss.plot(epochs, [row["train_loss"] for row in history], marker=".")
     ax_loss.set(
         xlabel="epoch",
@@ -958,22 +973,15 @@ def plot_history(info: dict, path: Path) -> None:
         title=f"validation on {info['args'].get('val_data')} x{info['scale']}",
     )
     ax_psnr.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise UserError(f"{path}: cannot write plot ({err.strerror or err})") from None
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse the subcommand and run it."""
     args = build_parser().parse_args(argv)
-    command = {"train": command_train, "resume": command_resume, "inspect": command_inspect}[args.command]
+    commands = {"train": command_train, "resume": command_resume, "inspect": command_inspect,
+                "export": command_export}  # fmt: skip
+    command = commands[args.command]
     try:
         return command(args)
     except TrainingStopped as err:

@@ -12,6 +12,7 @@ Benchmark protocol (the MATLAB scripts behind the published SR tables):
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import random
@@ -141,6 +142,62 @@ def ssim(sr: Tensor, hr: Tensor, shave: int, y_channel: bool = True) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------
+# Frequency-domain analysis (as in Michel, Kalinicheva & Inglada 2024, torchsisr)
+# ---------------------------------------------------------------------------------------
+# Radially averaged power spectrum of the luma, on normalised frequency 0..0.5 cycles/pixel,
+# and the energy of SR relative to HR in three bands: low [0, 1/6), mid [1/6, 1/3) and
+# high [1/3, 0.5]. For x3 SR the LR image's own Nyquist limit is 1/6: above it, energy is
+# what the model restored (or invented); a ratio near 1 in the mid and high bands means
+# HR-like detail, far below 1 a blurry result, above 1 over-sharpening or noise.
+
+FDA_BANDS = {"low": (0.0, 1 / 6), "mid": (1 / 6, 1 / 3), "high": (1 / 3, 0.5 + 1e-9)}
+FDA_BINS = 64
+
+
+def _luma(img: Tensor) -> Tensor:
+    """(C, H, W) in [0, 1] -> (H, W) float64: BT.601 Y of RGB, gray as is."""
+    img = img.detach().double()
+    if img.shape[0] == 3:
+        return 0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2]
+    return img.mean(0)
+
+
+def _power_and_radius(img: Tensor) -> tuple[Tensor, Tensor]:
+    """|FFT|^2 of the mean-removed luma (divided by the pixel count), and each frequency's radius."""
+    luma = _luma(img)
+    power = torch.fft.fft2(luma - luma.mean()).abs().pow(2) / luma.numel()
+    fy = torch.fft.fftfreq(luma.shape[0], dtype=torch.float64)[:, None]
+    fx = torch.fft.fftfreq(luma.shape[1], dtype=torch.float64)[None, :]
+    return power, torch.sqrt(fy**2 + fx**2)
+
+
+def radial_power_spectrum(img: Tensor, bins: int = FDA_BINS) -> Tensor:
+    """Mean power in `bins` rings of normalised frequency 0..0.5 (cycles per pixel;
+    frequencies past 0.5, the corners of the spectrum, are left out)."""
+    power, radius = _power_and_radius(img)
+    index = (radius / 0.5 * bins).long()
+    inside = index < bins
+    total = torch.zeros(bins, dtype=torch.float64).index_add_(0, index[inside], power[inside])
+    count = torch.zeros(bins, dtype=torch.float64).index_add_(
+        0, index[inside], torch.ones_like(power[inside])
+    )
+    return total / count.clamp(min=1)
+
+
+def band_energy_ratios(sr: Tensor, hr: Tensor) -> dict[str, float]:
+    """Energy of SR over energy of HR in each band (power summed over the band's frequencies)."""
+    energies = []
+    for img in (sr, hr):
+        power, radius = _power_and_radius(img)
+        energies.append({band: power[(radius >= lo) & (radius < hi)].sum().item()
+                         for band, (lo, hi) in FDA_BANDS.items()})  # fmt: skip
+    return {
+        band: energies[0][band] / energies[1][band] if energies[1][band] > 0 else math.nan
+        for band in FDA_BANDS
+    }
+
+
+# ---------------------------------------------------------------------------------------
 # Multi-frame (PROBA-V) losses and metrics: registered, bias-corrected, masked
 # ---------------------------------------------------------------------------------------
 # The HR reference may be misaligned with the reconstruction by up to `border` pixels. The
@@ -223,6 +280,39 @@ def cssim(sr: Tensor, hr: Tensor, mask: Tensor, border: int = 3) -> Tensor:
     a = m * targets[rows, shift_y, shift_x].unsqueeze(1)
     c = m * (crop[:, 0, 0] + bias[rows, shift_y, shift_x]).unsqueeze(1)
     return ssim_map(a, c, data_range=1.0).flatten(1).mean(1)
+
+
+# ---------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------
+
+
+def new_figure(*args, **kwargs):
+    """A matplotlib figure and axes from the headless backend (`plt.subplots` arguments)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Write a figure as PNG atomically (temporary name, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    try:
+        fig.tight_layout()
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise UserError(f"{path}: cannot write figure ({err.strerror or err})") from None
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 # ---------------------------------------------------------------------------------------
