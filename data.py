@@ -27,7 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from utils import DatasetError, ImageError
+from utils import DatasetError, ImageError, UserError, atomic_write
 
 IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MAX_PIXELS = 120_000_000  # decoding more than this (about 1.4 GB as float32 RGB) is refused
@@ -179,15 +179,15 @@ def save_image(img: Tensor, path: str | os.PathLike, bits: int = 8) -> Path:
     dtype = np.uint16 if bits == 16 else np.uint8
     array = img.detach().float().clamp(0, 1).mul_(peak).round_().cpu().numpy().astype(dtype)
     array = array.transpose(1, 2, 0)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{suffix}")
     try:
-        _write_array(array, tmp, suffix)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise ImageError(f"{path}: cannot write ({_reason(err)})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+        with atomic_write(path, "image") as tmp:
+            _write_array(array, tmp, suffix)
+    except UserError as err:
+        raise ImageError(str(err)) from None
     return path
+
+
+_PIL_FORMATS = {".bmp": "BMP", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
 
 def _write_array(array: np.ndarray, path: Path, suffix: str) -> None:
@@ -205,9 +205,9 @@ def _write_array(array: np.ndarray, path: Path, suffix: str) -> None:
             writer.write(f, array.reshape(height, width * planes))
     else:
         mode = "L" if array.shape[-1] == 1 else "RGB"
-        Image.fromarray(array[..., 0] if mode == "L" else array, mode=mode).save(path)
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
+        Image.fromarray(array[..., 0] if mode == "L" else array, mode=mode).save(
+            path, format=_PIL_FORMATS[suffix]
+        )
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import re
 import warnings
 from collections.abc import Callable
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from data import imresize, rgb_to_ycbcr, to_channels, upscale, ycbcr_to_rgb
-from utils import CheckpointError, ImageError, UserError
+from utils import CheckpointError, ImageError, UserError, atomic_write
 
 
 class SRCNN(nn.Module):
@@ -652,30 +651,30 @@ def export_onnx(model: nn.Module, path: str | Path, metadata: dict[str, str]) ->
     example = torch.rand(2, channels, 24, 24)
     dims = {"lr": {0: torch.export.Dim("batch"), 2: torch.export.Dim("height", min=3),
                    3: torch.export.Dim("width", min=3)}}  # fmt: skip
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     chatter = io.StringIO()  # the exporter's progress lines and warnings, shown only on failure
     logger = logging.getLogger("torch.onnx")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(chatter), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(model.eval(), (example,), dynamo=True, dynamic_shapes=dims,
-                                    input_names=["lr"], output_names=["sr"], verbose=False)  # fmt: skip
-            program.save(str(tmp))
-        proto = onnx.load(str(tmp))
-        for key, value in metadata.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, str(value)
-        onnx.save(proto, str(tmp))
-        os.replace(tmp, path)
-    except OSError as err:
-        raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
+        with atomic_write(path, "ONNX model") as tmp:
+            with contextlib.redirect_stdout(chatter), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                program = torch.onnx.export(
+                    model.eval(), (example,), dynamo=True, dynamic_shapes=dims,
+                    input_names=["lr"], output_names=["sr"], verbose=False,
+                )  # fmt: skip
+                program.save(str(tmp))
+            proto = onnx.load(str(tmp))
+            for key, value in metadata.items():
+                entry = proto.metadata_props.add()
+                entry.key, entry.value = key, str(value)
+            onnx.save(proto, str(tmp))
+    except UserError:
+        raise
     except Exception as err:
         raise RuntimeError(f"ONNX export failed: {err}\n{chatter.getvalue()}") from err
     finally:
         logger.setLevel(level)
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -53,6 +53,7 @@ from utils import (
     PROTOCOL,
     CheckpointError,
     UserError,
+    atomic_write,
     cpsnr,
     cssim,
     load_checkpoint,
@@ -359,9 +360,8 @@ def write_history_csv(history: list[dict], path: Path) -> None:
     writer.writeheader()
     for row in history:
         writer.writerow({k: "" if row.get(k) is None else row[k] for k in HISTORY_FIELDS})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(buffer.getvalue())
-    os.replace(tmp, path)
+    with atomic_write(path, "history") as tmp:
+        tmp.write_text(buffer.getvalue())
 
 
 def ensure_writable(folder: Path) -> None:

@@ -12,12 +12,13 @@ Benchmark protocol (the MATLAB scripts behind the published SR tables):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pickle
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -298,21 +299,16 @@ def new_figure(*args, **kwargs):
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
-    """Write a figure as PNG atomically (temporary name, then rename) and close it."""
+    """Write a figure as PNG atomically and close it."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
     try:
-        fig.tight_layout()
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise UserError(f"{path}: cannot write figure ({err.strerror or err})") from None
+        with atomic_write(path, "figure") as tmp:
+            fig.tight_layout()
+            fig.savefig(tmp, dpi=dpi, format="png")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 # ---------------------------------------------------------------------------------------
@@ -335,6 +331,30 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
 
 
 # ---------------------------------------------------------------------------------------
+# Atomic writes: a file appears complete under its name, or not at all
+# ---------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, what: str = "file") -> Iterator[Path]:
+    """Yield a temporary path beside `path` (hidden name, same suffix); when the block ends
+    without error, fsync it and rename it to `path`. It is removed in every case. A failing
+    write raises UserError naming the file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_folder(path.parent)
+    except OSError as err:
+        raise UserError(f"{path}: cannot write {what} ({err.strerror or err})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------
 # Checkpoints: atomic writes, safe loads
 # ---------------------------------------------------------------------------------------
 
@@ -342,21 +362,10 @@ CHECKPOINT_FORMAT = "srkit-checkpoint"
 
 
 def save_checkpoint(checkpoint: dict, path: str | os.PathLike) -> Path:
-    """Write a checkpoint atomically: temporary file in the same folder, fsync, rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # never ends in .pth
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_folder(path.parent)
-    except OSError as err:
-        raise CheckpointError(f"{path}: cannot write checkpoint ({err.strerror or err})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Write a checkpoint atomically (temporary file in the same folder, fsync, rename)."""
+    with atomic_write(path, "checkpoint") as tmp:
+        torch.save(checkpoint, tmp)
+    return Path(path)
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -7,6 +7,18 @@ from pathlib import Path
 
 import pytest
 
+from model import MODELS
+
+# small settings of every single-image model, for fast tests
+SMALL = {
+    "edsr": {"preset": "tiny"},
+    "unet": {"features": 8},
+    "vdsr": {"depth": 5, "features": 16},
+    "basic": {"depth": 4, "features": 16},
+    "residual": {"depth": 4, "features": 16},
+}
+SINGLE_IMAGE = [name for name, (make, _) in MODELS.items() if not getattr(make, "multi_frame", False)]
+
 
 def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -7,18 +7,10 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SINGLE_IMAGE, SMALL
 
 import bench
-from model import MODELS, Upscaler, build_model
-
-SMALL = {
-    "edsr": {"preset": "tiny"},
-    "unet": {"features": 8},
-    "vdsr": {"depth": 5, "features": 16},
-    "basic": {"depth": 4, "features": 16},
-    "residual": {"depth": 4, "features": 16},
-}
-SINGLE_IMAGE = [name for name, (make, _) in MODELS.items() if not getattr(make, "multi_frame", False)]
+from model import Upscaler, build_model
 
 
 @pytest.mark.parametrize("name", SINGLE_IMAGE)

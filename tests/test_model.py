@@ -5,19 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SINGLE_IMAGE, SMALL
 
 import utils
 from model import MODELS, SRCNN, build_model, count_parameters, load_model, model_zoo
 from utils import LossError, PerceptualLoss, make_loss
-
-SINGLE_IMAGE = [name for name, (make, _) in MODELS.items() if not getattr(make, "multi_frame", False)]
-SMALL = {
-    "edsr": {"preset": "tiny"},
-    "unet": {"features": 8},
-    "vdsr": {"depth": 5, "features": 16},
-    "basic": {"depth": 4, "features": 16},
-    "residual": {"depth": 4, "features": 16},
-}
 
 
 def test_srcnn_is_exactly_the_assignment_network():
