@@ -303,7 +303,8 @@ def _resize_axis(x: Tensor, axis: int, out_len: int, scale: float, method: str) 
     else by gathering one kernel tap at a time (memory ~ 2 outputs)."""
     in_len = x.shape[axis]
     factor = out_len // in_len
-    if method != "nearest" and factor > 1 and out_len == factor * in_len and in_len >= 3:
+    exact = out_len == factor * in_len and scale == factor  # MATLAB weights depend on the scale given
+    if method != "nearest" and factor > 1 and exact and in_len >= 3:
         return _upsample_axis(x, axis, factor, method)
     return _resize_axis_gather(x, axis, out_len, scale, method)
 
@@ -518,9 +519,12 @@ def resolve_dataset(
         raise DatasetError(f"{name}: no such folder, and not a known dataset ({known})")
     root = data_root or os.environ.get("SR_DATA_ROOT")
     if root:
-        folder = _set_folder(Path(root).expanduser(), canonical, scale)
-        if folder.is_dir() and list_images(folder):
-            return folder
+        for folder in (
+            _set_folder(Path(root).expanduser(), canonical, scale),
+            Path(root).expanduser() / canonical,
+        ):
+            if folder.is_dir() and list_images(folder):
+                return folder
     files = manifest_files(canonical, scale)
     cache = cache_dir()
     if _complete(cache, files):
@@ -569,21 +573,8 @@ def download_file(remote: RemoteFile, dest: Path, on_bytes: Callable[[int], obje
     if have > remote.size:
         part.unlink()
         have = 0
-    request = urllib.request.Request(remote.url, headers={"User-Agent": "srkit"})
-    if have:
-        request.add_header("Range", f"bytes={have}-")
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            if have and response.status != 206:  # server ignored the range: start over
-                have = 0
-            with open(part, "ab" if have else "wb") as out:
-                for chunk in iter(lambda: response.read(1 << 16), b""):
-                    out.write(chunk)
-                    on_bytes(len(chunk))
-                out.flush()
-                os.fsync(out.fileno())
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
-        raise DatasetError(f"download of {remote.url} failed ({_reason(err)})") from None
+    if have < remote.size:  # a complete .part (killed before its check) needs no request
+        _transfer(remote.url, part, have, on_bytes)
     size = part.stat().st_size
     if size != remote.size:
         if size > remote.size:
@@ -597,6 +588,25 @@ def download_file(remote: RemoteFile, dest: Path, on_bytes: Callable[[int], obje
         raise DatasetError(f"download of {remote.url} has SHA-256 {digest}, expected {remote.sha256}")
     os.replace(part, dest)
     return dest
+
+
+def _transfer(url: str, part: Path, have: int, on_bytes: Callable[[int], object]) -> None:
+    """Append the rest of `url` to `part` from byte `have` (Range request), or rewrite it whole."""
+    request = urllib.request.Request(url, headers={"User-Agent": "srkit"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            if have and response.status != 206:  # server ignored the range: start over
+                have = 0
+            with open(part, "ab" if have else "wb") as out:
+                for chunk in iter(lambda: response.read(1 << 16), b""):
+                    out.write(chunk)
+                    on_bytes(len(chunk))
+                out.flush()
+                os.fsync(out.fileno())
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+        raise DatasetError(f"download of {url} failed ({_reason(err)})") from None
 
 
 def _sha256(path: Path) -> str:

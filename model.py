@@ -553,6 +553,9 @@ def load_model(checkpoint: dict) -> nn.Module:
     return model.eval()
 
 
+MIN_TILE = 8  # LR pixels: exported models need at least 3, and slivers waste work
+
+
 def tiled_forward(
     model: nn.Module,
     lr: Tensor,
@@ -578,6 +581,7 @@ def tiled_forward(
             bottom, right = min(top + tile, height), min(left + tile, width)
             t0, l0 = max(top - overlap, 0), max(left - overlap, 0)
             b0, r0 = min(bottom + overlap, height), min(right + overlap, width)
+            t0, l0 = max(0, min(t0, b0 - MIN_TILE)), max(0, min(l0, r0 - MIN_TILE))  # no sliver tiles
             sr = model(lr[..., t0:b0, l0:r0].to(device)).to(lr.device)
             if out is None:
                 out = lr.new_empty(*sr.shape[:-2], height * scale, width * scale, dtype=sr.dtype)

@@ -37,7 +37,7 @@ from data import (
     single_band,
     to_channels,
 )
-from model import OnnxModel, Upscaler, load_model, tiled_forward
+from model import OnnxModel, Upscaler, load_model
 from utils import (
     FDA_BANDS,
     PROTOCOL,
@@ -149,6 +149,8 @@ def expand_inputs(items: list[str]) -> list[Path]:
                 raise ImageError(f"{item}: matches no images")
         else:
             found = [Path(item)]
+            if not found[0].is_file():  # fail before any output is written
+                raise ImageError(f"{item}: no such file")
         paths += [p for p in found if p not in paths]
     return paths
 
@@ -177,15 +179,24 @@ def check_size(lr: Tensor, where: str) -> None:
 
 
 def check_gt(gt: Tensor, sr: Tensor, gt_path: Path, lr_path: Path, scale: int) -> Tensor:
-    """Ground truth in the SR image's channels, or an error naming both sizes."""
+    """Ground truth in the SR image's channels (cropped to a multiple of the scale, as the
+    protocol does), or an error naming both sizes."""
+    extra = [g - s for g, s in zip(gt.shape[-2:], sr.shape[-2:])]
+    if all(0 <= e < scale for e in extra):
+        gt = gt[..., : sr.shape[-2], : sr.shape[-1]]
     if gt.shape[-2:] != sr.shape[-2:]:
         raise ImageError(
             f"{gt_path}: ground truth is {gt.shape[-1]}x{gt.shape[-2]} but the x{scale} output of "
             f"{lr_path.name} is {sr.shape[-1]}x{sr.shape[-2]}"
         )
-    if min(gt.shape[-2:]) - 2 * scale < 11:
-        raise ImageError(f"{gt_path}: too small to score (SSIM needs 11x11 pixels after shaving {scale})")
+    check_scorable(gt, str(gt_path), scale)
     return to_channels(gt, sr.shape[0])
+
+
+def check_scorable(hr: Tensor, where: str, scale: int) -> None:
+    """Refuse HR images too small for SSIM (11x11 pixels) once `scale` pixels are shaved."""
+    if min(hr.shape[-2:]) - 2 * scale < 11:
+        raise ImageError(f"{where}: too small to score (SSIM needs 11x11 pixels after shaving {scale})")
 
 
 # ---------------------------------------------------------------------------------------
@@ -337,6 +348,7 @@ def run_dataset(args: argparse.Namespace, upscaler: Upscaler) -> int:
     spectra: dict[str, list[Tensor]] = {}
     for pair in tqdm(pairs, desc=args.dataset, disable=not show, leave=False):
         check_size(pair.lr, pair.name)
+        check_scorable(pair.hr, pair.name, upscaler.scale)
         sr, bic = upscaler(pair.lr), bicubic(pair.lr, upscaler.scale)
         model_score, bicubic_score = score(sr, pair.hr, upscaler.scale), score(bic, pair.hr, upscaler.scale)
         row = {
@@ -537,11 +549,14 @@ def run_scene(args: argparse.Namespace, checkpoint: dict, device: torch.device) 
     if args.gt:
         gt = single_band(read_image(args.gt)[0])
         mask = torch.ones_like(gt)
+    expected = torch.empty(1, frames.shape[-2] * scale, frames.shape[-1] * scale)
+    if gt is not None:  # checked before anything is written
+        gt = check_gt(gt, expected, Path(args.gt or scene / "HR.png"), scene, scale)
+        mask = mask[..., : gt.shape[-2], : gt.shape[-1]]
+    # no tiles: PIUnet's squeeze-excitation and registration pool over the whole scene
     with torch.inference_mode():
-        fused = tiled_forward(
-            lambda x: torch.cat(model(x), dim=1), frames[None], scale, args.tile, args.tile_overlap, device
-        )[0].float()
-    sr, log_scale = fused[:1].clamp(0, 1), fused[1:]
+        mu, log_scale = model(frames[None].to(device))
+    sr, log_scale = mu[0].float().cpu().clamp(0, 1), log_scale[0].float().cpu()
     baseline = bicubic_of_mean(frames, scale).clamp(0, 1)
     folder = ensure_folder(args.out_dir) if args.out_dir else scene.parent
     stem = scene.name
@@ -559,11 +574,6 @@ def run_scene(args: argparse.Namespace, checkpoint: dict, device: torch.device) 
             f"{uncertainty.min():.4g}..{uncertainty.max():.4g}, white at its 99th percentile {top:.4g})"
         )
     if gt is not None:
-        if gt.shape[-2:] != sr.shape[-2:]:
-            raise ImageError(
-                f"ground truth is {gt.shape[-1]}x{gt.shape[-2]} but the x{scale} output is "
-                f"{sr.shape[-1]}x{sr.shape[-2]}"
-            )
         row = {
             "name": stem,
             "model_cpsnr": cpsnr(sr[None], gt[None], mask[None]).item(),
@@ -594,6 +604,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.gt and args.dataset:
         raise UserError("--gt goes with input images; a --dataset brings its own ground truth")
     device = check_options(args)
+    if args.onnx and args.cuda:
+        raise UserError("--onnx runs on the CPU with onnxruntime; drop --cuda")
     if args.onnx:
         onnx_model = OnnxModel(args.onnx)
         meta = onnx_model.metadata

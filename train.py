@@ -43,8 +43,10 @@ from data import (
     bicubic_of_mean,
     burst_evaluation_set,
     burst_training_set,
+    canonical_name,
     imresize,
     load_pairs,
+    resolve_dataset,
 )
 from model import MODELS, Upscaler, build_model, count_parameters, export_onnx, load_model, model_zoo
 from utils import (
@@ -52,6 +54,7 @@ from utils import (
     LOSS_NAMES,
     PROTOCOL,
     CheckpointError,
+    DatasetError,
     UserError,
     atomic_write,
     cpsnr,
@@ -108,6 +111,9 @@ DEFAULTS: dict[str, Any] = {
 }
 # Changing these on resume would not continue the same run.
 FIXED_ON_RESUME = ("model", "model_option", "scale")
+# Changing these inside an interrupted epoch would skip or repeat part of its data.
+FIXED_MID_EPOCH = ("batch_size", "patch_size", "patches_per_image", "grid_stride", "train_data", "seed",
+                   "degradation", "frames")  # fmt: skip
 SCHEDULES = ("constant", "step", "cosine")
 
 
@@ -201,8 +207,8 @@ def _add_training_options(parser: argparse.ArgumentParser, resume: bool) -> None
         action=argparse.BooleanOptionalAction,
         help="mixed precision (bf16 where supported, else fp16); default: on with --cuda",
     )
-    add("--cuda", action="store_true", help="train on the GPU (error if CUDA is missing)")
-    add("--quiet", action="store_true", help="no progress bars (the per-epoch line stays)")
+    add("--cuda", action=argparse.BooleanOptionalAction, help="train on the GPU (error if CUDA is missing)")
+    add("--quiet", action=argparse.BooleanOptionalAction, help="no progress bars (the per-epoch line stays)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -315,6 +321,7 @@ def make_checkpoint(
         "args": dict(config),
         "epoch": progress.epoch,
         "in_epoch": {
+            "world": int(os.environ.get("WORLD_SIZE", "1")),
             "samples": progress.samples,
             "loss_sum": progress.loss_sum,
             "batches": progress.batches,
@@ -511,6 +518,8 @@ def multi_frame_task(config: dict, model: nn.Module, runtime: Runtime, show: boo
         config["train_data"], burst, config["patch_size"], config["patches_per_image"], config["seed"], show
     )
     val_bursts = burst_evaluation_set(config["val_data"], burst, show)
+    if not val_bursts:
+        raise DatasetError(f"{config['val_data']}: no validation scene with an HR image")
 
     def step_loss(net: nn.Module, batch: list[Tensor], epoch: int) -> Tensor:
         frames, hr, mask = batch
@@ -605,10 +614,22 @@ def train(config: dict, checkpoint: dict | None = None) -> int:
     net = model
     if runtime.world > 1:
         net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[runtime.device] if config["cuda"] else None
+            model,
+            device_ids=[runtime.device] if config["cuda"] else None,
+            find_unused_parameters=getattr(model, "multi_frame", False),  # sigma head idle in epoch 1
         )
 
+    saved_world = ((checkpoint or {}).get("in_epoch") or {}).get("world", runtime.world)
+    if progress.samples and saved_world != runtime.world:
+        raise UserError(f"the checkpoint stopped inside an epoch with {saved_world} processes; "
+                        f"resume it with {saved_world}, not {runtime.world}")  # fmt: skip
     show = not config["quiet"] and runtime.main
+    if runtime.world > 1:  # one process downloads missing sets, the others wait for it
+        if runtime.main:
+            for name in (config["train_data"], config["val_data"]):
+                if canonical_name(name):
+                    resolve_dataset(name, config["scale"], progress=show)
+        dist.barrier()
     make_task = multi_frame_task if getattr(model, "multi_frame", False) else single_image_task
     task = make_task(config, model, runtime, show)
     sampler = PatchSampler(len(task.dataset), seed=config["seed"], rank=runtime.rank, world=runtime.world)
@@ -746,40 +767,68 @@ def _train_epoch(
     )
     net.train()
     clip = config["grad_clip"] or (15.0 if task.kind == "multi-frame" else None)  # the PIUnet paper's 15
+    rate = learning_rate(config, epoch - 1 + progress.batches / steps_per_epoch)
     for batch in loader:
         step = progress.batches + 1
-        rate = learning_rate(config, epoch - 1 + progress.batches / steps_per_epoch)
+        rate = learning_rate(config, epoch - 1 + step / steps_per_epoch)  # the rate at the step's end
         for group in optimizer.param_groups:
             group["lr"] = rate
         loss = train_step(task, net, model, optimizer, scaler, batch, epoch, runtime.device, clip)
         pending.append(loss)
         progress.batches = step
         progress.samples += batch[0].shape[0]
-        if len(pending) >= check_every or step == steps_per_epoch or stop.signal is not None:
-            values = torch.stack(pending).tolist()
-            for offset, value in enumerate(values):
-                if not math.isfinite(value):
-                    bad_step = step - len(values) + offset + 1
-                    raise TrainingStopped(
-                        f"loss is {value} at epoch {epoch}, step {bad_step} (lr {rate:.3g}); stopped. "
-                        f"The last good checkpoint is {Path(config['out_dir']) / 'last.pth'} "
-                        f"(epoch {progress.epoch}); try a lower --lr or --grad-clip"
-                    )
-            progress.loss_sum += sum(values)
-            pending.clear()
+        stopping = _agreed(stop.signal is not None, runtime)
+        if len(pending) >= check_every or step == steps_per_epoch or stopping:
+            _account(pending, progress, epoch, step, rate, config, runtime)
             elapsed = progress.seconds + time.perf_counter() - started
             bar.set_postfix(
                 loss=f"{progress.loss_sum / step:.5f}",
                 patches_s=f"{progress.samples * runtime.world / max(elapsed, 1e-9):,.0f}",
             )
         bar.update(1)
-        if stop.signal is not None:
+        if stopping:
             progress.seconds += time.perf_counter() - started
             bar.close()
-            return 128 + stop.signal
+            return 128 + (stop.signal or signal.SIGTERM)
+    _account(pending, progress, epoch, progress.batches, rate, config, runtime)
     bar.close()
     progress.seconds += time.perf_counter() - started
     return None
+
+
+def _agreed(flag: bool, runtime: Runtime) -> bool:
+    """True on every rank when it is true on any (one rank's signal stops them all together)."""
+    if runtime.world == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=runtime.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def _account(
+    pending: list[Tensor],
+    progress: Progress,
+    epoch: int,
+    step: int,
+    rate: float,
+    config: dict,
+    runtime: Runtime,
+) -> None:
+    """Add the pending losses to the epoch's sum; stop every rank at the first non-finite one."""
+    if not pending:
+        return
+    values = torch.stack(pending).tolist()
+    pending.clear()
+    bad = next((i for i, value in enumerate(values) if not math.isfinite(value)), None)
+    if _agreed(bad is not None, runtime):
+        where = f"epoch {epoch}, step {step - len(values) + bad + 1}" if bad is not None else f"epoch {epoch}"
+        value = values[bad] if bad is not None else "non-finite on another rank"
+        raise TrainingStopped(
+            f"loss is {value} at {where} (lr {rate:.3g}); stopped. The last good checkpoint is "
+            f"{Path(config['out_dir']) / 'last.pth'} (epoch {progress.epoch}); "
+            "try a lower --lr or --grad-clip"
+        )
+    progress.loss_sum += sum(values)
 
 
 def _end_epoch(
@@ -797,7 +846,8 @@ def _end_epoch(
     """Validate, record the epoch, and write the checkpoints (rank 0)."""
     loss = progress.loss_sum / max(progress.batches, 1)
     if runtime.world > 1:
-        totals = torch.tensor([progress.loss_sum, float(progress.batches)], dtype=torch.float64)
+        totals = torch.tensor([progress.loss_sum, float(progress.batches)], dtype=torch.float64,
+                              device=runtime.device)  # fmt: skip
         dist.all_reduce(totals)
         loss = (totals[0] / totals[1]).item()
     due = epoch % config["val_freq"] == 0 or epoch == config["num_epoch"]
@@ -865,9 +915,15 @@ def command_resume(args: argparse.Namespace) -> int:
     config = {**DEFAULTS, **checkpoint["args"]}
     given = {key: getattr(args, key) for key in DEFAULTS if hasattr(args, key)}
     rank0 = int(os.environ.get("RANK", "0")) == 0
+    mid_epoch = (checkpoint.get("in_epoch") or {}).get("samples", 0) > 0
     for key, value in given.items():
         if value == config[key]:
             continue
+        if mid_epoch and key in FIXED_MID_EPOCH:
+            raise UserError(
+                f"--{key.replace('_', '-')} cannot change when resuming inside an interrupted epoch "
+                f"(saved {config[key]!r}); resume without it, then change it at the next run"
+            )
         if key in FIXED_ON_RESUME:
             raise UserError(
                 f"--{key.replace('_', '-')} cannot change on resume "

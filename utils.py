@@ -4,7 +4,9 @@ Benchmark protocol (the MATLAB scripts behind the published SR tables):
   1. the SR image is clamped to [0, 1] and rounded to 8 bits (so is HR, a no-op for 8-bit files);
   2. colour images are scored on Y of ITU-R BT.601 as MATLAB's rgb2ycbcr computes it,
      Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255 with R, G, B in [0, 255], kept as a
-     float (not rounded); grayscale images are scored on their own gray values;
+     float (not rounded: the figures of the reference table are computed so; scripts that
+     call rgb2ycbcr on uint8 images round Y, which moves results by about 0.01-0.02 dB);
+     grayscale images are scored on their own gray values;
   3. `shave` pixels are cropped from every border (by convention shave = scale);
   4. PSNR with peak 255; SSIM with an 11x11 Gaussian window, sigma 1.5, K1 = 0.01,
      K2 = 0.03, 'valid' filtering, on the same 0..255 values; float64 throughout.

@@ -137,3 +137,18 @@ def test_offline_with_nothing_cached_says_which_folder_to_fill(tmp_path, monkeyp
         message = str(info.value)
         assert str(tmp_path / "cache" / "Set5" / "x3") in message and "SR_DATA_ROOT" in message
         assert "\n" not in message
+
+
+def test_complete_part_file_is_verified_without_a_request(tmp_path):
+    (tmp_path / "file.bin.part").write_bytes(PAYLOAD)  # killed after the transfer, before the rename
+    dest = download_file(_remote("http://127.0.0.1:9/unreachable"), tmp_path / "file.bin")
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_data_root_holding_a_set_without_scale_folders(tmp_path, monkeypatch):
+    (tmp_path / "root" / "Set5").mkdir(parents=True)
+    (tmp_path / "root" / "Set5" / "a.png").write_bytes(b"")
+    monkeypatch.setenv("SR_CACHE_DIR", str(tmp_path / "cache"))
+    assert (
+        resolve_dataset("Set5", 3, data_root=tmp_path / "root", download=False) == tmp_path / "root" / "Set5"
+    )

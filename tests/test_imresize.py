@@ -117,3 +117,11 @@ def test_degradations_crop_and_quantise():
     assert not torch.equal(degrade(hr, 3, "bicubic"), degrade(hr, 3, "bilinear"))
     with pytest.raises(ValueError):
         degrade(torch.rand(3, 25, 30), 3)
+
+
+def test_integer_output_size_with_a_non_integer_scale_uses_that_scale():
+    x = torch.rand(1, 10, 10, dtype=torch.float64)
+    out = imresize(x, 1.95)  # 20 pixels, but the weights of 1.95, not of 2
+    general = _resize_axis_gather(_resize_axis_gather(x, -2, 20, 1.95, "bicubic"), -1, 20, 1.95, "bicubic")
+    torch.testing.assert_close(out, general, atol=1e-12, rtol=0)
+    assert (out - imresize(x, 2)).abs().max() > 1e-3

@@ -337,3 +337,14 @@ def test_super_resolve_fuses_a_folder_of_frames(trained, tmp_path, capsys):
     for suffix in ("piunet_x3.png", "piunet_x3_uncertainty.png", "bicubic_x3.png"):
         assert (tmp_path / f"scene_{suffix}").exists(), suffix
     assert run_cli(super_resolve.main, ["--checkpoint", str(trained / "last.pth"), "--dataset", "Set5"]) == 2
+    save_image(burst.hr[:, :50, :50], tmp_path / "small_hr.png")
+    (tmp_path / "out").mkdir()
+    argv = [
+        "--checkpoint",
+        str(trained / "last.pth"),
+        str(tmp_path / "scene"),
+        "--out-dir",
+        str(tmp_path / "out"),
+    ]
+    assert run_cli(super_resolve.main, [*argv, "--gt", str(tmp_path / "small_hr.png")]) == 2
+    assert list((tmp_path / "out").iterdir()) == []  # the wrong ground truth is found before any writing

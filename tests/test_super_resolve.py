@@ -155,6 +155,17 @@ def test_dataset_by_name_reproduces_the_bicubic_baseline(world, data_root, monke
     assert result["mean"]["bicubic_psnr"] == pytest.approx(30.41, abs=0.03)
 
 
+def test_gt_not_cropped_to_the_scale_is_cropped_as_the_protocol_does(world, tmp_path, capsys):
+    hr = load_image(world["pairs"] / "p0_HR.png")
+    padded = torch.cat([hr, hr[:, -2:]], dim=1)  # two rows more than 3 x LR
+    save_image(padded, tmp_path / "hr.png")
+    argv = ["--checkpoint", str(world["rgb"]), str(world["pairs"] / "p0_LR.png"), "--out-dir", str(tmp_path)]
+    assert _sr(*argv, "--gt", str(tmp_path / "hr.png"), "--json") == 0
+    cropped = json.loads(capsys.readouterr().out)["images"][0]
+    assert _sr(*argv, "--gt", str(world["pairs"] / "p0_HR.png"), "--json") == 0
+    assert json.loads(capsys.readouterr().out)["images"][0] == cropped
+
+
 def test_comparison_panels(world, tmp_path):
     pairs = world["pairs"]
     assert (

@@ -126,6 +126,16 @@ def test_resume_overrides_and_reports_them(data, tmp_path, capsys):
     assert "cannot change on resume" in capsys.readouterr().err
 
 
+def test_cuda_checkpoint_resumes_on_cpu_with_no_cuda(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _run(["train", *_args(data, out, "--num-epoch", "1")]) == 0
+    ckpt = _load(out / "last.pth")
+    ckpt["args"]["cuda"] = True  # as if trained on a GPU
+    torch.save(ckpt, out / "gpu.pth")
+    assert _run(["resume", str(out / "gpu.pth"), "--num-epoch", "2", "--no-cuda"]) == 0
+    assert "override cuda: True -> False" in capsys.readouterr().out
+
+
 def test_unsafe_checkpoint_is_refused_without_running_its_code(tmp_path, capsys):
     marker = tmp_path / "marker"
 
@@ -280,6 +290,11 @@ def test_signal_saves_mid_epoch_and_resume_matches_straight_run(data, tmp_path, 
     a, b = _load(tmp_path / "stopped" / "last.pth"), _load(tmp_path / "straight" / "last.pth")
     assert _same_weights(a["state_dict"], b["state_dict"])
     assert a["history"][-1]["train_loss"] == b["history"][-1]["train_loss"]
+    # inside an interrupted epoch the batch size is fixed (a new one would skip or repeat data)
+    mid = _load(tmp_path / "stopped" / "last.pth")
+    mid["epoch"], mid["in_epoch"] = stopped["epoch"], stopped["in_epoch"]
+    torch.save(mid, tmp_path / "mid.pth")
+    assert _run(["resume", str(tmp_path / "mid.pth"), "--batch-size", "8"]) == 2
 
 
 def test_sigkill_never_leaves_a_broken_checkpoint(data, tmp_path):
