@@ -339,11 +339,13 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, what: str = "file") -> Iterator[Path]:
-    """Yield a temporary path beside `path` (hidden name, same suffix); when the block ends
-    without error, fsync it and rename it to `path`. It is removed in every case. A failing
-    write raises UserError naming the file."""
+    """Yield a temporary path beside `path`; when the block ends without error, fsync it and
+    rename it to `path`. It is removed in every case. A failing write raises UserError naming
+    the file. The temporary name is hidden and ends in `.tmp`, so that a process killed
+    mid-write never leaves a file that looks like a checkpoint or an image (writers must not
+    infer the format from the name)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
         with open(tmp, "rb+") as f:

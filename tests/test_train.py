@@ -361,3 +361,13 @@ def test_torchrun_two_processes_on_cpu(data, tmp_path):
     )
     assert again.returncode == 0, again.stderr[-2000:]
     assert _load(out / "last.pth")["epoch"] == 2
+
+
+def test_temporary_files_never_look_like_checkpoints_or_images(tmp_path):
+    from utils import atomic_write
+
+    for name in ("last.pth", "out.png", "model.onnx"):
+        with atomic_write(tmp_path / name) as tmp:
+            assert tmp.parent == tmp_path and tmp.name.startswith(".") and tmp.suffix == ".tmp"
+            tmp.write_bytes(b"x")
+        assert (tmp_path / name).read_bytes() == b"x" and not tmp.exists()
