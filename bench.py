@@ -117,11 +117,11 @@ def _bench_model_inference(name: str, args: argparse.Namespace, ceiling: float) 
 
     flops = count_flops(plain)
     reference = plain()
-    upscaler = Upscaler(model, name, scale, 3, device, args.tile, 16)
+    amp_dtype = torch.bfloat16 if args.cuda and args.bf16 else None
+    upscaler = Upscaler(model, name, scale, 3, device, args.tile, 16, amp_dtype)
 
     def fast() -> torch.Tensor:  # super_resolve.py's Upscaler: channels_last, inference_mode, tiles
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.cuda and args.bf16):
-            return upscaler(lr[0])
+        return upscaler(lr[0])
 
     rows = []
     for path, fn, memory_format in (

@@ -603,17 +603,26 @@ class Upscaler:
     device: torch.device
     tile: int
     overlap: int
+    amp_dtype: torch.dtype | None = None  # autocast dtype of the forward (bf16 on GPUs by default)
 
     @classmethod
     def from_checkpoint(
-        cls, checkpoint: dict, device: torch.device, tile: int = 256, overlap: int = 16
+        cls,
+        checkpoint: dict,
+        device: torch.device,
+        tile: int = 256,
+        overlap: int = 16,
+        amp: bool | None = None,
     ) -> Upscaler:
-        """The checkpoint's model on `device`, ready for inference."""
+        """The checkpoint's model on `device`, ready for inference; `amp` None means bf16
+        autocast on a GPU that supports it, float32 elsewhere."""
         model = load_model(checkpoint).to(device, memory_format=torch.channels_last)
         spec = checkpoint["model"]
-        return cls(
-            model, spec["name"], spec["scale"], spec["options"].get("in_channels", 3), device, tile, overlap
-        )
+        if amp is None:
+            amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        amp_dtype = torch.bfloat16 if amp else None
+        channels = spec["options"].get("in_channels", 3)
+        return cls(model, spec["name"], spec["scale"], channels, device, tile, overlap, amp_dtype)
 
     @torch.inference_mode()
     def __call__(self, lr: Tensor) -> Tensor:
@@ -631,7 +640,10 @@ class Upscaler:
         raise ImageError(f"the model takes {self.channels}-channel images, this one has {have}")
 
     def _run(self, lr: Tensor) -> Tensor:
-        sr = tiled_forward(self.model, lr.unsqueeze(0), self.scale, self.tile, self.overlap, self.device)
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        ):
+            sr = tiled_forward(self.model, lr.unsqueeze(0), self.scale, self.tile, self.overlap, self.device)
         return sr[0].float().clamp(0, 1)
 
 

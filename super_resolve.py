@@ -100,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tile", type=int, default=256, help="tile size in LR pixels (default 256)")
     parser.add_argument("--tile-overlap", type=int, default=16, help="tile overlap in LR pixels (default 16)")
     parser.add_argument("--cuda", action="store_true", help="run the model on the GPU")
+    parser.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        help="bf16 autocast for the model (default: on with --cuda where the GPU has bf16)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -618,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_scene(args, checkpoint, device)
         if kind != "single-image":
             raise CheckpointError(f"{args.checkpoint}: unknown kind of checkpoint {kind!r}")
-        upscaler = Upscaler.from_checkpoint(checkpoint, device, args.tile, args.tile_overlap)
+        upscaler = Upscaler.from_checkpoint(checkpoint, device, args.tile, args.tile_overlap, args.amp)
     if args.dataset:
         return run_robustness(args, upscaler) if args.degradation else run_dataset(args, upscaler)
     return run_inputs(args, upscaler)

@@ -53,6 +53,15 @@ def test_bf16_autocast_is_within_its_tolerance():
     assert (reduced - plain).abs().max() < 2e-2  # bf16 keeps 8 bits of mantissa
 
 
+def test_upscaler_bf16_autocast_is_within_its_tolerance():
+    torch.manual_seed(0)
+    model = build_model("srcnn", 3).eval()
+    lr = torch.rand(3, 20, 20)
+    plain = Upscaler(model, "srcnn", 3, 3, torch.device("cpu"), 512, 16)(lr)
+    reduced = Upscaler(model, "srcnn", 3, 3, torch.device("cpu"), 512, 16, torch.bfloat16)(lr)
+    assert reduced.dtype == torch.float32 and 0 < (reduced - plain).abs().max() < 2e-2
+
+
 def test_piunet_sdpa_equals_the_authors_attention_layout():
     torch.manual_seed(0)
     sdpa = build_model("piunet", 3, features=12, blocks=1)
