@@ -36,6 +36,7 @@ from data import (
     save_image,
     single_band,
     to_channels,
+    upscale,
 )
 from model import OnnxModel, Upscaler, load_model
 from utils import (
@@ -43,6 +44,7 @@ from utils import (
     PROTOCOL,
     CheckpointError,
     ImageError,
+    Parser,
     UserError,
     band_energy_ratios,
     cpsnr,
@@ -57,13 +59,6 @@ from utils import (
 )
 
 MIN_LR_SIDE = 3  # smaller inputs have no meaningful upscaling (and bicubic needs a neighbourhood)
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors and exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,7 +122,7 @@ def check_options(args: argparse.Namespace) -> torch.device:
 
 def bicubic(lr: Tensor, scale: int) -> Tensor:
     """MATLAB-compatible bicubic upscaling of a (C, H, W) image, clamped to [0, 1]."""
-    return imresize(lr, size=(lr.shape[-2] * scale, lr.shape[-1] * scale)).clamp(0, 1)
+    return upscale(lr, scale).clamp(0, 1)
 
 
 def score(sr: Tensor, hr: Tensor, scale: int) -> tuple[float, float]:

@@ -44,9 +44,9 @@ from data import (
     burst_evaluation_set,
     burst_training_set,
     canonical_name,
-    imresize,
     load_pairs,
     resolve_dataset,
+    upscale,
 )
 from model import MODELS, Upscaler, build_model, count_parameters, export_onnx, load_model, model_zoo
 from utils import (
@@ -55,6 +55,7 @@ from utils import (
     PROTOCOL,
     CheckpointError,
     DatasetError,
+    Parser,
     UserError,
     atomic_write,
     cpsnr,
@@ -128,13 +129,6 @@ class TrainingStopped(Exception):
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults shown after each option; description and epilog kept as written."""
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage dump) and exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _degradation(text: str) -> str:
@@ -495,7 +489,7 @@ def single_image_task(config: dict, model: nn.Module, runtime: Runtime, show: bo
         finally:
             model.train()
 
-    baseline = scores(lambda lr: imresize(lr, size=(lr.shape[-2] * scale, lr.shape[-1] * scale)))
+    baseline = scores(lambda lr: upscale(lr, scale))
     summary = (
         f"{len(train_pairs)} images, {len(dataset)} patches/epoch, loss {config['loss']}; validation "
         f"PSNR on {config['val_data']} (bicubic {baseline[0]:.2f} dB)"

@@ -14,6 +14,7 @@ Benchmark protocol (the MATLAB scripts behind the published SR tables):
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 import os
@@ -316,6 +317,13 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
 # ---------------------------------------------------------------------------------------
 # Command-line plumbing
 # ---------------------------------------------------------------------------------------
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and exit status 2, for every CLI."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
