@@ -899,6 +899,18 @@ class BurstConfig:
     noise: float = 0.01  # Gaussian noise on the LR frames
     occlusion: float = 0.3  # chance that a frame has an occluded (cloudy) rectangle
 
+    @classmethod
+    def from_options(cls, options: dict) -> BurstConfig:
+        """The burst settings of a train.py configuration (frames, scale, burst_*)."""
+        return cls(
+            frames=options["frames"],
+            scale=options["scale"],
+            max_shift=options["burst_shift"],
+            blur=options["burst_blur"],
+            noise=options["burst_noise"],
+            occlusion=options["burst_occlusion"],
+        )
+
 
 def gaussian_blur(img: Tensor, sigma: float) -> Tensor:
     """Separable Gaussian blur of (N, C, H, W) with symmetric borders."""

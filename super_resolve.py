@@ -19,13 +19,15 @@ import sys
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from data import (
     DEGRADATIONS,
     IMAGE_SUFFIXES,
+    BurstConfig,
     ImagePair,
     bicubic_of_mean,
+    burst_evaluation_set,
     imresize,
     list_images,
     load_frames,
@@ -40,21 +42,22 @@ from data import (
 )
 from model import OnnxModel, Upscaler, load_model
 from utils import (
+    BURST_PROTOCOL,
     FDA_BANDS,
     PROTOCOL,
     CheckpointError,
+    DatasetError,
     ImageError,
     Parser,
     UserError,
     band_energy_ratios,
-    cpsnr,
-    cssim,
     load_checkpoint,
     new_figure,
     psnr,
     radial_power_spectrum,
     run_cli,
     save_figure,
+    scene_scores,
     ssim,
 )
 
@@ -221,19 +224,24 @@ def ensure_folder(folder: str | Path) -> Path:
     return folder
 
 
-def print_table(rows: list[dict], model_name: str, title: str) -> None:
-    """Per-image PSNR/SSIM of model and bicubic, and the mean."""
+def print_table(rows: list[dict], model_name: str, title: str, metric: str = "psnr") -> None:
+    """Per-image scores of model and baseline (PSNR/SSIM, or cPSNR/cSSIM), and the mean."""
+    similarity = metric.replace("psnr", "ssim")
+    baseline = "bicubic" if metric == "psnr" else "bicubic of mean"
     width = max([len(r["name"]) for r in rows] + [10])
+    model_col = max(12, len(model_name) + len(metric) + 1)
+    base_col = max(12, len(baseline) + len(metric) + 1)
     header = (
-        f"{'image':{width}}  {model_name + ' PSNR':>12} {'SSIM':>7}  "
-        f"{'bicubic PSNR':>12} {'SSIM':>7}  {'gain':>6}"
+        f"{'image':{width}}  {model_name + ' ' + metric.upper():>{model_col}} {similarity.upper():>7}  "
+        f"{baseline + ' ' + metric.upper():>{base_col}} {similarity.upper():>7}  {'gain':>6}"
     )
     rule = "-" * len(header)
 
     def line(r: dict) -> str:
+        model, base = r[f"model_{metric}"], r[f"bicubic_{metric}"]
         return (
-            f"{r['name']:{width}}  {r['model_psnr']:12.3f} {r['model_ssim']:7.4f}  "
-            f"{r['bicubic_psnr']:12.3f} {r['bicubic_ssim']:7.4f}  {r['model_psnr'] - r['bicubic_psnr']:+6.2f}"
+            f"{r['name']:{width}}  {model:{model_col}.3f} {r[f'model_{similarity}']:7.4f}  "
+            f"{base:{base_col}.3f} {r[f'bicubic_{similarity}']:7.4f}  {model - base:+6.2f}"
         )
 
     print(f"{title}\n{header}\n{rule}")
@@ -369,7 +377,7 @@ def run_dataset(args: argparse.Namespace, upscaler: Upscaler) -> int:
         if panel_dir is not None:
             panels = panel_images(pair.lr, bic, sr, pair.hr, row, upscaler.name, upscaler.scale)
             save_panel(panel_dir / f"{pair.name}_compare.png", f"{pair.name} x{upscaler.scale}", panels)
-    report(args, upscaler, rows, f"{args.dataset} x{upscaler.scale}")
+    report(args, upscaler.name, upscaler.scale, rows, f"{args.dataset} x{upscaler.scale}")
     if args.fda_plot:
         save_spectra_plot(Path(args.fda_plot), spectra, f"{args.dataset} x{upscaler.scale}", upscaler.name)
         if not args.json:
@@ -381,29 +389,32 @@ def run_dataset(args: argparse.Namespace, upscaler: Upscaler) -> int:
     return 0
 
 
-def report(args: argparse.Namespace, upscaler: Upscaler, rows: list[dict], title: str) -> None:
-    """Print the results as a table or as JSON."""
+def report(
+    args: argparse.Namespace, name: str, scale: int, rows: list[dict], title: str, metric: str = "psnr"
+) -> None:
+    """Print the results as a table or as JSON (single-image PSNR/SSIM or multi-frame cPSNR/cSSIM)."""
+    protocol = PROTOCOL if metric == "psnr" else BURST_PROTOCOL
     mean = {k: v for k, v in mean_row(rows).items() if k != "name"}
     if args.json:
         result = {
             "checkpoint": args.checkpoint or args.onnx,
-            "model": upscaler.name,
-            "scale": upscaler.scale,
+            "model": name,
+            "scale": scale,
             "dataset": args.dataset,
-            "protocol": PROTOCOL,
+            "protocol": protocol,
             "images": rows,
             "mean": mean,
         }
         print(json.dumps(result, indent=2))
     else:
-        print_table(rows, upscaler.name, f"{title} (PSNR in dB)\n{PROTOCOL}")
+        print_table(rows, name, f"{title} ({metric.upper()} in dB)\n{protocol}", metric)
         if "model_energy_low" in mean:
             print(
                 "\nspectral energy SR/HR (mean over images; 1 = HR-like) in bands of normalised frequency "
                 "low <1/6, mid 1/6-1/3, high >1/3 cycles/pixel:"
             )
-            for who in (upscaler.name, "bicubic"):
-                key = "model" if who == upscaler.name else who
+            for who in (name, "bicubic"):
+                key = "model" if who == name else who
                 bands = "  ".join(f"{band} {mean[f'{key}_energy_{band}']:.3f}" for band in FDA_BANDS)
                 print(f"  {who:10} {bands}")
 
@@ -517,7 +528,71 @@ def run_inputs(args: argparse.Namespace, upscaler: Upscaler) -> int:
             if not args.json:
                 print(f"comparison panel: {panel_path}")
     if rows:
-        report(args, upscaler, rows, f"against {args.gt}")
+        report(args, upscaler.name, upscaler.scale, rows, f"against {args.gt}")
+    return 0
+
+
+def load_fusion_model(args: argparse.Namespace, checkpoint: dict, device: torch.device) -> nn.Module:
+    """The multi-frame network of a checkpoint marked multi-frame, in eval mode on `device`."""
+    for option in ("degradation", "fda_plot", "compare", "compare_dir"):
+        if getattr(args, option):
+            raise UserError(f"--{option.replace('_', '-')} is for single-image checkpoints")
+    model = load_model(checkpoint).to(device)
+    if not getattr(model, "multi_frame", False):
+        raise CheckpointError(
+            f"{args.checkpoint}: marked multi-frame, but {checkpoint['model']['name']} is not"
+        )
+    return model
+
+
+@torch.inference_mode()
+def fuse(model: nn.Module, frames: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The fused SR image (1, sH, sW) in [0, 1] and its log-scale map of (T, H, W) frames, on
+    the CPU; no tiles: PIUnet's squeeze-excitation and registration pool over the whole scene."""
+    mu, log_scale = model(frames[None].to(device))
+    return mu[0].float().cpu().clamp(0, 1), log_scale[0].float().cpu()
+
+
+def scene_row(name: str, sr: Tensor, baseline: Tensor, hr: Tensor, mask: Tensor) -> dict:
+    """cPSNR/cSSIM of the fused image and of the baseline for one scene."""
+    (model_cpsnr, model_cssim), (bicubic_cpsnr, bicubic_cssim) = (
+        scene_scores(sr, hr, mask),
+        scene_scores(baseline, hr, mask),
+    )
+    return {"name": name, "model_cpsnr": model_cpsnr, "model_cssim": model_cssim,
+            "bicubic_cpsnr": bicubic_cpsnr, "bicubic_cssim": bicubic_cssim}  # fmt: skip
+
+
+def run_burst_dataset(args: argparse.Namespace, checkpoint: dict, device: torch.device) -> int:
+    """--dataset with a multi-frame checkpoint: one synthetic burst per image of the set (made
+    with the checkpoint's burst settings and a fixed seed, as in training's validation) or
+    the scenes of a PROBA-V folder; cPSNR/cSSIM of the model and of bicubic of the mean."""
+    from tqdm import tqdm
+
+    model = load_fusion_model(args, checkpoint, device)
+    name, scale = checkpoint["model"]["name"], checkpoint["model"]["scale"]
+    config = BurstConfig.from_options(checkpoint["args"])
+    show = not args.quiet and not args.json
+    bursts = burst_evaluation_set(args.dataset, config, progress=show)
+    if not bursts:
+        raise DatasetError(f"{args.dataset}: no scene with an HR image to score")
+    out_dir = (
+        ensure_folder(args.out_dir or Path("results") / f"{Path(args.dataset).name}_bursts_x{scale}")
+        if args.save
+        else None
+    )
+    rows = []
+    for burst in tqdm(bursts, desc=args.dataset, disable=not show, leave=False):
+        check_size(burst.frames, burst.name)
+        sr, _ = fuse(model, burst.frames, device)
+        baseline = bicubic_of_mean(burst.frames, scale).clamp(0, 1)
+        rows.append(scene_row(burst.name, sr, baseline, burst.hr, burst.mask))
+        if out_dir is not None:
+            save_image(sr, out_dir / f"{burst.name}_{name}_x{scale}.png")
+    title = f"{args.dataset} x{scale}, bursts of {config.frames} frames"
+    report(args, name, scale, rows, title, metric="cpsnr")
+    if out_dir is not None and not args.json:
+        print(f"SR images written to {out_dir}")
     return 0
 
 
@@ -525,19 +600,11 @@ def run_scene(args: argparse.Namespace, checkpoint: dict, device: torch.device) 
     """Multi-frame checkpoint: the frames of one scene (files, a folder, or a PROBA-V imgset
     folder) -> SR image, its uncertainty map and the bicubic upscale of the frames' mean;
     cPSNR/cSSIM with --gt (or the scene's own HR.png)."""
-    if args.dataset:
-        raise UserError("a multi-frame checkpoint takes the frames of one scene, not --dataset")
-    model = load_model(checkpoint).to(device)
-    if not getattr(model, "multi_frame", False):
-        raise CheckpointError(
-            f"{args.checkpoint}: marked multi-frame, but {checkpoint['model']['name']} is not"
-        )
+    model = load_fusion_model(args, checkpoint, device)
     name, scale = checkpoint["model"]["name"], checkpoint["model"]["scale"]
     single_folder = len(args.inputs) == 1 and Path(args.inputs[0]).is_dir()
     if single_folder and probav_layout(args.inputs[0]):
-        burst = load_probav_scene(
-            args.inputs[0], checkpoint["args"].get("frames", 9) if "args" in checkpoint else 9
-        )
+        burst = load_probav_scene(args.inputs[0], checkpoint["args"]["frames"])
         frames, bits, scene = burst.frames, 16, Path(args.inputs[0])
         gt, mask = (burst.hr, burst.mask) if burst.hr.numel() else (None, None)
     else:
@@ -553,10 +620,7 @@ def run_scene(args: argparse.Namespace, checkpoint: dict, device: torch.device) 
     if gt is not None:  # checked before anything is written
         gt = check_gt(gt, expected, Path(args.gt or scene / "HR.png"), scene, scale)
         mask = mask[..., : gt.shape[-2], : gt.shape[-1]]
-    # no tiles: PIUnet's squeeze-excitation and registration pool over the whole scene
-    with torch.inference_mode():
-        mu, log_scale = model(frames[None].to(device))
-    sr, log_scale = mu[0].float().cpu().clamp(0, 1), log_scale[0].float().cpu()
+    sr, log_scale = fuse(model, frames, device)
     baseline = bicubic_of_mean(frames, scale).clamp(0, 1)
     folder = ensure_folder(args.out_dir) if args.out_dir else scene.parent
     stem = scene.name
@@ -574,25 +638,7 @@ def run_scene(args: argparse.Namespace, checkpoint: dict, device: torch.device) 
             f"{uncertainty.min():.4g}..{uncertainty.max():.4g}, white at its 99th percentile {top:.4g})"
         )
     if gt is not None:
-        row = {
-            "name": stem,
-            "model_cpsnr": cpsnr(sr[None], gt[None], mask[None]).item(),
-            "model_cssim": cssim(sr[None], gt[None], mask[None]).item(),
-            "bicubic_cpsnr": cpsnr(baseline[None], gt[None], mask[None]).item(),
-            "bicubic_cssim": cssim(baseline[None], gt[None], mask[None]).item(),
-        }
-        if args.json:
-            print(
-                json.dumps(
-                    {"checkpoint": args.checkpoint, "model": name, "scale": scale, "images": [row]}, indent=2
-                )
-            )
-        else:
-            print(
-                f"{stem}: {name} cPSNR {row['model_cpsnr']:.3f} dB cSSIM {row['model_cssim']:.4f}; "
-                f"bicubic of mean {row['bicubic_cpsnr']:.3f} dB / {row['bicubic_cssim']:.4f}; gain "
-                f"{row['model_cpsnr'] - row['bicubic_cpsnr']:+.2f} dB"
-            )
+        report(args, name, scale, [scene_row(stem, sr, baseline, gt, mask)], f"{scene}", metric="cpsnr")
     return 0
 
 
@@ -615,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = load_checkpoint(args.checkpoint)
         kind = checkpoint.get("kind", "single-image")
         if kind == "multi-frame":
-            return run_scene(args, checkpoint, device)
+            return (run_burst_dataset if args.dataset else run_scene)(args, checkpoint, device)
         if kind != "single-image":
             raise CheckpointError(f"{args.checkpoint}: unknown kind of checkpoint {kind!r}")
         upscaler = Upscaler.from_checkpoint(checkpoint, device, args.tile, args.tile_overlap, args.amp)

@@ -58,8 +58,6 @@ from utils import (
     Parser,
     UserError,
     atomic_write,
-    cpsnr,
-    cssim,
     load_checkpoint,
     make_loss,
     new_figure,
@@ -70,6 +68,7 @@ from utils import (
     run_cli,
     save_checkpoint,
     save_figure,
+    scene_scores,
     seed_everything,
     set_rng_state,
     ssim,
@@ -500,14 +499,7 @@ def single_image_task(config: dict, model: nn.Module, runtime: Runtime, show: bo
 def multi_frame_task(config: dict, model: nn.Module, runtime: Runtime, show: bool) -> Task:
     """Bursts (synthetic from any image set, or PROBA-V scenes), the paper's registered loss
     schedule, cPSNR/cSSIM of held-out scenes against the bicubic upscale of the frames' mean."""
-    burst = BurstConfig(
-        frames=config["frames"],
-        scale=config["scale"],
-        max_shift=config["burst_shift"],
-        blur=config["burst_blur"],
-        noise=config["burst_noise"],
-        occlusion=config["burst_occlusion"],
-    )
+    burst = BurstConfig.from_options(config)
     dataset = burst_training_set(
         config["train_data"], burst, config["patch_size"], config["patches_per_image"], config["seed"], show
     )
@@ -524,15 +516,7 @@ def multi_frame_task(config: dict, model: nn.Module, runtime: Runtime, show: boo
         return registered_uncertainty_loss(mu.float(), sigma.float(), hr, mask)
 
     def scores(fuse: Callable[[Tensor], Tensor]) -> tuple[float, float]:
-        results = []
-        for b in val_bursts:
-            sr = fuse(b.frames).clamp(0, 1)
-            results.append(
-                (
-                    cpsnr(sr[None], b.hr[None], b.mask[None]).item(),
-                    cssim(sr[None], b.hr[None], b.mask[None]).item(),
-                )
-            )
+        results = [scene_scores(fuse(b.frames).clamp(0, 1), b.hr, b.mask) for b in val_bursts]
         return sum(r[0] for r in results) / len(results), sum(r[1] for r in results) / len(results)
 
     @torch.inference_mode()

@@ -34,6 +34,12 @@ PROTOCOL = (
     "a border of `scale` pixels shaved, PSNR with peak 255, SSIM with an 11x11 Gaussian "
     "window (sigma 1.5)."
 )
+BURST_PROTOCOL = (
+    "Multi-frame metrics follow the PROBA-V challenge: cPSNR is the best PSNR over shifts of up "
+    "to 3 HR pixels of the SR crop, after removing the mean brightness bias, on clear pixels of "
+    "the HR mask; cSSIM is SSIM at that shift and bias. Baseline: MATLAB-compatible bicubic "
+    "upscale of the frames' mean."
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -289,6 +295,11 @@ def cssim(sr: Tensor, hr: Tensor, mask: Tensor, border: int = 3) -> Tensor:
 # ---------------------------------------------------------------------------------------
 # Figures
 # ---------------------------------------------------------------------------------------
+
+
+def scene_scores(sr: Tensor, hr: Tensor, mask: Tensor) -> tuple[float, float]:
+    """cPSNR and cSSIM of one (1, H, W) fused image against its HR image and clear mask."""
+    return cpsnr(sr[None], hr[None], mask[None]).item(), cssim(sr[None], hr[None], mask[None]).item()
 
 
 def new_figure(*args, **kwargs):

@@ -336,7 +336,6 @@ def test_super_resolve_fuses_a_folder_of_frames(trained, tmp_path, capsys):
     assert set(row) >= {"model_cpsnr", "bicubic_cpsnr", "model_cssim"}
     for suffix in ("piunet_x3.png", "piunet_x3_uncertainty.png", "bicubic_x3.png"):
         assert (tmp_path / f"scene_{suffix}").exists(), suffix
-    assert run_cli(super_resolve.main, ["--checkpoint", str(trained / "last.pth"), "--dataset", "Set5"]) == 2
     save_image(burst.hr[:, :50, :50], tmp_path / "small_hr.png")
     (tmp_path / "out").mkdir()
     argv = [
@@ -348,3 +347,21 @@ def test_super_resolve_fuses_a_folder_of_frames(trained, tmp_path, capsys):
     ]
     assert run_cli(super_resolve.main, [*argv, "--gt", str(tmp_path / "small_hr.png")]) == 2
     assert list((tmp_path / "out").iterdir()) == []  # the wrong ground truth is found before any writing
+
+
+def test_dataset_scores_bursts_as_training_validated_them(trained, capsys):
+    checkpoint = str(trained / "last.pth")
+    history = torch.load(checkpoint, weights_only=True)["history"][-1]
+    argv = ["--checkpoint", checkpoint, "--dataset", "sample-test"]
+    assert run_cli(super_resolve.main, [*argv, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["model"] == "piunet" and "cPSNR" in result["protocol"]
+    assert len(result["images"]) == len(sample_paths("test"))
+    # the same fixed bursts and the same network: the figures training logged at its last validation
+    assert result["mean"]["model_cpsnr"] == pytest.approx(history["psnr"], abs=1e-6)
+    assert result["mean"]["bicubic_cpsnr"] == pytest.approx(history["bicubic_psnr"], abs=1e-6)
+    assert run_cli(super_resolve.main, [*argv, "--quiet"]) == 0
+    table = capsys.readouterr().out
+    assert "piunet CPSNR" in table and "bicubic of mean CPSNR" in table and "mean" in table
+    for bad in (["--degradation", "bicubic"], ["--fda-plot", "x.png"]):
+        assert run_cli(super_resolve.main, [*argv, *bad]) == 2
