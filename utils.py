@@ -527,8 +527,26 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+# BT.601 YCbCr (MATLAB rgb2ycbcr) rows for R, G, B in [0, 1]: Y, Cb, Cr without offsets.
+_YCBCR = (
+    torch.tensor([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]]) / 255.0
+)
+CHROMA_WEIGHT = 0.25
+
+
+def luma_mse_loss(sr: Tensor, hr: Tensor) -> Tensor:
+    """MSE in BT.601 YCbCr with Cb and Cr weighted by CHROMA_WEIGHT: the benchmark scores Y
+    only, and the chroma term keeps colours right. Plain MSE for other than 3 channels."""
+    if sr.shape[-3] != 3:
+        return F.mse_loss(sr, hr)
+    diff = torch.einsum("ij,bjhw->bihw", _YCBCR.to(sr.device, sr.dtype), sr - hr)
+    weights = torch.tensor([1.0, CHROMA_WEIGHT, CHROMA_WEIGHT], device=sr.device, dtype=sr.dtype)
+    return (diff.square().mean(dim=(0, 2, 3)) * weights).sum() / weights.sum()
+
+
 LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "mse": F.mse_loss,
+    "luma": luma_mse_loss,
     "l1": F.l1_loss,
     "charbonnier": charbonnier_loss,
 }

@@ -109,6 +109,22 @@ def test_simple_losses():
     assert make_loss("charbonnier", torch.device("cpu"))(sr, hr).item() == pytest.approx((0.25 + 1e-6) ** 0.5)
 
 
+def test_luma_loss_weighs_y_fully_and_chroma_by_its_weight():
+    luma = make_loss("luma", torch.device("cpu"))
+    torch.manual_seed(0)
+    sr, hr = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    y_mse = F.mse_loss(utils.rgb_to_y(sr * 255), utils.rgb_to_y(hr * 255)) / 255**2
+    gray = torch.full((1, 3, 4, 4), 0.5)  # a gray offset changes Y only: no chroma term
+    offset = torch.tensor([0.0, 0.1, 0.0]).view(1, 3, 1, 1)
+    assert luma(gray + 0.1, gray).item() == pytest.approx(
+        (0.1 * 219 / 255) ** 2 / (1 + 2 * utils.CHROMA_WEIGHT), rel=1e-5
+    )
+    assert luma(gray + offset, gray).item() > 0 and luma(sr, sr).item() == 0
+    weights = 1 + 2 * utils.CHROMA_WEIGHT
+    assert luma(sr, hr).item() > y_mse.item() / weights  # chroma errors count too
+    assert luma(sr[:, :1], hr[:, :1]).item() == pytest.approx(F.mse_loss(sr[:, :1], hr[:, :1]).item())
+
+
 def test_perceptual_loss_offline_with_random_weights():
     torch.manual_seed(0)
     loss_fn = PerceptualLoss(state_dict=None)
