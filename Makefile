@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-run test lint venv clean
+.PHONY: demo demo-run test lint venv clean results
 
 # The demo: train SRCNN briefly on the photos bundled with scikit-image (no network),
 # inspect the checkpoint, and super-resolve the held-back photos with it (and with the
@@ -38,6 +38,14 @@ demo-run:
 	$(PY) super_resolve.py --checkpoint $(DEMO_DIR)/run/last.pth --dataset sample-test --quiet \
 	    --save --out-dir $(DEMO_DIR)/sr --compare-dir $(DEMO_DIR)/panels
 	@echo "comparison panel: $(DEMO_DIR)/panels/chelsea_compare.png (training curves: $(DEMO_DIR)/curves.png)"
+
+# The results tables of the shipped checkpoints (checkpoints/README.md is written from them).
+results: $(STAMP)
+	mkdir -p checkpoints/results
+	for ckpt in checkpoints/*.pth; do for set in Set5 Set14; do \
+	    out=checkpoints/results/$$(basename $$ckpt .pth)_$$set.json; \
+	    $(PY) super_resolve.py --checkpoint $$ckpt --dataset $$set --json > $$out.tmp && mv $$out.tmp $$out \
+	    || { rm -f $$out.tmp; exit 2; }; done; done
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
