@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import sys
+from pathlib import Path
 
 NAME = "srkit"
 VERSION = "0.1.0"
@@ -35,6 +37,30 @@ def environment() -> dict[str, str]:
     return env
 
 
+CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+
+
+def shipped_checkpoints(folder: Path = CHECKPOINTS) -> list[tuple[str, str]]:
+    """(file name, Set5 result line) of each shipped checkpoint, from its recorded results."""
+    rows = []
+    for path in sorted(folder.glob("*.pth")):
+        results = folder / "results" / f"{path.stem}_Set5.json"
+        if not results.is_file():
+            rows.append((path.name, "no recorded results (make results)"))
+            continue
+        record = json.loads(results.read_text())
+        metric = "cpsnr" if "model_cpsnr" in record["mean"] else "psnr"
+        mean, label = record["mean"], "cPSNR" if metric == "cpsnr" else "PSNR"
+        rows.append(
+            (
+                path.name,
+                f"{record['model']} x{record['scale']}, Set5 {label} {mean[f'model_{metric}']:.2f} dB "
+                f"(bicubic {mean[f'bicubic_{metric}']:.2f} dB)",
+            )
+        )
+    return rows
+
+
 def main() -> int:
     """Print the toolkit's identity, the environment and the model zoo."""
     from model import model_zoo
@@ -47,6 +73,9 @@ def main() -> int:
     print("\nmodels (parameters at x3, default options)")
     for name, params, text in model_zoo():
         print(f"  {name:10} {params:>10,}  {text}")
+    print("\nshipped checkpoints (checkpoints/README.md)")
+    for name, line in shipped_checkpoints() or [("none", "")]:
+        print(f"  {name:16} {line}")
     return 0
 
 

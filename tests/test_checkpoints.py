@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import info
 import super_resolve
 from utils import run_cli
 
@@ -49,3 +50,13 @@ def test_checkpoint_beats_bicubic_on_set5_as_recorded(name, data_root, capsys):
     recorded = json.loads((RESULTS / f"{Path(name).stem}_Set5.json").read_text())["mean"]
     for key in (f"model_{metric}", f"bicubic_{metric}"):
         assert mean[key] == pytest.approx(recorded[key], abs=1e-3), key
+
+
+def test_info_lists_the_shipped_checkpoints_with_their_recorded_results(tmp_path):
+    listed = dict(info.shipped_checkpoints())
+    assert sorted(listed) == sorted(SHIPPED)
+    for name, (metric, _) in SHIPPED.items():
+        recorded = json.loads((RESULTS / f"{Path(name).stem}_Set5.json").read_text())["mean"]
+        assert f"{recorded[f'model_{metric}']:.2f} dB" in listed[name]
+    (tmp_path / "new.pth").write_bytes(b"")
+    assert info.shipped_checkpoints(tmp_path) == [("new.pth", "no recorded results (make results)")]
