@@ -857,8 +857,9 @@ def _end_epoch(
         if new_best:
             save_checkpoint(checkpoint, out_dir / "best.pth")
         write_history_csv(progress.history, out_dir / "history.csv")
+        similarity = task.metric.replace("PSNR", "SSIM")
         val = (
-            f"{config['val_data']} {task.metric} {score[0]:.2f} dB SSIM {score[1]:.4f} "
+            f"{config['val_data']} {task.metric} {score[0]:.2f} dB {similarity} {score[1]:.4f} "
             f"({task.baseline_name} {bicubic[0]:.2f} / {bicubic[1]:.4f}){' best' if new_best else ''}"
             if score
             else "no validation"
