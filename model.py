@@ -254,7 +254,8 @@ class TemporalAttention(nn.Module):
     """Self-attention across the T frames, separately at every pixel, without positional
     encoding (so it is permutation-equivariant). Same parameters as nn.MultiheadAttention
     (packed q/k/v projection, output projection), computed with F.scaled_dot_product_attention
-    so it runs in bf16/fp16 under autocast. `layout="mha"` computes the same function the
+    on views of the (B, T, H*W, C) tokens, so that a channels_last input is never transposed
+    (runs in bf16/fp16 under autocast). `layout="mha"` computes the same function the
     authors' way, through nn.MultiheadAttention's (T, B*H*W, F) path (for bench.py).
     """
 
@@ -269,31 +270,42 @@ class TemporalAttention(nn.Module):
         self.out = nn.Linear(features, features)
 
     def forward(self, x: Tensor, frames: int) -> Tensor:
+        if self.layout == "mha":
+            return self._forward_mha(x, frames)
+        bt, c, h, w = x.shape
+        b, per_head = bt // frames, c // self.heads
+        # (B*T, C, H, W) -> (B, T, H*W, C): a view when x is channels_last, as train.py keeps it
+        tokens = x.permute(0, 2, 3, 1).reshape(b, frames, h * w, c)
+        qkv = self.qkv(tokens)
+        q, k, v = (
+            qkv[..., i * c : (i + 1) * c].unflatten(-1, (self.heads, per_head)).permute(0, 2, 3, 1, 4)
+            for i in range(3)
+        )  # each (B, H*W, heads, T, C/heads), strided views of qkv
+        y = F.scaled_dot_product_attention(q, k, v).permute(0, 3, 1, 2, 4).reshape(b, frames, h * w, c)
+        return self.out(y).view(bt, h, w, c).permute(0, 3, 1, 2)
+
+    def _forward_mha(self, x: Tensor, frames: int) -> Tensor:
+        """The authors' layout: (T, B*H*W, C) through nn.MultiheadAttention's function."""
         bt, c, h, w = x.shape
         tokens = x.view(bt // frames, frames, c, h * w).permute(0, 3, 1, 2).reshape(-1, frames, c)
-        if self.layout == "mha":
-            sequence = tokens.transpose(0, 1)  # (T, N, F), as nn.MultiheadAttention takes it
-            y = F.multi_head_attention_forward(
-                sequence,
-                sequence,
-                sequence,
-                c,
-                self.heads,
-                self.qkv.weight,
-                self.qkv.bias,
-                None,
-                None,
-                False,
-                0.0,
-                self.out.weight,
-                self.out.bias,
-                training=self.training,
-                need_weights=False,
-            )[0].transpose(0, 1)
-        else:
-            q, k, v = self.qkv(tokens).view(-1, frames, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-            y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(-1, frames, c)
-            y = self.out(y)
+        sequence = tokens.transpose(0, 1)
+        y = F.multi_head_attention_forward(
+            sequence,
+            sequence,
+            sequence,
+            c,
+            self.heads,
+            self.qkv.weight,
+            self.qkv.bias,
+            None,
+            None,
+            False,
+            0.0,
+            self.out.weight,
+            self.out.bias,
+            training=self.training,
+            need_weights=False,
+        )[0].transpose(0, 1)
         y = y.reshape(bt // frames, h * w, frames, c).permute(0, 2, 3, 1)
         return y.reshape(bt, c, h, w)
 

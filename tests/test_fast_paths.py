@@ -62,18 +62,24 @@ def test_upscaler_bf16_autocast_is_within_its_tolerance():
     assert reduced.dtype == torch.float32 and 0 < (reduced - plain).abs().max() < 2e-2
 
 
-def test_piunet_sdpa_equals_the_authors_attention_layout():
+@pytest.mark.parametrize("heads", [1, 2])
+def test_piunet_fast_attention_equals_the_authors_layout_in_outputs_and_gradients(heads):
+    """train.py's PIUnet (channels_last, attention on views) against nn.MultiheadAttention's layout."""
     torch.manual_seed(0)
-    sdpa = build_model("piunet", 3, features=12, blocks=1)
-    mha = build_model("piunet", 3, features=12, blocks=1, attention="mha")
-    mha.load_state_dict(sdpa.state_dict())
+    fast = build_model("piunet", 3, features=12, blocks=1, heads=heads).to(memory_format=torch.channels_last)
+    mha = build_model("piunet", 3, features=12, blocks=1, heads=heads, attention="mha")
+    mha.load_state_dict(fast.state_dict())
     frames = torch.rand(2, 5, 8, 8)
     for mode in ("train", "eval"):
-        getattr(sdpa, mode)()
-        getattr(mha, mode)()
-        a, b = sdpa(frames), mha(frames)
-        torch.testing.assert_close(a[0], b[0], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(a[1], b[1], atol=1e-5, rtol=1e-5)
+        outputs = []
+        for model in (fast, mha):
+            getattr(model, mode)()
+            model.zero_grad()
+            mu, sigma = model(frames)
+            (mu.square().mean() + sigma.mean()).backward()
+            outputs.append([mu, sigma] + [p.grad for p in model.parameters()])
+        for a, b in zip(*outputs):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_bench_runs_and_reports_ratios(capsys):
