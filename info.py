@@ -17,6 +17,17 @@ DESCRIPTION = (
 )
 
 
+def cpu_name() -> str:
+    """The processor's model name (from /proc/cpuinfo on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment() -> dict[str, str]:
     """Versions and hardware that results depend on."""
     import numpy
@@ -29,6 +40,7 @@ def environment() -> dict[str, str]:
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "cuda available": str(cuda),
+        "cpu": cpu_name(),
         "threads": str(torch.get_num_threads()),
     }
     if cuda:

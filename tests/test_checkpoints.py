@@ -5,6 +5,8 @@ figures recorded in checkpoints/results (from which checkpoints/README.md is wri
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,10 @@ def test_info_lists_the_shipped_checkpoints_with_their_recorded_results(tmp_path
         assert f"{recorded[f'model_{metric}']:.2f} dB" in listed[name]
     (tmp_path / "new.pth").write_bytes(b"")
     assert info.shipped_checkpoints(tmp_path) == [("new.pth", "no recorded results (make results)")]
+
+
+def test_info_prints_the_environment_that_figures_depend_on():
+    env = info.environment()
+    assert env["torch"] == torch.__version__ and env["cpu"] and int(env["threads"]) >= 1
+    done = subprocess.run([sys.executable, "info.py"], capture_output=True, text=True, cwd=CHECKPOINTS.parent)
+    assert done.returncode == 0 and f"cpu             {env['cpu']}" in done.stdout

@@ -89,8 +89,12 @@ def test_bench_runs_and_reports_ratios(capsys):
     )
     result = json.loads(capsys.readouterr().out)
     rows = {row["what"]: row for row in result["rows"]}
-    assert rows["matmul 2048x2048 float32"]["flops_per_s"] > 0
+    ceilings = [
+        rows[f"matmul 2048x2048 float32 ({library})"]["flops_per_s"] for library in ("torch.mm", "1x1 conv")
+    ]
+    assert min(ceilings) > 0
     fast = rows["srcnn fast path"]
+    assert fast["fraction_of_ceiling"] == pytest.approx(fast["flops_per_s"] / max(ceilings))
     convolutions = 2 * (3 * 81 * 64 + 64 * 32 + 32 * 25 * 3)  # per output pixel; bicubic adds ~0.1 %
     assert convolutions <= fast["flops_per_pixel"] < 1.01 * convolutions
     assert fast["fraction_of_ceiling"] > 0 and fast["max_abs_difference"] < 1e-5
