@@ -11,6 +11,8 @@ Sections:
   inference  megapixels/s super-resolving a 1-megapixel output per model, FLOPs per output
              pixel, achieved FLOP/s as a fraction of the ceiling; the plain NCHW float32
              forward and the toolkit's fast path (what super_resolve.py runs) side by side
+  layers     each SRCNN convolution alone (1 megapixel, channels_last): its fraction of the
+             ceiling, which bounds the whole network's
   training   patches/s and fraction of the ceiling of train.py's real step (data loading
              included) for srcnn (33x33 patches, batch 128) and a residual model
   piunet     forward+backward time and peak memory per batch, the fast layout (channels_last,
@@ -110,6 +112,34 @@ def bench_inference(args: argparse.Namespace, ceiling: float) -> list[dict]:
     rows = []
     for name in args.models or list(INFERENCE_MODELS):
         rows += _bench_model_inference(name, args, ceiling)
+    return rows
+
+
+def bench_layers(args: argparse.Namespace, ceiling: float) -> list[dict]:
+    """Each SRCNN convolution alone on a ~1-megapixel image (channels_last, inference_mode):
+    how close each layer gets to the ceiling, which bounds the whole network's fraction."""
+    device = torch.device("cuda" if args.cuda else "cpu")
+    torch.manual_seed(0)
+    model = build_model("srcnn", 3).to(device, memory_format=torch.channels_last).eval()
+    x = torch.rand(1, 3, args.size, args.size, device=device).contiguous(memory_format=torch.channels_last)
+    rows = []
+    with torch.inference_mode():
+        for name, conv in model.named_children():
+            if not isinstance(conv, torch.nn.Conv2d):
+                continue
+            seconds = best_time(lambda conv=conv, x=x: conv(x), args.repeats, args.cuda)
+            flops = count_flops(lambda conv=conv, x=x: conv(x))
+            shape = f"{conv.in_channels}->{conv.out_channels} {conv.kernel_size[0]}x{conv.kernel_size[1]}"
+            rows.append(
+                {
+                    "section": "layers",
+                    "what": f"srcnn {name} {shape}",
+                    "seconds": seconds,
+                    "flops_per_s": flops / seconds,
+                    "fraction_of_ceiling": flops / seconds / ceiling,
+                }
+            )
+            x = torch.relu(conv(x))
     return rows
 
 
@@ -348,6 +378,11 @@ def format_row(row: dict) -> str:
             f"{row['flops_per_s'] / 1e9:7.1f} GFLOP/s = {100 * row['fraction_of_ceiling']:5.1f}% of ceiling"
             + (f"  (max diff {row['max_abs_difference']:.1e})" if row["path"] == "fast path" else "")
         )
+    if row["section"] == "layers":
+        return (
+            f"{what} {1000 * row['seconds']:7.1f} ms  {row['flops_per_s'] / 1e9:7.1f} GFLOP/s = "
+            f"{100 * row['fraction_of_ceiling']:5.1f}% of ceiling"
+        )
     if row["section"] == "training":
         return (
             f"{what} {row['patches_per_s']:7.0f} patches/s  {row['flops_per_s'] / 1e9:7.1f} GFLOP/s = "
@@ -362,7 +397,7 @@ def format_row(row: dict) -> str:
     return f"{what} {row['patches_per_s']:9.0f} patches/s {patches}"
 
 
-SECTIONS = ("ceiling", "inference", "training", "piunet", "data")
+SECTIONS = ("ceiling", "inference", "layers", "training", "piunet", "data")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -408,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     ceiling = ceiling_of(rows)
     if "inference" in sections:
         rows += bench_inference(args, ceiling)
+    if "layers" in sections:
+        rows += bench_layers(args, ceiling)
     if "training" in sections:
         rows += bench_training(args, ceiling)
     if "piunet" in sections:

@@ -98,3 +98,14 @@ def test_bench_runs_and_reports_ratios(capsys):
     convolutions = 2 * (3 * 81 * 64 + 64 * 32 + 32 * 25 * 3)  # per output pixel; bicubic adds ~0.1 %
     assert convolutions <= fast["flops_per_pixel"] < 1.01 * convolutions
     assert fast["fraction_of_ceiling"] > 0 and fast["max_abs_difference"] < 1e-5
+
+
+def test_bench_layers_reports_each_srcnn_convolution(capsys):
+    assert bench.main(["--only", "layers", "--size", "32", "--repeats", "1", "--json"]) == 0
+    rows = [row for row in json.loads(capsys.readouterr().out)["rows"] if row["section"] == "layers"]
+    assert [row["what"] for row in rows] == [
+        "srcnn features 3->64 9x9",
+        "srcnn mapping 64->32 1x1",
+        "srcnn reconstruction 32->3 5x5",
+    ]
+    assert all(row["fraction_of_ceiling"] > 0 for row in rows)
