@@ -276,11 +276,12 @@ class TemporalAttention(nn.Module):
         b, per_head = bt // frames, c // self.heads
         # (B*T, C, H, W) -> (B, T, H*W, C): a view when x is channels_last, as train.py keeps it
         tokens = x.permute(0, 2, 3, 1).reshape(b, frames, h * w, c)
-        qkv = self.qkv(tokens)
+        # three products on slices of the packed weight, not one sliced output: slicing the
+        # output would make autograd zero-fill a full-size gradient for each of q, k and v
         q, k, v = (
-            qkv[..., i * c : (i + 1) * c].unflatten(-1, (self.heads, per_head)).permute(0, 2, 3, 1, 4)
-            for i in range(3)
-        )  # each (B, H*W, heads, T, C/heads), strided views of qkv
+            F.linear(tokens, weight, bias).unflatten(-1, (self.heads, per_head)).permute(0, 2, 3, 1, 4)
+            for weight, bias in zip(self.qkv.weight.chunk(3), self.qkv.bias.chunk(3))
+        )  # each (B, H*W, heads, T, C/heads), a view
         y = F.scaled_dot_product_attention(q, k, v).permute(0, 3, 1, 2, 4).reshape(b, frames, h * w, c)
         return self.out(y).view(bt, h, w, c).permute(0, 3, 1, 2)
 
