@@ -203,7 +203,7 @@ def _training_setup(name: str, options: list[str], args: argparse.Namespace):
         val_data="sample-test",
         patch_size=33,
         batch_size=128,
-        patches_per_image=128 * (args.steps * args.repeats + 2) // 5 + 1,  # plenty, whatever the set
+        patches_per_image=128 * (args.steps * (args.repeats + 1) + 2) // 5 + 1,  # plenty, whatever the set
         workers=args.workers,
         cuda=args.cuda,
         out_dir="unused",
@@ -256,6 +256,12 @@ def _bench_model_training(name: str, options: list[str], args: argparse.Namespac
         if args.cuda:
             torch.cuda.synchronize()
         best = min(best, (time.perf_counter() - start) / args.steps)
+    if args.profile:  # where the step's time goes, operator by operator
+        with torch.profiler.profile() as profiler:
+            for _ in range(args.steps):
+                step(next(batches))
+        table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
+        print(f"{name}: {args.steps} training steps\n{table}", file=sys.stderr)
     return {
         "section": "training",
         "what": f"{name} {' '.join(options)} batch 128 33x33".strip(),
@@ -430,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="training steps per timed run")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for the training section")
     parser.add_argument("--train-data", default="T91", help="training images (T91, sample-train, a folder)")
+    parser.add_argument(
+        "--profile", action="store_true", help="print torch.profiler's table of the training steps on stderr"
+    )
     parser.add_argument("--piunet-batch", type=int, default=4, help="PIUnet batch size")
     parser.add_argument(PIUNET_WORKER, dest="piunet_worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -109,3 +109,13 @@ def test_bench_layers_reports_each_srcnn_convolution(capsys):
         "srcnn reconstruction 32->3 5x5",
     ]
     assert all(row["fraction_of_ceiling"] > 0 for row in rows)
+
+
+def test_bench_training_times_train_py_step_and_profiles_it(capsys):
+    argv = ["--only", "training", "--train-data", "sample-train", "--steps", "1", "--repeats", "1"]
+    assert bench.main(argv + ["--profile", "--json"]) == 0
+    captured = capsys.readouterr()
+    rows = [row for row in json.loads(captured.out)["rows"] if row["section"] == "training"]
+    assert [row["model"] for row in rows] == ["srcnn", "edsr"]
+    assert all(row["patches_per_s"] > 0 and row["fraction_of_ceiling"] > 0 for row in rows)
+    assert "srcnn: 1 training steps" in captured.err and "convolution" in captured.err
