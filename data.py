@@ -726,6 +726,35 @@ def load_pairs(
     return pairs
 
 
+def rescaled_pairs(
+    pairs: Sequence[ImagePair],
+    factors: Sequence[float],
+    scale: int,
+    degradations: Sequence[str] = ("bicubic",),
+    min_size: int = 1,
+) -> list[ImagePair]:
+    """The pairs plus, per factor other than 1, every HR image shrunk by it with its own LR.
+
+    The scale augmentation of FSRCNN and VDSR: the HR copy is MATLAB-bicubic resized,
+    rounded to 8 bits as a saved image would be, and cropped to a multiple of `scale`;
+    its LR versions are made with `degradations`. Copies smaller than `min_size` pixels
+    on a side are left out.
+    """
+    for factor in factors:
+        if not 0 < factor <= 1:
+            raise DatasetError(f"scale-augmentation factor {factor} is not in (0, 1]")
+    out = list(pairs) if 1 in factors else []
+    for factor in (f for f in factors if f != 1):
+        for pair in pairs:
+            hr = imresize(pair.hr, float(factor)).clamp(0, 1)
+            hr = modcrop(torch.round(hr * 255) / 255, scale)
+            if min(hr.shape[-2:]) < max(min_size, scale):
+                continue
+            lrs = tuple(degrade(hr, scale, kernel) for kernel in degradations)
+            out.append(ImagePair(f"{pair.name}@{factor:g}", hr, lrs))
+    return out
+
+
 # ---------------------------------------------------------------------------------------
 # Training patches
 # ---------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from data import (
     burst_training_set,
     canonical_name,
     load_pairs,
+    rescaled_pairs,
     resolve_dataset,
     upscale,
 )
@@ -91,6 +92,7 @@ DEFAULTS: dict[str, Any] = {
     "patch_size": 33,
     "patches_per_image": 256,
     "grid_stride": None,
+    "train_scales": [1.0],
     "workers": min(4, max(0, (os.cpu_count() or 1) - 2)),
     "seed": 0,
     "out_dir": None,
@@ -113,7 +115,7 @@ DEFAULTS: dict[str, Any] = {
 FIXED_ON_RESUME = ("model", "model_option", "scale")
 # Changing these inside an interrupted epoch would skip or repeat part of its data.
 FIXED_MID_EPOCH = ("batch_size", "patch_size", "patches_per_image", "grid_stride", "train_data", "seed",
-                   "degradation", "frames")  # fmt: skip
+                   "degradation", "frames", "train_scales")  # fmt: skip
 SCHEDULES = ("constant", "step", "cosine")
 
 
@@ -139,6 +141,18 @@ def _degradation(text: str) -> str:
             f"unknown kernel {unknown[0]!r}; use {', '.join(DEGRADATIONS)} or random"
         )
     return text
+
+
+def _factors(text: str) -> list[float]:
+    """Parse --train-scales: comma-separated factors in (0, 1]."""
+    try:
+        factors = [float(f) for f in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 1,0.9,0.8, got {text!r}") from None
+    bad = [f for f in factors if not 0 < f <= 1]
+    if bad:
+        raise argparse.ArgumentTypeError(f"factor {bad[0]:g} is not in (0, 1]")
+    return factors
 
 
 def _add_training_options(parser: argparse.ArgumentParser, resume: bool) -> None:
@@ -176,6 +190,12 @@ def _add_training_options(parser: argparse.ArgumentParser, resume: bool) -> None
     add("--patch-size", type=int, help="HR patch size in pixels (a multiple of the scale)")
     add("--patches-per-image", type=int, help="random patches per training image per epoch")
     add("--grid-stride", type=int, help="instead: the SRCNN paper's fixed grid of patches at this stride")
+    add(
+        "--train-scales",
+        type=_factors,
+        metavar="F,F,...",
+        help="scale augmentation: also train on every image shrunk by these factors (e.g. 1,0.9,0.8,0.7,0.6)",
+    )
     add("--workers", type=int, help="DataLoader worker processes")
     add("--seed", type=int, help="seed of initialisation, data order, crops and augmentation")
     add("--out-dir", help="folder for checkpoints and history.csv (default runs/<model>_x<scale>)")
@@ -452,6 +472,9 @@ def single_image_task(config: dict, model: nn.Module, runtime: Runtime, show: bo
     channels = options.get("in_channels", 3)
     kernels = DEGRADATIONS if config["degradation"] == "random" else tuple(config["degradation"].split(","))
     train_pairs = load_pairs(config["train_data"], config["scale"], kernels, channels=channels, progress=show)
+    train_pairs = rescaled_pairs(
+        train_pairs, config["train_scales"], config["scale"], kernels, min_size=config["patch_size"]
+    )
     # validation images keep their own channels: gray ones are scored on gray, as in the tables
     val_pairs = load_pairs(config["val_data"], config["scale"], progress=show)
     dataset = PatchDataset(

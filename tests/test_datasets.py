@@ -14,7 +14,10 @@ from data import (
     PatchSampler,
     degrade,
     dihedral,
+    imresize,
     load_pairs,
+    modcrop,
+    rescaled_pairs,
     resolve_dataset,
 )
 from utils import DatasetError
@@ -159,3 +162,21 @@ def test_batched_fetch_equals_item_by_item():
     keys = [(4, i) for i in range(len(dataset))]
     for (lr_a, hr_a), (lr_b, hr_b) in zip(dataset.__getitems__(keys), [dataset[k] for k in keys]):
         assert torch.equal(lr_a, lr_b) and torch.equal(hr_a, hr_b)
+
+
+def test_scale_augmentation_adds_shrunk_copies_with_their_own_lr():
+    pairs = _pairs(n=2, size=(60, 45))
+    out = rescaled_pairs(pairs, [1, 0.8, 0.5], scale=3, min_size=20)
+    assert [p.name for p in out[:2]] == [p.name for p in pairs] and out[0].hr is pairs[0].hr
+    shrunk = {p.name: p for p in out[2:]}
+    assert sorted(shrunk) == ["img0@0.5", "img0@0.8", "img1@0.5", "img1@0.8"]
+    hr = shrunk["img1@0.8"].hr
+    assert hr.shape == (3, 48, 36)  # ceil(60 * 0.8), ceil(45 * 0.8), both multiples of 3
+    expected = torch.round(imresize(pairs[1].hr, 0.8).clamp(0, 1) * 255) / 255
+    torch.testing.assert_close(hr, modcrop(expected, 3), rtol=0, atol=0)
+    torch.testing.assert_close(shrunk["img1@0.8"].lr, degrade(hr, 3), rtol=0, atol=0)
+    assert shrunk["img0@0.5"].hr.shape == (3, 30, 21)  # 23 cropped to a multiple of 3
+    # copies below min_size are dropped; factors outside (0, 1] are refused
+    assert len(rescaled_pairs(pairs, [0.8, 0.5], scale=3, min_size=25)) == 2
+    with pytest.raises(DatasetError, match="not in"):
+        rescaled_pairs(pairs, [1.5], scale=3)

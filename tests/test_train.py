@@ -111,6 +111,14 @@ def test_checkpoint_contents_and_files(data, tmp_path):
     assert lines[0].startswith("epoch,train_loss,psnr") and len(lines) == 4
 
 
+def test_scale_augmentation_is_recorded_and_grows_the_epoch(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", *_args(data, out, "--num-epoch", "1", "--train-scales", "1,0.5"), "--no-quiet"]
+    assert _run(argv) == 0
+    assert "12 images, 96 patches/epoch" in capsys.readouterr().out  # 6 images + 6 at half size
+    assert _load(out / "last.pth")["args"]["train_scales"] == [1.0, 0.5]
+
+
 def test_resume_overrides_and_reports_them(data, tmp_path, capsys):
     out = tmp_path / "run"
     assert _run(["train", *_args(data, out, "--num-epoch", "1")]) == 0
@@ -163,6 +171,7 @@ def test_bad_input_is_one_line_and_status_2(data, tmp_path, capsys):
     cases = {
         "unknown model": ["train", *_args(data, tmp_path / "o1", "--model", "nope")],
         "batch size": ["train", *_args(data, tmp_path / "o2", "--batch-size", "0")],
+        "scale factor": ["train", *_args(data, tmp_path / "o5", "--train-scales", "1,1.5")],
         "unwritable out-dir": ["train", *_args(data, blocker / "sub")],
         "no images": ["train", *_args(data, tmp_path / "o3"), "--train-data", str(tmp_path / "empty")],
         "perceptual weights": [
@@ -181,7 +190,8 @@ def test_bad_input_is_one_line_and_status_2(data, tmp_path, capsys):
         "foreign checkpoint": ["resume", str(bare)],
     }
     for kind, argv in cases.items():
-        with pytest.raises(SystemExit) if kind == "unknown model" else _nothing() as exit_info:
+        parse_error = kind in ("unknown model", "scale factor")
+        with pytest.raises(SystemExit) if parse_error else _nothing() as exit_info:
             status = _run(argv)
         if exit_info is not None:
             status = exit_info.value.code
