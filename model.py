@@ -270,6 +270,7 @@ class TemporalAttention(nn.Module):
         self.out = nn.Linear(features, features)
 
     def forward(self, x: Tensor, frames: int) -> Tensor:
+        """Attend across the frames of (B*T, C, H, W) features; same shape out."""
         if self.layout == "mha":
             return self._forward_mha(x, frames)
         bt, c, h, w = x.shape
@@ -279,11 +280,15 @@ class TemporalAttention(nn.Module):
         # three products on slices of the packed weight, not one sliced output: slicing the
         # output would make autograd zero-fill a full-size gradient for each of q, k and v
         q, k, v = (
-            F.linear(tokens, weight, bias).unflatten(-1, (self.heads, per_head)).permute(0, 2, 3, 1, 4)
+            F.linear(tokens, weight, bias)
+            .unflatten(-1, (self.heads, per_head))
+            .permute(0, 2, 3, 1, 4)
+            .flatten(1, 2)
             for weight, bias in zip(self.qkv.weight.chunk(3), self.qkv.bias.chunk(3))
-        )  # each (B, H*W, heads, T, C/heads), a view
-        y = F.scaled_dot_product_attention(q, k, v).permute(0, 3, 1, 2, 4).reshape(b, frames, h * w, c)
-        return self.out(y).view(bt, h, w, c).permute(0, 3, 1, 2)
+        )  # each (B, H*W*heads, T, C/heads), a view: 4-D, as SDPA's fused kernels require
+        y = F.scaled_dot_product_attention(q, k, v).unflatten(1, (h * w, self.heads)).permute(0, 3, 1, 2, 4)
+        y = self.out(y.reshape(b, frames, h * w, c))
+        return y.view(bt, h, w, c).permute(0, 3, 1, 2)
 
     def _forward_mha(self, x: Tensor, frames: int) -> Tensor:
         """The authors' layout: (T, B*H*W, C) through nn.MultiheadAttention's function."""
