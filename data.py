@@ -733,16 +733,18 @@ def rescaled_pairs(
     degradations: Sequence[str] = ("bicubic",),
     min_size: int = 1,
 ) -> list[ImagePair]:
-    """The pairs plus, per factor other than 1, every HR image shrunk by it with its own LR.
+    """Every pair at each factor (1: the pair itself; below 1: the HR image shrunk, with its own LR).
 
     The scale augmentation of FSRCNN and VDSR: the HR copy is MATLAB-bicubic resized,
-    rounded to 8 bits as a saved image would be, and cropped to a multiple of `scale`;
-    its LR versions are made with `degradations`. Copies smaller than `min_size` pixels
-    on a side are left out.
+    rounded to 8 bits as a saved image would be (after any conversion to Y, where VDSR
+    rounds in RGB), and cropped to a multiple of `scale`; its LR versions are made with
+    `degradations`. Copies smaller than `min_size` pixels on a side are left out; a factor
+    given twice counts once.
     """
+    factors = list(dict.fromkeys(float(f) for f in factors))
     for factor in factors:
         if not 0 < factor <= 1:
-            raise DatasetError(f"scale-augmentation factor {factor} is not in (0, 1]")
+            raise DatasetError(f"scale-augmentation factor {factor:g} is not in (0, 1]")
     out = list(pairs) if 1 in factors else []
     for factor in (f for f in factors if f != 1):
         for pair in pairs:

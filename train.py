@@ -194,7 +194,8 @@ def _add_training_options(parser: argparse.ArgumentParser, resume: bool) -> None
         "--train-scales",
         type=_factors,
         metavar="F,F,...",
-        help="scale augmentation: also train on every image shrunk by these factors (e.g. 1,0.9,0.8,0.7,0.6)",
+        help="scale augmentation: train on every image at each of these factors, 1 being the original "
+        "(e.g. 1,0.9,0.8,0.7,0.6: five times the images)",
     )
     add("--workers", type=int, help="DataLoader worker processes")
     add("--seed", type=int, help="seed of initialisation, data order, crops and augmentation")
@@ -290,6 +291,13 @@ def check_config(config: dict) -> None:
         raise UserError(f"--patch-size {config['patch_size']} is not a multiple of --scale {config['scale']}")
     if config["cuda"] and not torch.cuda.is_available():
         raise UserError("--cuda given, but CUDA is not available here (no GPU, or a CPU-only torch)")
+    if getattr(MODELS[config["model"]][0], "multi_frame", False):
+        for key in ("train_scales", "grid_stride", "degradation"):
+            if config[key] != DEFAULTS[key]:
+                flag = f"--{key.replace('_', '-')}"
+                raise UserError(
+                    f"{flag} is for single-image models; {config['model']} trains on bursts (--burst-*)"
+                )
 
 
 # ---------------------------------------------------------------------------------------

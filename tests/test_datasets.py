@@ -177,6 +177,6 @@ def test_scale_augmentation_adds_shrunk_copies_with_their_own_lr():
     torch.testing.assert_close(shrunk["img1@0.8"].lr, degrade(hr, 3), rtol=0, atol=0)
     assert shrunk["img0@0.5"].hr.shape == (3, 30, 21)  # 23 cropped to a multiple of 3
     # copies below min_size are dropped; factors outside (0, 1] are refused
-    assert len(rescaled_pairs(pairs, [0.8, 0.5], scale=3, min_size=25)) == 2
+    assert len(rescaled_pairs(pairs, [0.8, 0.5, 0.8], scale=3, min_size=25)) == 2
     with pytest.raises(DatasetError, match="not in"):
         rescaled_pairs(pairs, [1.5], scale=3)

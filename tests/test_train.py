@@ -172,6 +172,10 @@ def test_bad_input_is_one_line_and_status_2(data, tmp_path, capsys):
         "unknown model": ["train", *_args(data, tmp_path / "o1", "--model", "nope")],
         "batch size": ["train", *_args(data, tmp_path / "o2", "--batch-size", "0")],
         "scale factor": ["train", *_args(data, tmp_path / "o5", "--train-scales", "1,1.5")],
+        "scales for bursts": [
+            "train",
+            *_args(data, tmp_path / "o6", "--model", "piunet", "--train-scales", "1,0.5"),
+        ],
         "unwritable out-dir": ["train", *_args(data, blocker / "sub")],
         "no images": ["train", *_args(data, tmp_path / "o3"), "--train-data", str(tmp_path / "empty")],
         "perceptual weights": [
