@@ -107,8 +107,13 @@ def test_bench_layers_reports_each_srcnn_convolution(capsys):
         "srcnn features 3->64 9x9",
         "srcnn mapping 64->32 1x1",
         "srcnn reconstruction 32->3 5x5",
+        "srcnn three layers, no overhead",
     ]
-    assert all(row["fraction_of_ceiling"] > 0 for row in rows)
+    pixels = 32 * 32  # 'same' padding: every layer runs at the output size
+    flops = [2 * 3 * 81 * 64 * pixels, 2 * 64 * 32 * pixels, 2 * 32 * 25 * 3 * pixels]
+    for row, expected in zip(rows, flops + [sum(flops)]):
+        assert row["flops_per_s"] * row["seconds"] == pytest.approx(expected, rel=1e-9), row["what"]
+    assert rows[-1]["seconds"] == pytest.approx(sum(row["seconds"] for row in rows[:-1]))
 
 
 def test_bench_training_times_train_py_step_and_profiles_it(capsys):
@@ -118,4 +123,18 @@ def test_bench_training_times_train_py_step_and_profiles_it(capsys):
     rows = [row for row in json.loads(captured.out)["rows"] if row["section"] == "training"]
     assert [row["model"] for row in rows] == ["srcnn", "edsr"]
     assert all(row["patches_per_s"] > 0 and row["fraction_of_ceiling"] > 0 for row in rows)
+    # srcnn's step is its forward, the weight gradients of all three layers and the input
+    # gradients of the last two (the data needs none): 40 kFLOP/px forward, 128 33x33 patches
+    pixels = 128 * 33 * 33
+    forward = [2 * 3 * 81 * 64 * pixels, 2 * 64 * 32 * pixels, 2 * 32 * 25 * 3 * pixels]
+    expected = 2 * sum(forward) + forward[1] + forward[2]
+    assert rows[0]["flops_per_step"] == pytest.approx(expected, rel=1e-3)
     assert "srcnn: 1 training steps" in captured.err and "convolution" in captured.err
+
+
+def test_bench_piunet_compares_both_layouts_on_their_outputs(capsys):
+    assert bench.main(["--only", "piunet", "--piunet-batch", "1", "--repeats", "1", "--json"]) == 0
+    rows = [row for row in json.loads(capsys.readouterr().out)["rows"] if row["section"] == "piunet"]
+    assert [row["layout"] for row in rows] == ["mha", "sdpa"]
+    assert rows[0]["max_abs_diff"] == 0 and rows[1]["max_abs_diff"] < 1e-4
+    assert all(row["same_output"] and row["seconds"] > 0 and row["peak_bytes"] > 0 for row in rows)
