@@ -769,6 +769,12 @@ def dihedral(img: Tensor, k: int) -> Tensor:
     return torch.rot90(img, k & 3, dims=(-2, -1))
 
 
+def undo_dihedral(img: Tensor, k: int) -> Tensor:
+    """The inverse of `dihedral(img, k)`."""
+    img = torch.rot90(img, -(k & 3), dims=(-2, -1))
+    return img.flip(-1) if k & 4 else img
+
+
 class PatchDataset(Dataset):
     """Pairs of (LR, HR) patches cut from in-memory images, deterministic for a seed.
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from data import imresize, rgb_to_ycbcr, to_channels, upscale, ycbcr_to_rgb
+from data import dihedral, imresize, rgb_to_ycbcr, to_channels, undo_dihedral, upscale, ycbcr_to_rgb
 from utils import CheckpointError, ImageError, UserError, atomic_write
 
 
@@ -622,6 +622,7 @@ class Upscaler:
     tile: int
     overlap: int
     amp_dtype: torch.dtype | None = None  # autocast dtype of the forward (bf16 on GPUs by default)
+    self_ensemble: bool = False  # average the 8 flips/rotations (EDSR's "+"; 8x the time)
 
     @classmethod
     def from_checkpoint(
@@ -631,6 +632,7 @@ class Upscaler:
         tile: int = 256,
         overlap: int = 16,
         amp: bool | None = None,
+        self_ensemble: bool = False,
     ) -> Upscaler:
         """The checkpoint's model on `device`, ready for inference; `amp` None means bf16
         autocast on a GPU that supports it, float32 elsewhere."""
@@ -640,7 +642,9 @@ class Upscaler:
             amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
         amp_dtype = torch.bfloat16 if amp else None
         channels = spec["options"].get("in_channels", 3)
-        return cls(model, spec["name"], spec["scale"], channels, device, tile, overlap, amp_dtype)
+        return cls(
+            model, spec["name"], spec["scale"], channels, device, tile, overlap, amp_dtype, self_ensemble
+        )
 
     @torch.inference_mode()
     def __call__(self, lr: Tensor) -> Tensor:
@@ -658,11 +662,17 @@ class Upscaler:
         raise ImageError(f"the model takes {self.channels}-channel images, this one has {have}")
 
     def _run(self, lr: Tensor) -> Tensor:
+        if not self.self_ensemble:
+            return self._forward(lr).clamp(0, 1)
+        sr = sum(undo_dihedral(self._forward(dihedral(lr, k)), k) for k in range(8))
+        return (sr / 8).clamp(0, 1)
+
+    def _forward(self, lr: Tensor) -> Tensor:
         with torch.autocast(
             self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
         ):
             sr = tiled_forward(self.model, lr.unsqueeze(0), self.scale, self.tile, self.overlap, self.device)
-        return sr[0].float().clamp(0, 1)
+        return sr[0].float()
 
 
 # ---------------------------------------------------------------------------------------

@@ -103,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="bf16 autocast for the model (default: on with --cuda where the GPU has bf16)",
     )
+    parser.add_argument(
+        "--self-ensemble",
+        action="store_true",
+        help="average the model over the 8 flips/rotations of each input (EDSR's '+'; 8x the time)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -402,12 +407,14 @@ def report(
             "scale": scale,
             "dataset": args.dataset,
             "protocol": protocol,
+            "self_ensemble": args.self_ensemble,
             "images": rows,
             "mean": mean,
         }
         print(json.dumps(result, indent=2))
     else:
-        print_table(rows, name, f"{title} ({metric.upper()} in dB)\n{protocol}", metric)
+        ensemble = ", self-ensemble of 8 flips/rotations" if args.self_ensemble else ""
+        print_table(rows, name, f"{title} ({metric.upper()} in dB{ensemble})\n{protocol}", metric)
         if "model_energy_low" in mean:
             print(
                 "\nspectral energy SR/HR (mean over images; 1 = HR-like) in bands of normalised frequency "
@@ -656,15 +663,20 @@ def main(argv: list[str] | None = None) -> int:
         onnx_model = OnnxModel(args.onnx)
         meta = onnx_model.metadata
         upscaler = Upscaler(onnx_model, meta["model"], int(meta["scale"]), int(meta["in_channels"]),
-                            torch.device("cpu"), args.tile, args.tile_overlap)  # fmt: skip
+                            torch.device("cpu"), args.tile, args.tile_overlap,
+                            self_ensemble=args.self_ensemble)  # fmt: skip
     else:
         checkpoint = load_checkpoint(args.checkpoint)
         kind = checkpoint.get("kind", "single-image")
+        if kind == "multi-frame" and args.self_ensemble:
+            raise UserError("--self-ensemble is for single-image models; this checkpoint fuses bursts")
         if kind == "multi-frame":
             return (run_burst_dataset if args.dataset else run_scene)(args, checkpoint, device)
         if kind != "single-image":
             raise CheckpointError(f"{args.checkpoint}: unknown kind of checkpoint {kind!r}")
-        upscaler = Upscaler.from_checkpoint(checkpoint, device, args.tile, args.tile_overlap, args.amp)
+        upscaler = Upscaler.from_checkpoint(
+            checkpoint, device, args.tile, args.tile_overlap, args.amp, args.self_ensemble
+        )
     if args.dataset:
         return run_robustness(args, upscaler) if args.degradation else run_dataset(args, upscaler)
     return run_inputs(args, upscaler)

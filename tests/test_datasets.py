@@ -19,6 +19,7 @@ from data import (
     modcrop,
     rescaled_pairs,
     resolve_dataset,
+    undo_dihedral,
 )
 from utils import DatasetError
 
@@ -108,6 +109,13 @@ def test_patches_are_aligned_and_augmented_consistently():
 def test_dihedral_gives_eight_distinct_transforms():
     img = torch.arange(9.0).view(1, 3, 3)
     assert len({tuple(dihedral(img, k).flatten().tolist()) for k in range(8)}) == 8
+
+
+def test_undo_dihedral_inverts_each_transform():
+    img = torch.arange(24.0).view(2, 3, 4)  # not square: a wrong inverse changes the shape
+    for k in range(8):
+        assert torch.equal(undo_dihedral(dihedral(img, k), k), img), k
+    assert not torch.equal(undo_dihedral(dihedral(img, 1), 3), img)
 
 
 def test_grid_mode_is_the_fixed_srcnn_grid():

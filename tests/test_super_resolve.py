@@ -14,8 +14,8 @@ from PIL import Image
 
 import super_resolve
 import train
-from data import degrade, imresize, load_image, save_image
-from model import build_model, tiled_forward
+from data import degrade, dihedral, imresize, load_image, save_image
+from model import Upscaler, build_model, tiled_forward
 from utils import psnr, run_cli, ssim
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,6 +213,38 @@ def test_tiled_output_equals_whole_image_output():
     assert tiled.shape == whole.shape
     torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
     assert (seams - whole).abs().max() > 1e-3  # too small an overlap shows: the test can fail
+
+
+def test_self_ensemble_is_the_mean_over_flips_and_rotations_so_it_is_equivariant():
+    torch.manual_seed(0)
+    model = build_model("srcnn").eval()
+    lr = torch.rand(3, 10, 14)  # not square: a transform left undone would not even fit
+    plain = Upscaler(model, "srcnn", 3, 3, torch.device("cpu"), 8, 6)  # tiled: each view in tiles
+    ensemble = Upscaler(model, "srcnn", 3, 3, torch.device("cpu"), 8, 6, self_ensemble=True)
+    sr = ensemble(lr)
+    assert sr.shape == plain(lr).shape == (3, 30, 42)
+    assert (sr - plain(lr)).abs().max() > 1e-3  # a random network is not symmetric: the mean differs
+    for k in range(8):  # ... but the mean over the 8 views is (a plain network fails this)
+        torch.testing.assert_close(ensemble(dihedral(lr, k)), dihedral(sr, k), atol=1e-5, rtol=0)
+    assert (plain(dihedral(lr, 1)) - dihedral(plain(lr), 1)).abs().max() > 1e-3
+
+
+def test_cli_self_ensemble_is_recorded(world, tmp_path, capsys):
+    argv = ["--checkpoint", str(world["rgb"]), "--dataset", str(world["pairs"]), "--json"]
+    results = []
+    for extra in ([], ["--self-ensemble"]):
+        assert _sr(*argv, *extra) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    plain, ensemble = results
+    assert (plain["self_ensemble"], ensemble["self_ensemble"]) == (False, True)
+    assert plain["mean"]["bicubic_psnr"] == ensemble["mean"]["bicubic_psnr"]
+    assert plain["mean"]["model_psnr"] != ensemble["mean"]["model_psnr"]
+    multi = tmp_path / "multi.pth"
+    checkpoint = torch.load(world["rgb"], weights_only=True)
+    checkpoint["kind"] = "multi-frame"
+    torch.save(checkpoint, multi)
+    assert _sr("--checkpoint", str(multi), "--dataset", str(world["pairs"]), "--self-ensemble") == 2
+    assert "single-image" in capsys.readouterr().err
 
 
 def test_cli_tiles_give_the_same_image(world, tmp_path):
