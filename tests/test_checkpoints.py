@@ -1,5 +1,5 @@
 """The shipped checkpoints: each loads with weights_only=True, was written by train.py,
-stays small, beats its baseline on Set5 x3 by the issue's margin, and reproduces the
+stays small, beats its baseline on Set5 (at its scale) by the issue's margin, and reproduces the
 figures recorded in checkpoints/results (from which checkpoints/README.md is written)."""
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 RESULTS = CHECKPOINTS / "results"
 MAX_BYTES = 20 * 2**20
 
-# shipped file -> (metric of its results, least gain over the baseline on Set5 x3 in dB)
+# shipped file -> (metric of its results, least gain over the baseline on Set5 at its scale in dB)
 SHIPPED = {
     "srcnn_x3.pth": ("psnr", 1.5),
+    "edsr_small_x2.pth": ("psnr", 2.5),  # the issue's margin is for x3; recorded gain at x2 3.84 dB
     "edsr_small_x3.pth": ("psnr", 2.5),
     "piunet_x3.pth": ("cpsnr", 1.0),  # the issue sets no margin; recorded gain 3.98 dB
 }
