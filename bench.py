@@ -10,7 +10,8 @@ Sections:
              and a 1x1 convolution (oneDNN) on a CPU: the reference
   inference  megapixels/s super-resolving a 1-megapixel output per model, FLOPs per output
              pixel, achieved FLOP/s as a fraction of the ceiling; the plain NCHW float32
-             forward and the toolkit's fast path (what super_resolve.py runs) side by side
+             forward and the toolkit's fast path (what super_resolve.py runs) side by side;
+             --compile adds the fast path through torch.compile, with its first-call time
   layers     each SRCNN convolution alone (1 megapixel, channels_last, inference_mode) and
              the three summed: the fraction of the ceiling the whole network can reach at best
   training   patches/s and fraction of the ceiling of train.py's real step (data loading
@@ -25,13 +26,17 @@ Every figure is the best of --repeats timed runs after a warm-up run.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
+import logging
 import os
 import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -152,6 +157,21 @@ def bench_layers(args: argparse.Namespace, ceiling: float) -> list[dict]:
     return rows
 
 
+@contextlib.contextmanager
+def quiet_compilation() -> Iterator[None]:
+    """Hold back torch.compile's warnings about graph breaks (the bicubic skip's kernel
+    weights are computed in Python, a break that costs nothing measurable)."""
+    logger = logging.getLogger("torch._dynamo")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def _bench_model_inference(name: str, args: argparse.Namespace, ceiling: float) -> list[dict]:
     """The two inference rows of one model."""
     device = torch.device("cuda" if args.cuda else "cpu")
@@ -174,13 +194,17 @@ def _bench_model_inference(name: str, args: argparse.Namespace, ceiling: float) 
     def fast() -> torch.Tensor:  # super_resolve.py's Upscaler: channels_last, inference_mode, tiles
         return upscaler(lr[0])
 
+    paths = [("plain NCHW fp32", plain, torch.contiguous_format), ("fast path", fast, torch.channels_last)]
+    if args.compile:  # the same fast path with the model through torch.compile (inductor)
+        compiled = dataclasses.replace(upscaler, model=torch.compile(model))
+        paths.append(("fast path + compile", lambda: compiled(lr[0]), torch.channels_last))
     rows = []
-    for path, fn, memory_format in (
-        ("plain NCHW fp32", plain, torch.contiguous_format),
-        ("fast path", fast, torch.channels_last),
-    ):
+    for path, fn, memory_format in paths:
         model.to(memory_format=memory_format)
-        error = (fn().float().reshape(reference.shape) - reference.clamp(0, 1)).abs().max().item()
+        start = time.perf_counter()
+        with quiet_compilation():
+            error = (fn().float().reshape(reference.shape) - reference.clamp(0, 1)).abs().max().item()
+        first_call = time.perf_counter() - start  # includes the compilation on the compiled path
         seconds = best_time(fn, args.repeats, args.cuda)
         rows.append(
             {
@@ -190,11 +214,12 @@ def _bench_model_inference(name: str, args: argparse.Namespace, ceiling: float) 
                 "path": path,
                 "output_pixels": pixels,
                 "seconds": seconds,
+                "first_call_seconds": first_call,
                 "mp_per_s": pixels / seconds / 1e6,
                 "flops_per_pixel": flops / pixels,
                 "flops_per_s": flops / seconds,
                 "fraction_of_ceiling": flops / seconds / ceiling,
-                "max_abs_difference": error if path == "fast path" else 0.0,
+                "max_abs_difference": error if path != "plain NCHW fp32" else 0.0,
             }
         )
     return rows
@@ -395,7 +420,8 @@ def format_row(row: dict) -> str:
         return (
             f"{what} {row['mp_per_s']:7.3f} MP/s  {row['flops_per_pixel'] / 1e3:8.1f} kFLOP/px  "
             f"{row['flops_per_s'] / 1e9:7.1f} GFLOP/s = {100 * row['fraction_of_ceiling']:5.1f}% of ceiling"
-            + (f"  (max diff {row['max_abs_difference']:.1e})" if row["path"] == "fast path" else "")
+            + (f"  (max diff {row['max_abs_difference']:.1e})" if row["path"] != "plain NCHW fp32" else "")
+            + (f"  first call {row['first_call_seconds']:.0f} s" if "compile" in row["path"] else "")
         )
     if row["section"] == "layers":
         return (
@@ -443,6 +469,11 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=512,
         help="tile size of the fast path, LR pixels (default 512: a 1 MP output in one tile)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="add a row per model for the fast path through torch.compile (with its compile time)",
     )
     parser.add_argument("--models", nargs="+", choices=list(INFERENCE_MODELS), help="inference models")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure (best is kept)")

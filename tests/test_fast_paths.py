@@ -138,3 +138,13 @@ def test_bench_piunet_compares_both_layouts_on_their_outputs(capsys):
     assert [row["layout"] for row in rows] == ["mha", "sdpa"]
     assert rows[0]["max_abs_diff"] == 0 and rows[1]["max_abs_diff"] < 1e-4
     assert all(row["same_output"] and row["seconds"] > 0 and row["peak_bytes"] > 0 for row in rows)
+
+
+def test_bench_compile_row_computes_the_fast_path_numbers(capsys):
+    argv = ["--only", "inference", "--models", "srcnn", "--size", "24", "--repeats", "1", "--json"]
+    argv.append("--compile")
+    assert bench.main(argv) == 0
+    rows = {row["what"]: row for row in json.loads(capsys.readouterr().out)["rows"]}
+    compiled = rows["srcnn fast path + compile"]
+    assert compiled["max_abs_difference"] < 1e-5
+    assert compiled["first_call_seconds"] >= compiled["seconds"] > 0
