@@ -250,6 +250,18 @@ class UNet(nn.Module):
 # per frame, and BatchNorm3d's statistics over (B, T, H, W) are BatchNorm2d's over (B*T, H, W).
 
 
+SDPA_MAX_HEADS = 65_535  # CUDA's fused attention kernels put heads on a grid axis of this size
+
+
+def chunked_attention(q: Tensor, k: Tensor, v: Tensor, max_heads: int = SDPA_MAX_HEADS) -> Tensor:
+    """F.scaled_dot_product_attention of (B, heads, T, D) tensors, in pieces of at most
+    `max_heads` heads (PIUnet has pixels x heads of them: a 256x256 scene is 65,536)."""
+    if q.shape[1] <= max_heads:
+        return F.scaled_dot_product_attention(q, k, v)
+    pieces = zip(q.split(max_heads, 1), k.split(max_heads, 1), v.split(max_heads, 1))
+    return torch.cat([F.scaled_dot_product_attention(*piece) for piece in pieces], dim=1)
+
+
 class TemporalAttention(nn.Module):
     """Self-attention across the T frames, separately at every pixel, without positional
     encoding (so it is permutation-equivariant). Same parameters as nn.MultiheadAttention
@@ -286,7 +298,7 @@ class TemporalAttention(nn.Module):
             .flatten(1, 2)
             for weight, bias in zip(self.qkv.weight.chunk(3), self.qkv.bias.chunk(3))
         )  # each (B, H*W*heads, T, C/heads), a view: 4-D, as SDPA's fused kernels require
-        y = F.scaled_dot_product_attention(q, k, v).unflatten(1, (h * w, self.heads)).permute(0, 3, 1, 2, 4)
+        y = chunked_attention(q, k, v).unflatten(1, (h * w, self.heads)).permute(0, 3, 1, 2, 4)
         y = self.out(y.reshape(b, frames, h * w, c))
         return y.view(bt, h, w, c).permute(0, 3, 1, 2)
 

@@ -365,3 +365,13 @@ def test_dataset_scores_bursts_as_training_validated_them(trained, capsys):
     assert "piunet CPSNR" in table and "bicubic of mean CPSNR" in table and "mean" in table
     for bad in (["--degradation", "bicubic"], ["--fda-plot", "x.png"]):
         assert run_cli(super_resolve.main, [*argv, *bad]) == 2
+
+
+def test_chunked_attention_equals_one_call():
+    from model import chunked_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 23, 9, 8) for _ in range(3))
+    whole = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(chunked_attention(q, k, v, max_heads=5), whole, atol=1e-6, rtol=1e-6)
+    assert chunked_attention(q, k, v, max_heads=5).shape == whole.shape
