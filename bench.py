@@ -159,8 +159,8 @@ def bench_layers(args: argparse.Namespace, ceiling: float) -> list[dict]:
 
 @contextlib.contextmanager
 def quiet_compilation() -> Iterator[None]:
-    """Hold back torch.compile's warnings about graph breaks (the bicubic skip's kernel
-    weights are computed in Python, a break that costs nothing measurable)."""
+    """Hold back torch.compile's one-time notices (it traces through the lru_cache of the
+    bicubic skip's kernel weights, which data.py marks as constants)."""
     logger = logging.getLogger("torch._dynamo")
     level = logger.level
     logger.setLevel(logging.ERROR)

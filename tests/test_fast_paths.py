@@ -148,3 +148,10 @@ def test_bench_compile_row_computes_the_fast_path_numbers(capsys):
     compiled = rows["srcnn fast path + compile"]
     assert compiled["max_abs_difference"] < 1e-5
     assert compiled["first_call_seconds"] >= compiled["seconds"] > 0
+
+
+def test_bicubic_skip_compiles_without_graph_breaks():
+    model = build_model("srcnn", 3).eval()
+    with torch.inference_mode():
+        explanation = torch._dynamo.explain(model)(torch.rand(1, 3, 12, 12))
+    assert explanation.graph_break_count == 0
