@@ -493,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sections = args.only or list(SECTIONS)
     rows = bench_ceiling(args)
-    ceiling = ceiling_of(rows)
+    ceiling = ceiling_of(rows, "bfloat16" if args.cuda and args.bf16 else "float32")
     if "inference" in sections:
         rows += bench_inference(args, ceiling)
     if "layers" in sections:

@@ -1,0 +1,498 @@
+"""One short GPU visit that proves every --cuda path and then trains with the minutes left.
+
+    python gpu_check.py pack                  # here: copy the data it needs into .gpudata/
+    python3 gpu_check.py run --out "$OUT"     # there, on the bare GPU machine (about 9 minutes)
+    python gpu_check.py run --dry-run         # anywhere: the same steps on the CPU, tiny, seconds
+
+`run` needs nothing beyond a CUDA PyTorch and the packages such machines carry (numpy,
+Pillow, tqdm, scikit-image, matplotlib, pytest): no pip, no network, no benchmark folder
+beside the checkout. It reads the data that `pack` put into `.gpudata/` (git-ignored, inside
+the checkout, under 64 MiB with the working tree) and writes at most 8 files into --out:
+summary.json (every check's pass/fail and figures, rewritten after each step, so a killed
+run still leaves one), gpu_check.log (each command and its output) and the last checkpoint
+of the closing training run (split into parts under 16 MiB if it is larger).
+
+Steps, in order of value, each under its own time limit, all inside --budget seconds:
+  tests        every CUDA-marked test and CPU/GPU equality test (pytest -k cuda)
+  train        train.py train --cuda (bf16 autocast), resume on the GPU, resume --no-cuda on
+               the CPU, and the same with --no-amp
+  sr           super_resolve.py --cuda on the validation set against the CPU: PSNR and pixels,
+               bf16 and fp32, whole images and small tiles
+  bench        bench.py --cuda: inference, training step and PIUnet layouts, as fractions of
+               the bf16 matrix-product ceiling
+  piunet       PIUnet training steps at the published size and on a 256x256 scene (attention
+               split into CUDA-sized pieces), the fast layout against the authors' outputs
+  run          a real training run until the budget is spent (SIGTERM: train.py saves its
+               position), its checkpoint returned to be resumed on the CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+PACK_DIR = HERE / ".gpudata"
+PART_BYTES = 15 * 2**20  # returned files must stay under 16 MiB each
+
+# the closing training run (issue [9]: an EDSR body on the LR grid with at most half of
+# VDSR's multiply-adds per output pixel at x2; the x3/x4 models can start from it)
+RUN_MODEL = ["--model", "edsr", "--model-option", "blocks=14", "--model-option", "features=64"]
+RUN_OPTIONS = ["--scale", "2", "--patch-size", "64", "--patches-per-image", "128", "--batch-size", "32"]
+RUN_OPTIONS += ["--lr", "3e-4", "--schedule", "constant", "--num-epoch", "10000", "--val-freq", "5"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`pack` the data, or `run` the checks."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    pack = sub.add_parser("pack", help="copy the data `run` needs into .gpudata/ (from $SR_DATA_ROOT)")
+    pack.add_argument("--limit-mib", type=float, default=60, help="working tree plus data, at most")
+    run = sub.add_parser("run", help="run the checks and the training run")
+    run.add_argument("--out", default=os.environ.get("OUT", "gpu-check"), help="results folder ($OUT)")
+    run.add_argument("--budget", type=float, default=540, help="seconds for everything (default 540)")
+    run.add_argument("--dry-run", action="store_true", help="on the CPU, tiny sizes, seconds")
+    run.add_argument("--steps", nargs="+", choices=STEPS, help="only these steps (default: all)")
+    run.add_argument("--train-data", default=None, help="training set of the checks (default T91)")
+    run.add_argument("--val-data", default=None, help="validation set (default Set5)")
+    run.add_argument("--run-data", default=None, help="training set of the closing run")
+    run.add_argument(PIUNET_WORKER, nargs=4, metavar=("B", "H", "W", "DEVICE"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.command == "pack":
+        return pack_data(args.limit_mib)
+    if args.piunet_step:
+        print(json.dumps(piunet_step(*args.piunet_step)))
+        return 0
+    return Visit(args).run()
+
+
+# ---------------------------------------------------------------------------------------
+# pack: the data, copied into the checkout
+
+
+def pack_data(limit_mib: float) -> int:
+    """Copy Set5, T91, the PROBA-V sample, the reference vectors and as much of BSD200 as fits."""
+    data_root = os.environ.get("SR_DATA_ROOT")
+    reference = os.environ.get("SR_REFERENCE_DIR")
+    if not data_root or not reference:
+        print("gpu_check.py: error: set SR_DATA_ROOT and SR_REFERENCE_DIR (see README)", file=sys.stderr)
+        return 2
+    shutil.rmtree(PACK_DIR, ignore_errors=True)
+    for name in ("Set5", "PROBAV-sample"):
+        shutil.copytree(Path(data_root) / name, PACK_DIR / "datasets" / name)
+    shutil.copytree(reference, PACK_DIR / "reference")
+    # training data: T91 as lossless PNG (BMP is twice the size), then the BSD200 images that fit
+    from PIL import Image
+
+    train = PACK_DIR / "train"
+    train.mkdir()
+    for image in sorted((Path(data_root) / "T91").iterdir()):
+        Image.open(image).save(train / f"{image.stem}.png", optimize=True)
+    tree = _tree_bytes()
+    for image in sorted((Path(data_root) / "BSD200").glob("*.png")):
+        if tree + image.stat().st_size > limit_mib * 2**20:
+            break
+        shutil.copy(image, train / image.name)
+        tree += image.stat().st_size
+    print(f"packed {PACK_DIR} ({len(list(train.iterdir()))} training images); tree {tree / 2**20:.1f} MiB")
+    return 0
+
+
+def _tree_bytes() -> int:
+    """Bytes of what would travel: git's tracked and untracked-not-ignored files, and .gpudata."""
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=HERE, capture_output=True, check=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
+    files = [HERE / name for name in listed if name] + list(PACK_DIR.rglob("*"))
+    return sum(path.stat().st_size for path in files if path.is_file())
+
+
+# ---------------------------------------------------------------------------------------
+# run: the checks
+
+
+PIUNET_WORKER = "--piunet-step"
+STEPS = ("env", "tests", "train", "sr", "bench", "piunet", "run")
+
+
+class Visit:
+    """The checks of one visit, their log and their summary."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.dry = args.dry_run
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.work = self.out / "work" if self.dry else Path("/tmp/gpu_check_work")
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(parents=True)
+        self.log = open(self.out / "gpu_check.log", "w")  # noqa: SIM115 (kept open for the visit)
+        self.start = time.monotonic()
+        self.summary: dict[str, Any] = {"dry_run": self.dry, "budget_s": args.budget, "checks": {}}
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if not self.dry and (PACK_DIR / "datasets").is_dir():
+            self.env.setdefault("SR_DATA_ROOT", str(PACK_DIR / "datasets"))
+            self.env.setdefault("SR_REFERENCE_DIR", str(PACK_DIR / "reference"))
+        packed = (PACK_DIR / "train").is_dir() and not self.dry
+        self.train_data = args.train_data or (str(PACK_DIR / "train") if packed else "T91")
+        self.val_data = args.val_data or "Set5"
+        self.run_data = args.run_data or self.train_data
+        self.cuda = [] if self.dry else ["--cuda"]
+
+    def run(self) -> int:
+        """Every step in turn; exit status 0 when every check passed."""
+        steps: dict[str, Callable[[], dict]] = {
+            "env": self.check_env,
+            "tests": self.check_tests,
+            "train": self.check_train,
+            "sr": self.check_super_resolve,
+            "bench": self.check_bench,
+            "piunet": self.check_piunet,
+            "run": self.training_run,
+        }
+        for name in self.args.steps or STEPS:
+            self.say(f"=== {name} ({self.left():.0f} s left)")
+            began = time.monotonic()
+            try:
+                result = steps[name]()
+            except Exception as error:  # a step that breaks is a failed check, not a lost visit
+                result = {"passed": False, "error": f"{type(error).__name__}: {error}"}
+            result["seconds"] = round(time.monotonic() - began, 1)
+            self.summary["checks"][name] = result
+            self.write_summary()
+            self.say(f"--- {name}: {'pass' if result.get('passed') else 'FAIL'} {json.dumps(result)[:2000]}")
+        failed = [name for name, result in self.summary["checks"].items() if not result.get("passed")]
+        self.summary["passed"] = not failed
+        self.summary["failed"] = failed
+        self.write_summary()
+        print(f"gpu_check: {'all passed' if not failed else 'FAILED: ' + ', '.join(failed)}; {self.out}")
+        return 0 if not failed else 1
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def left(self) -> float:
+        """Seconds left of the budget."""
+        return self.args.budget - (time.monotonic() - self.start)
+
+    def say(self, text: str) -> None:
+        """A line on stdout and in the log."""
+        print(text, flush=True)
+        self.log.write(text + "\n")
+        self.log.flush()
+
+    def write_summary(self) -> None:
+        """summary.json, replaced whole."""
+        self.summary["elapsed_s"] = round(time.monotonic() - self.start, 1)
+        path = self.out / "summary.json"
+        path.with_suffix(".tmp").write_text(json.dumps(self.summary, indent=2))
+        path.with_suffix(".tmp").replace(path)
+
+    def sh(self, command: list[str], limit: float, stop_signal: int = signal.SIGKILL) -> tuple[int, str]:
+        """Run a command (python scripts with this interpreter) under a time limit; (status, output)."""
+        command = [sys.executable, *command] if command[0].endswith(".py") or command[0] == "-m" else command
+        limit = max(1.0, min(limit, self.left()))
+        self.say("$ " + " ".join(command) + f"   [limit {limit:.0f} s]")
+        process = subprocess.Popen(
+            command, cwd=HERE, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        try:
+            output, _ = process.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            process.send_signal(stop_signal)
+            try:
+                output, _ = process.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                output, _ = process.communicate()
+            output += f"\n[stopped after {limit:.0f} s]"
+        self.log.write(output + f"\n[exit {process.returncode}]\n")
+        self.log.flush()
+        return process.returncode, output
+
+    def json_of(self, command: list[str], limit: float) -> Any:
+        """The JSON a command prints (last JSON document of its output); raises on failure."""
+        status, output = self.sh(command, limit)
+        if status != 0:
+            raise RuntimeError(f"{' '.join(command[:3])} exited {status}: {output.strip().splitlines()[-1:]}")
+        start = output.find("{") if output.lstrip().startswith("{") else output.find("\n{") + 1
+        return json.loads(output[start:])
+
+    # -- the checks ---------------------------------------------------------------------
+
+    def check_env(self) -> dict:
+        """The interpreter, torch, the GPU and what it supports."""
+        import torch
+
+        result: dict[str, Any] = {"python": sys.version.split()[0], "torch": torch.__version__}
+        result["cuda_available"] = torch.cuda.is_available()
+        if torch.cuda.is_available():
+            result["device"] = torch.cuda.get_device_name(0)
+            result["capability"] = list(torch.cuda.get_device_capability(0))
+            result["bf16"] = torch.cuda.is_bf16_supported()
+            result["memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+            self.sh(["nvidia-smi"], 30)
+        for module in ("numpy", "PIL", "tqdm", "skimage", "matplotlib", "png", "tifffile", "onnxruntime"):
+            try:
+                __import__(module)
+                result[module] = True
+            except ImportError:
+                result[module] = False
+        result["passed"] = result["cuda_available"] or self.dry
+        return result
+
+    def check_tests(self) -> dict:
+        """Every CUDA-marked test and CPU/GPU equality test."""
+        selection = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cuda or gpu", "tests"]
+        if self.dry:  # the tests skip on a CPU; collecting them is what can rot
+            selection.append("--collect-only")
+        status, output = self.sh(selection, 180)
+        counts = _pytest_counts(output)
+        selected = counts.get("passed", 0) + counts.get("tests collected", 0) + counts.get("collected", 0)
+        return {"passed": status == 0 and selected > 0 and not counts.get("failed"), **counts}
+
+    def check_train(self) -> dict:
+        """train --cuda, resume on the GPU, resume on the CPU; with bf16 autocast and without."""
+        result: dict[str, Any] = {"passed": True}
+        common = ["--model", "srcnn", "--train-data", self.train_data, "--val-data", self.val_data]
+        common += ["--patches-per-image", "2" if self.dry else "16", "--batch-size", "16", "--quiet"]
+        for amp in ("--amp", "--no-amp"):
+            run = self.work / f"train{amp}"
+            steps = [
+                ["train.py", "train", *common, *self.cuda, amp, "--num-epoch", "2", "--out-dir", str(run)],
+                ["train.py", "resume", str(run / "last.pth"), "--num-epoch", "3"],
+                ["train.py", "resume", str(run / "last.pth"), "--num-epoch", "4", "--no-cuda"],
+            ]
+            for step in steps:
+                status, _ = self.sh(step, 90)
+                if status != 0:
+                    result["passed"] = False
+                    result[f"{amp}_failed"] = " ".join(step[:2])
+                    break
+            else:
+                history = self.json_of(["train.py", "inspect", str(run / "last.pth"), "--json"], 60)
+                result[amp.lstrip("-")] = _history_figures(history)
+                result["passed"] &= result[amp.lstrip("-")]["epochs"] == 4
+        return result
+
+    def check_super_resolve(self) -> dict:
+        """super_resolve.py --cuda against the CPU on the validation set: PSNR and pixels."""
+        checkpoint = str(HERE / "checkpoints" / "edsr_small_x3.pth")
+        base = ["super_resolve.py", "--checkpoint", checkpoint, "--dataset", self.val_data, "--json"]
+        base += ["--quiet", "--save"]
+        variants = {"cpu": [], "gpu_bf16": [*self.cuda, "--amp"], "gpu_fp32": [*self.cuda, "--no-amp"]}
+        variants["gpu_bf16_tiled"] = [*self.cuda, "--amp", "--tile", "24", "--tile-overlap", "8"]
+        variants["gpu_fp32_tiled"] = [*self.cuda, "--no-amp", "--tile", "24", "--tile-overlap", "8"]
+        outputs = {}
+        for name, flags in variants.items():
+            outputs[name] = self.json_of([*base, *flags, "--out-dir", str(self.work / f"sr_{name}")], 90)
+        # fp32 on the GPU (TF32 off in super_resolve) equals the CPU to rounding; bf16 within
+        # the tests' 2e-2 of the [0, 1] range, i.e. 5 grey levels, and 0.1 dB of PSNR
+        tolerances = {"fp32": (0.01, 1), "bf16": (0.1, 5)}
+        result: dict[str, Any] = {"passed": True}
+        cpu = outputs["cpu"]
+        for name, output in outputs.items():
+            if name == "cpu":
+                continue
+            db, levels = tolerances["bf16" if "bf16" in name else "fp32"]
+            psnr_diff = abs(_mean_psnr(output) - _mean_psnr(cpu))
+            pixel_diff = _max_pixel_diff(self.work / "sr_cpu", self.work / f"sr_{name}")
+            ok = psnr_diff <= db and pixel_diff <= levels
+            result[name] = {"psnr": _mean_psnr(output), "psnr_diff": psnr_diff, "max_level_diff": pixel_diff}
+            result[name]["passed"] = ok
+            result["passed"] &= ok
+        result["cpu_psnr"] = _mean_psnr(cpu)
+        return result
+
+    def check_bench(self) -> dict:
+        """bench.py --cuda: each figure as a fraction of the bf16 ceiling."""
+        if self.dry:
+            flags = ["--size", "48", "--tile", "64", "--models", "srcnn", "--steps", "1", "--repeats", "1"]
+            flags += ["--train-data", self.train_data, "--only", "inference", "training"]
+        else:  # the piunet section's CPU path is bench.py's own test; the dry run skips it for time
+            flags = ["--cuda", "--repeats", "3", "--train-data", self.train_data, "--only"]
+            flags += ["inference", "training", "piunet"]
+        report = self.json_of(["bench.py", "--json", *flags], 200)
+        rows = [
+            {key: value for key, value in row.items() if key not in ("output",)} for row in report["rows"]
+        ]
+        piunet_same = all(row.get("same_output", True) for row in rows if row["section"] == "piunet")
+        return {"passed": bool(rows) and piunet_same, "device": report["device"], "rows": rows}
+
+    def check_piunet(self) -> dict:
+        """PIUnet training steps at the published size and on whole scenes up to 256x256."""
+        device = "cpu" if self.dry else "cuda"
+        sizes = [(1, 8, 8)] if self.dry else [(24, 32, 32), (4, 128, 128), (1, 256, 256)]
+        result: dict[str, Any] = {"passed": True}
+        for batch, height, width in sizes:
+            step = [__file__, "run", PIUNET_WORKER, str(batch), str(height), str(width), device]
+            try:
+                figures = self.json_of(step, 90)
+            except RuntimeError as error:
+                figures = {"passed": False, "error": str(error)}
+            result[f"{batch}x9x{height}x{width}"] = figures
+            result["passed"] &= figures["passed"]
+        return result
+
+    def training_run(self) -> dict:
+        """Train until the budget is spent, then SIGTERM (train.py saves its place); return the checkpoint."""
+        run = self.work / "run"
+        command = ["train.py", "train", *RUN_MODEL, *RUN_OPTIONS, *self.cuda, "--quiet"]
+        command += ["--train-data", self.run_data, "--val-data", self.val_data, "--out-dir", str(run)]
+        command += ["--workers", "0" if self.dry else str(min(8, os.cpu_count() or 1))]
+        if self.dry:
+            command += [
+                "--model-option",
+                "blocks=1",
+                "--model-option",
+                "features=8",
+                "--patches-per-image",
+                "1",
+            ]
+            command += ["--num-epoch", "1", "--batch-size", "4", "--patch-size", "48"]
+        status, _ = self.sh(command, self.left() - 25, stop_signal=signal.SIGTERM)
+        checkpoint = run / "last.pth"
+        if not checkpoint.is_file():
+            return {"passed": False, "status": status}
+        history = self.json_of(["train.py", "inspect", str(checkpoint), "--json"], 60)
+        parts = _copy_in_parts(checkpoint, self.out / "gpu_run_last.pth")
+        return {
+            "passed": status in (0, 128 + signal.SIGTERM),
+            "status": status,
+            "files": parts,
+            **_history_figures(history),
+        }
+
+
+# ---------------------------------------------------------------------------------------
+# figures
+
+
+def piunet_step(batch: str, height: str, width: str, device_name: str) -> dict:
+    """One PIUnet training step (bf16 autocast on a GPU), its time and memory, and the fast
+    layout's fp32 output against the authors' layout on the same weights."""
+    import torch
+
+    from model import build_model
+
+    device = torch.device(device_name)
+    torch.manual_seed(0)
+    cuda = device.type == "cuda"
+    size = {} if cuda else {"features": 16, "blocks": 2}  # the published size on a GPU; tiny on a CPU
+    model = build_model("piunet", 3, **size).to(device, memory_format=torch.channels_last)
+    frames = torch.rand(int(batch), 9, int(height), int(width), device=device)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-4)
+
+    def step() -> float:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            mu, sigma = model(frames)
+        loss = (mu.float() - 0.5).abs().mean() + sigma.float().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    losses = [step() for _ in range(2)]  # the first includes cuDNN's autotuning
+    began = time.perf_counter()
+    losses.append(step())
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - began
+    finite = all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    authors = build_model("piunet", 3, attention="mha", **size).to(device)
+    authors.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        fast = model.eval()(frames[:1])[0].float()
+        reference = authors.eval()(frames[:1])[0].float()
+    diff = (fast - reference).abs().max().item()
+    figures = {"step_s": seconds, "losses": losses, "finite_grads": bool(finite), "max_diff_vs_authors": diff}
+    if cuda:
+        figures["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    figures["passed"] = bool(finite) and all(map(_finite, losses)) and diff <= 1e-2
+    return figures
+
+
+def _finite(value: float) -> bool:
+    return value == value and abs(value) != float("inf")
+
+
+def _pytest_counts(output: str) -> dict[str, int]:
+    """{'passed': 12, 'skipped': 1, ...} from pytest's closing line."""
+    counts: dict[str, int] = {}
+    for line in output.splitlines()[-5:]:
+        for part in line.replace("=", "").split(","):
+            words = part.split(" in ")[0].split(" (")[0].split()
+            if len(words) >= 2 and words[0].split("/")[0].isdigit():
+                counts[" ".join(words[1:])] = int(words[0].split("/")[0])
+    return counts
+
+
+def _history_figures(history: dict) -> dict:
+    """Epochs done and the last validation figures of `train.py inspect --json`."""
+    rows = history.get("history", [])
+    validated = [row for row in rows if row.get("psnr") is not None]
+    figures: dict[str, Any] = {"epochs": history.get("epoch", len(rows)), "in_epoch": history.get("in_epoch")}
+    if validated:
+        figures["val_psnr"] = validated[-1]["psnr"]
+        figures["val_epoch"] = validated[-1].get("epoch")
+    if rows:
+        figures["loss"] = rows[-1].get("train_loss")
+        figures["epoch_s"] = rows[-1].get("seconds")
+    return figures
+
+
+def _mean_psnr(report: dict) -> float:
+    """Mean model PSNR of a `super_resolve.py --dataset --json` report."""
+    return float(report["mean"]["model_psnr"])
+
+
+def _max_pixel_diff(left: Path, right: Path) -> int:
+    """Largest difference in grey levels between same-named images of two folders."""
+    import numpy as np
+    from PIL import Image
+
+    worst = 0
+    names = sorted(path.name for path in left.iterdir())
+    if not names:
+        raise RuntimeError(f"no images in {left}")
+    for name in names:
+        a = np.asarray(Image.open(left / name), dtype=np.int32)
+        b = np.asarray(Image.open(right / name), dtype=np.int32)
+        worst = max(worst, int(np.abs(a - b).max()))
+    return worst
+
+
+def _copy_in_parts(source: Path, target: Path) -> list[str]:
+    """Copy a file as one piece, or as .partN pieces under the returned-file limit (`cat` joins)."""
+    data = source.read_bytes()
+    if len(data) <= PART_BYTES:
+        shutil.copy(source, target)
+        return [target.name]
+    names = []
+    for index in range(0, len(data), PART_BYTES):
+        part = target.with_name(f"{target.name}.part{index // PART_BYTES}")
+        part.write_bytes(data[index : index + PART_BYTES])
+        names.append(part.name)
+    return names
+
+
+if __name__ == "__main__":
+    sys.exit(main())

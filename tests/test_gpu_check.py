@@ -1,0 +1,111 @@
+"""gpu_check.py: the dry run of the GPU visit (every step on the CPU, tiny), so it cannot rot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import gpu_check
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _photo_folder(folder: Path, count: int, size: int, seed: int) -> Path:
+    """Smooth random colour images, big enough for every patch size the dry run uses."""
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        coarse = rng.integers(0, 256, (size // 6, size // 6, 3), dtype=np.uint8)
+        Image.fromarray(coarse).resize((size, size), Image.BICUBIC).save(folder / f"img{i}.png")
+    return folder
+
+
+def _gpu_check(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "gpu_check.py"), "run", "--dry-run", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """One whole dry run on tiny folders."""
+    root = tmp_path_factory.mktemp("gpu_check")
+    train = _photo_folder(root / "train", 4, 66, seed=0)
+    val = _photo_folder(root / "val", 2, 48, seed=1)
+    out = root / "out"
+    done = _gpu_check("--out", str(out), "--train-data", str(train), "--val-data", str(val))
+    return done, out
+
+
+def test_dry_run_passes_every_step_and_writes_its_summary(dry_run):
+    done, out = dry_run
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["passed"] and summary["failed"] == []
+    assert list(summary["checks"]) == list(gpu_check.STEPS)
+    checks = summary["checks"]
+    assert checks["tests"]["tests collected"] > 0  # the CUDA tests are found by the selection
+    assert checks["train"]["amp"]["epochs"] == checks["train"]["no-amp"]["epochs"] == 4
+    assert checks["sr"]["gpu_fp32"]["max_level_diff"] == 0  # on the CPU the "GPU" run is the same run
+    assert {row["section"] for row in checks["bench"]["rows"]} >= {"ceiling", "inference", "training"}
+    assert all(figures["finite_grads"] for key, figures in checks["piunet"].items() if "x9x" in key)
+    assert checks["run"]["files"] == ["gpu_run_last.pth"]
+    assert sorted(path.name for path in out.iterdir() if path.is_file()) == [
+        "gpu_check.log",
+        "gpu_run_last.pth",
+        "summary.json",
+    ]
+
+
+def test_returned_checkpoint_resumes_on_the_cpu(dry_run, tmp_path):
+    _, out = dry_run
+    checkpoint = tmp_path / "last.pth"
+    checkpoint.write_bytes((out / "gpu_run_last.pth").read_bytes())
+    info = subprocess.run(
+        [sys.executable, "train.py", "inspect", str(checkpoint), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["model"] == "edsr"
+
+
+def test_a_failing_step_fails_the_visit_and_is_named(tmp_path):
+    done = _gpu_check("--out", str(tmp_path), "--steps", "sr", "--val-data", str(tmp_path / "missing"))
+    assert done.returncode == 1
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["failed"] == ["sr"] and "exited 2" in summary["checks"]["sr"]["error"]
+
+
+def test_large_files_come_back_in_parts_that_join(tmp_path):
+    source = tmp_path / "big.pth"
+    data = np.random.default_rng(0).integers(0, 256, gpu_check.PART_BYTES * 2 + 5, dtype=np.uint8).tobytes()
+    source.write_bytes(data)
+    names = gpu_check._copy_in_parts(source, tmp_path / "back.pth")
+    assert names == ["back.pth.part0", "back.pth.part1", "back.pth.part2"]
+    assert all((tmp_path / name).stat().st_size <= gpu_check.PART_BYTES for name in names)
+    assert b"".join((tmp_path / name).read_bytes() for name in names) == data
+
+
+def test_pytest_closing_lines_are_counted():
+    assert gpu_check._pytest_counts("x\n8 passed, 1 skipped, 189 deselected, 8 warnings in 4.50s") == {
+        "passed": 8,
+        "skipped": 1,
+        "deselected": 189,
+        "warnings": 8,
+    }
+    assert gpu_check._pytest_counts("9/198 tests collected (189 deselected) in 0.69s") == {
+        "tests collected": 9
+    }
+    assert gpu_check._pytest_counts("===== 1 failed, 2 passed in 3.1s =====") == {"failed": 1, "passed": 2}
