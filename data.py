@@ -442,8 +442,9 @@ def degrade(hr: Tensor, scale: int, kernel: str = "bicubic", bits: int | None = 
 # Named datasets: resolution, manifest, download
 # ---------------------------------------------------------------------------------------
 
-BENCHMARKS = ("T91", "Set5", "Set14", "BSD100", "Urban100")
+BENCHMARKS = ("T91", "BSD200", "Set5", "Set14", "BSD100", "Urban100")
 SAMPLE_SETS = ("sample", "sample-train", "sample-test")
+UNIONS = {"291": ("T91", "BSD200")}  # VDSR's and FSRCNN's training set
 MANIFEST_PATH = Path(__file__).with_name("datasets.json")
 
 
@@ -516,7 +517,7 @@ def resolve_dataset(
         return scaled if scale is not None and scaled.is_dir() else as_path
     canonical = canonical_name(name)
     if canonical is None:
-        known = ", ".join(BENCHMARKS + SAMPLE_SETS)
+        known = ", ".join(BENCHMARKS + tuple(UNIONS) + SAMPLE_SETS)
         raise DatasetError(f"{name}: no such folder, and not a known dataset ({known})")
     root = data_root or os.environ.get("SR_DATA_ROOT")
     if root:
@@ -658,6 +659,18 @@ def sample_paths(split: str = "all") -> list[Path]:
     return paths
 
 
+def set_names(name: str) -> list[str]:
+    """The sets a training-data name stands for: '291' -> T91, BSD200; 'T91,my/folder' -> both."""
+    if Path(name).expanduser().is_dir():
+        return [name]
+    if name in UNIONS:
+        return list(UNIONS[name])
+    parts = [part.strip() for part in name.split(",")]
+    if len(parts) > 1 and not all(parts):
+        raise DatasetError(f"{name!r}: an empty name in the list")
+    return [each for part in parts for each in set_names(part)] if len(parts) > 1 else parts
+
+
 def dataset_sources(
     name: str,
     scale: int,
@@ -665,7 +678,13 @@ def dataset_sources(
     download: bool = True,
     progress: bool = True,
 ) -> list[tuple[Path, Path | None]]:
-    """(HR path, given LR path or None) for every image of a named set or folder."""
+    """(HR path, given LR path or None) for every image of a named set or folder, or of a
+    union of them ('291', 'T91,BSD200', 'T91,my/folder')."""
+    names = set_names(name)
+    if len(names) > 1:
+        return [
+            source for part in names for source in dataset_sources(part, scale, data_root, download, progress)
+        ]
     if name in SAMPLE_SETS:
         split = {"sample": "all", "sample-train": "train", "sample-test": "test"}[name]
         return [(p, None) for p in sample_paths(split)]
@@ -1176,7 +1195,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "fetch":
         for name in args.names:
-            scales = [None] if canonical_name(name) == "T91" else args.scale
+            scales = [None] if canonical_name(name) in ("T91", "BSD200") else args.scale
             for scale in scales:
                 print(f"{name}{'' if scale is None else f' x{scale}'}: {resolve_dataset(name, scale)}")
     else:

@@ -61,16 +61,30 @@ def shipped_checkpoints(folder: Path = CHECKPOINTS) -> list[tuple[str, str]]:
             rows.append((path.name, "no recorded results (make results)"))
             continue
         record = json.loads(results.read_text())
+        cost = f", {_multiply_adds(path) / 1e3:.0f}k multiply-adds per pixel"
         metric = "cpsnr" if "model_cpsnr" in record["mean"] else "psnr"
         mean, label = record["mean"], "cPSNR" if metric == "cpsnr" else "PSNR"
         rows.append(
             (
                 path.name,
                 f"{record['model']} x{record['scale']}, Set5 {label} {mean[f'model_{metric}']:.2f} dB "
-                f"(bicubic {mean[f'bicubic_{metric}']:.2f} dB)",
+                f"(bicubic {mean[f'bicubic_{metric}']:.2f} dB){cost}",
             )
         )
     return rows
+
+
+def _multiply_adds(path: Path) -> float:
+    """Multiply-adds per output pixel of a checkpoint's model."""
+    import torch
+
+    from model import load_model, multiply_adds_per_pixel
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    options = checkpoint["model"]["options"]
+    return multiply_adds_per_pixel(
+        load_model(checkpoint), checkpoint["model"]["scale"], options.get("in_channels", 3)
+    )
 
 
 def main() -> int:

@@ -564,17 +564,30 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def multiply_adds_per_pixel(model: nn.Module, scale: int, in_channels: int = 3, side: int = 24) -> float:
+    """Multiply-adds of one forward pass per output (HR) pixel: convolutions and matrix
+    products, as torch's flop counter sees them on a side x side LR input (PIUnet: 9 frames)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    multi_frame = getattr(model, "multi_frame", False)
+    shape = (1, 9, side, side) if multi_frame else (1, in_channels, side, side)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.rand(shape))
+    return counter.get_total_flops() / 2 / (side * scale) ** 2
+
+
 def model_zoo(scale: int = 3) -> list[tuple[str, int, str]]:
     """(name, parameters at default options, description) for every registered model."""
     return [(name, count_parameters(build_model(name, scale)), text) for name, (_, text) in MODELS.items()]
 
 
 def load_model(checkpoint: dict) -> nn.Module:
-    """Rebuild a checkpoint's model with its weights, in eval mode."""
+    """Rebuild a checkpoint's model with its weights (their moving average if kept), in eval mode."""
     spec = checkpoint["model"]
     try:
         model = build_model(spec["name"], scale=spec["scale"], **spec["options"])
-        model.load_state_dict(checkpoint["state_dict"])
+        # the weight average (train.py --ema) when the run kept one: it is what was validated
+        model.load_state_dict(checkpoint.get("ema_state_dict") or checkpoint["state_dict"])
     except (KeyError, TypeError, RuntimeError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(

@@ -16,6 +16,7 @@ DistributedDataParallel; only rank 0 logs and writes.
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import io
 import json
@@ -47,6 +48,7 @@ from data import (
     load_pairs,
     rescaled_pairs,
     resolve_dataset,
+    set_names,
     upscale,
 )
 from model import MODELS, Upscaler, build_model, count_parameters, export_onnx, load_model, model_zoo
@@ -102,6 +104,8 @@ DEFAULTS: dict[str, Any] = {
     "lr_gamma": 0.5,
     "warmup_epochs": 0,
     "grad_clip": None,
+    "ema": None,
+    "init_from": None,
     "frames": 9,
     "burst_shift": 2,
     "burst_noise": 0.01,
@@ -184,7 +188,11 @@ def _add_training_options(parser: argparse.ArgumentParser, resume: bool) -> None
         metavar="FILE",
         help="torchvision VGG16 weights for --loss perceptual (default: download them)",
     )
-    add("--train-data", help="training set: a name (T91, sample-train, ...) or a folder of images")
+    add(
+        "--train-data",
+        help="training set: a name (T91, BSD200, 291 = T91+BSD200, sample-train, ...), a folder of "
+        "images, or several joined by commas (T91,my/photos)",
+    )
     add("--val-data", help="validation set: a name (Set5, Set14, sample-test, ...) or a folder")
     add("--degradation", type=_degradation, help="LR kernel: bicubic, bilinear, nearest, a,b list, or random")
     add("--patch-size", type=int, help="HR patch size in pixels (a multiple of the scale)")
@@ -211,6 +219,19 @@ def _add_training_options(parser: argparse.ArgumentParser, resume: bool) -> None
     add("--lr-gamma", type=float, help="decay factor of the step schedule")
     add("--warmup-epochs", type=float, help="linear warm-up from 0 over this many epochs")
     add("--grad-clip", type=float, help="clip the gradient norm to this value (piunet: 15 unless given)")
+    add(
+        "--ema",
+        type=float,
+        metavar="DECAY",
+        help="keep an exponential moving average of the weights (e.g. 0.999, as BasicSR's params_ema); "
+        "validation and super_resolve.py use it",
+    )
+    add(
+        "--init-from",
+        metavar="CKPT",
+        help="start from another run's weights wherever name and shape match (e.g. x3 from a "
+        "trained x2 body, as EDSR does); the rest is initialised as usual",
+    )
     add("--frames", type=int, help="piunet: LR frames per scene")
     add("--burst-shift", type=int, help="piunet synthetic bursts: largest frame shift, in HR pixels")
     add("--burst-noise", type=float, help="piunet synthetic bursts: Gaussian noise on the LR frames")
@@ -285,6 +306,8 @@ def check_config(config: dict) -> None:
         raise UserError(f"--workers must be 0 or more, got {config['workers']}")
     if not config["lr"] > 0:
         raise UserError(f"--lr must be positive, got {config['lr']}")
+    if config["ema"] is not None and not 0 < config["ema"] < 1:
+        raise UserError(f"--ema must be between 0 and 1 (e.g. 0.999), got {config['ema']}")
     if config["grid_stride"] is not None and config["grid_stride"] < 1:
         raise UserError(f"--grid-stride must be at least 1, got {config['grid_stride']}")
     if config["patch_size"] % config["scale"]:
@@ -325,6 +348,7 @@ def make_checkpoint(
     optimizer: torch.optim.Optimizer,
     scaler_state: dict | None,
     progress: Progress,
+    ema: WeightAverage | None = None,
 ) -> dict:
     """Everything needed to rebuild the model and continue training."""
     return {
@@ -337,6 +361,7 @@ def make_checkpoint(
         },
         "params": count_parameters(model),
         "state_dict": model.state_dict(),
+        "ema_state_dict": ema.model.state_dict() if ema else None,
         "optimizer": optimizer.state_dict(),
         "scaler": scaler_state,
         "args": dict(config),
@@ -467,7 +492,7 @@ class Task:
     kind: str  # "single-image" or "multi-frame", as stored in checkpoints
     dataset: Dataset
     step_loss: Callable[[nn.Module, list[Tensor], int], Tensor]  # (net, batch, epoch) -> loss
-    validate: Callable[[], tuple[float, float]]  # model's (PSNR, SSIM) or (cPSNR, cSSIM)
+    validate: Callable[[nn.Module], tuple[float, float]]  # a network's (PSNR, SSIM) or (cPSNR, cSSIM)
     baseline: tuple[float, float]  # the same for the interpolation baseline
     summary: str  # one line for the start-up message
     metric: str = "PSNR"  # what validate() measures, for the log
@@ -510,14 +535,15 @@ def single_image_task(config: dict, model: nn.Module, runtime: Runtime, show: bo
         ]
         return sum(r[0] for r in results) / len(results), sum(r[1] for r in results) / len(results)
 
-    def validate() -> tuple[float, float]:
+    def validate(net: nn.Module) -> tuple[float, float]:
+        mode = net.training
         upscaler = Upscaler(
-            model.eval(), config["model"], scale, channels, runtime.device, tile=256, overlap=16
+            net.eval(), config["model"], scale, channels, runtime.device, tile=256, overlap=16
         )
         try:
             return scores(upscaler)
         finally:
-            model.train()
+            net.train(mode)
 
     baseline = scores(lambda lr: upscale(lr, scale))
     summary = (
@@ -550,16 +576,18 @@ def multi_frame_task(config: dict, model: nn.Module, runtime: Runtime, show: boo
         results = [scene_scores(fuse(b.frames).clamp(0, 1), b.hr, b.mask) for b in val_bursts]
         return sum(r[0] for r in results) / len(results), sum(r[1] for r in results) / len(results)
 
-    @torch.inference_mode()
-    def fuse_with_model(frames: Tensor) -> Tensor:
-        return model(frames[None].to(runtime.device))[0][0].float().cpu()
+    def validate(net: nn.Module) -> tuple[float, float]:
+        mode = net.training
+        net.eval()
 
-    def validate() -> tuple[float, float]:
-        model.eval()
+        @torch.inference_mode()
+        def fuse(frames: Tensor) -> Tensor:
+            return net(frames[None].to(runtime.device))[0][0].float().cpu()
+
         try:
-            return scores(fuse_with_model)
+            return scores(fuse)
         finally:
-            model.train()
+            net.train(mode)
 
     baseline = scores(lambda frames: bicubic_of_mean(frames, config["scale"]))
     summary = (
@@ -580,6 +608,24 @@ def _autocast(runtime: Runtime):
 # ---------------------------------------------------------------------------------------
 # The training loop
 # ---------------------------------------------------------------------------------------
+
+
+class WeightAverage:
+    """Exponential moving average of a model's weights (BasicSR's params_ema); buffers copied."""
+
+    def __init__(self, model: nn.Module, decay: float, state_dict: dict | None = None) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        if state_dict is not None:
+            self.model.load_state_dict(state_dict)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Move the average a step towards the model's current weights."""
+        for average, weight in zip(self.model.parameters(), model.parameters()):
+            average.lerp_(weight.detach(), 1 - self.decay)
+        for average, buffer in zip(self.model.buffers(), model.buffers()):
+            average.copy_(buffer)
 
 
 class StopFlag:
@@ -609,6 +655,8 @@ def train(config: dict, checkpoint: dict | None = None) -> int:
         raise UserError(f"model {config['model']}: bad --model-option ({err})") from None
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
     progress = Progress()
+    if checkpoint is None and config["init_from"]:
+        log(initialise_from(model, config["init_from"]))
     if checkpoint is not None:
         model.load_state_dict(checkpoint["state_dict"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -617,6 +665,9 @@ def train(config: dict, checkpoint: dict | None = None) -> int:
     # channels_last: faster convolutions on GPUs and on CPUs alike (bench.py measures it)
     model.to(runtime.device, memory_format=torch.channels_last)
     _move_optimizer_state(optimizer, runtime.device)
+    ema = None
+    if config["ema"] is not None:  # from the saved average when there is one, else from the weights
+        ema = WeightAverage(model, config["ema"], (checkpoint or {}).get("ema_state_dict"))
     scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp_dtype == torch.float16)
     if checkpoint is not None and checkpoint.get("scaler"):
         scaler.load_state_dict(checkpoint["scaler"])
@@ -635,7 +686,7 @@ def train(config: dict, checkpoint: dict | None = None) -> int:
     show = not config["quiet"] and runtime.main
     if runtime.world > 1:  # one process downloads missing sets, the others wait for it
         if runtime.main:
-            for name in (config["train_data"], config["val_data"]):
+            for name in (*set_names(config["train_data"]), config["val_data"]):
                 if canonical_name(name):
                     resolve_dataset(name, config["scale"], progress=show)
         dist.barrier()
@@ -684,11 +735,14 @@ def train(config: dict, checkpoint: dict | None = None) -> int:
                 runtime,
                 stop,
                 show,
+                ema,
             )
             if status is not None:  # interrupted: save where we are
                 if runtime.main:
                     path = save_checkpoint(
-                        make_checkpoint(config, task.kind, model, optimizer, scaler.state_dict(), progress),
+                        make_checkpoint(
+                            config, task.kind, model, optimizer, scaler.state_dict(), progress, ema
+                        ),
                         out_dir / "last.pth",
                     )
                     log(
@@ -697,13 +751,31 @@ def train(config: dict, checkpoint: dict | None = None) -> int:
                         f"saved {path}\nresume with: python train.py resume {path}"
                     )
                 return status
-            _end_epoch(epoch, config, task, model, optimizer, scaler, progress, runtime, out_dir, log)
+            _end_epoch(epoch, config, task, model, optimizer, scaler, progress, runtime, out_dir, log, ema)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
         if dist.is_initialized():
             dist.destroy_process_group()
     return 0
+
+
+def initialise_from(model: nn.Module, path: str) -> str:
+    """Copy a checkpoint's weights (their average if kept) into the model where name and shape
+    match; returns what was taken, for the log."""
+    source = load_checkpoint(path)
+    weights = source.get("ema_state_dict") or source["state_dict"]
+    own = model.state_dict()
+    taken = {name: value for name, value in weights.items() if name in own and own[name].shape == value.shape}
+    if not taken:
+        raise UserError(
+            f"--init-from {path}: no weight of {source['model']['name']} fits {type(model).__name__}"
+        )
+    model.load_state_dict(taken, strict=False)
+    left = sorted({name.split(".")[0] for name in own if name not in taken})
+    origin = f"{source['model']['name']} x{source['model']['scale']}"
+    fresh = f"; new: {', '.join(left)}" if left else ""
+    return f"initialised {len(taken)} of {len(own)} tensors from {path} ({origin}){fresh}"
 
 
 def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
@@ -754,6 +826,7 @@ def _train_epoch(
     runtime: Runtime,
     stop: StopFlag,
     show: bool,
+    ema: WeightAverage | None = None,
 ) -> int | None:
     """One epoch (or its rest, after an interrupt); returns an exit status if stopped by a signal."""
     from tqdm import tqdm
@@ -783,6 +856,8 @@ def _train_epoch(
         for group in optimizer.param_groups:
             group["lr"] = rate
         loss = train_step(task, net, model, optimizer, scaler, batch, epoch, runtime.device, clip)
+        if ema is not None:
+            ema.update(model)
         pending.append(loss)
         progress.batches = step
         progress.samples += batch[0].shape[0]
@@ -851,8 +926,9 @@ def _end_epoch(
     runtime: Runtime,
     out_dir: Path,
     log,
+    ema: WeightAverage | None = None,
 ) -> None:
-    """Validate, record the epoch, and write the checkpoints (rank 0)."""
+    """Validate (the weight average when there is one), record the epoch, write the checkpoints (rank 0)."""
     loss = progress.loss_sum / max(progress.batches, 1)
     if runtime.world > 1:
         totals = torch.tensor([progress.loss_sum, float(progress.batches)], dtype=torch.float64,
@@ -860,7 +936,7 @@ def _end_epoch(
         dist.all_reduce(totals)
         loss = (totals[0] / totals[1]).item()
     due = epoch % config["val_freq"] == 0 or epoch == config["num_epoch"]
-    score = task.validate() if due and runtime.main else None
+    score = task.validate(ema.model if ema else model) if due and runtime.main else None
     bicubic = task.baseline
     samples = progress.samples * runtime.world
     row = {
@@ -881,7 +957,7 @@ def _end_epoch(
     if new_best:
         progress.best_psnr = score[0]
     if runtime.main:
-        checkpoint = make_checkpoint(config, task.kind, model, optimizer, scaler.state_dict(), progress)
+        checkpoint = make_checkpoint(config, task.kind, model, optimizer, scaler.state_dict(), progress, ema)
         save_checkpoint(checkpoint, out_dir / "last.pth")
         if epoch % config["save_freq"] == 0:
             save_checkpoint(checkpoint, out_dir / f"epoch-{epoch:04d}.pth")
@@ -981,6 +1057,8 @@ def command_inspect(args: argparse.Namespace) -> int:
     )
     best = info["best_psnr"]
     print(f"best PSNR  {'-' if best is None else f'{best:.3f} dB'} on {info['args'].get('val_data')}")
+    if info["args"].get("ema"):
+        print(f"weights    moving average, decay {info['args']['ema']} (validated, used by super_resolve.py)")
     print("arguments  " + "  ".join(f"{k}={v}" for k, v in sorted(info["args"].items())))
     if info["history"]:
         print(f"\n{'epoch':>5} {'loss':>10} {'PSNR':>7} {'SSIM':>7} {'bicubic':>8} {'lr':>9} {'seconds':>8}")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -12,13 +15,16 @@ from data import (
     ImagePair,
     PatchDataset,
     PatchSampler,
+    dataset_sources,
     degrade,
     dihedral,
     imresize,
     load_pairs,
+    manifest_files,
     modcrop,
     rescaled_pairs,
     resolve_dataset,
+    set_names,
     undo_dihedral,
 )
 from utils import DatasetError
@@ -41,6 +47,34 @@ def test_named_set_resolves_under_data_root(data_root, monkeypatch, tmp_path):
         assert pair.lr.shape[-2] * 3 == pair.hr.shape[-2] and pair.lr.shape[-1] * 3 == pair.hr.shape[-1]
     t91 = resolve_dataset("T91", data_root=data_root, download=False)
     assert len(list(t91.glob("*.bmp"))) == 91
+
+
+def test_bsd200_is_a_named_set_pinned_as_the_shared_manifest(data_root, monkeypatch, tmp_path):
+    monkeypatch.setenv("SR_CACHE_DIR", str(tmp_path / "cache"))
+    manifest = json.loads((data_root / "MANIFEST.json").read_text())["sets"]["BSD200"]["files"]
+    ours = manifest_files("BSD200", None)
+    assert [(f.path, f.url, f.size, f.sha256) for f in ours] == [
+        (f["path"], f["url"], f["bytes"], f["sha256"]) for f in manifest
+    ]
+    folder = resolve_dataset("bsd200", 4, data_root=data_root, download=False)
+    assert folder == data_root / "BSD200"
+    for remote in ours[:20]:  # a folder filled from the manifest's files is taken as it is
+        assert hashlib.sha256((data_root / remote.path).read_bytes()).hexdigest() == remote.sha256
+
+
+def test_291_and_comma_lists_join_sets(data_root, monkeypatch, tmp_path):
+    monkeypatch.setenv("SR_CACHE_DIR", str(tmp_path / "cache"))
+    assert set_names("291") == ["T91", "BSD200"]
+    joined = dataset_sources("291", 2, data_root=data_root, download=False)
+    assert len(joined) == 291 and len({hr.stem for hr, _ in joined}) == 291
+    assert joined == dataset_sources("T91,BSD200", 2, data_root=data_root, download=False)
+    _write_images(tmp_path / "mine", ["a.png", "b.png"])
+    mixed = dataset_sources(f"T91, {tmp_path / 'mine'}", 2, data_root=data_root, download=False)
+    assert len(mixed) == 93 and mixed[-1][0] == tmp_path / "mine" / "b.png"
+    with pytest.raises(DatasetError, match="empty name"):
+        set_names("T91,,BSD200")
+    with pytest.raises(DatasetError, match="not a known dataset"):
+        dataset_sources("T91,nonesuch", 2, data_root=data_root, download=False)
 
 
 def test_folder_of_hr_images_generates_lr(tmp_path):

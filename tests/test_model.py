@@ -158,3 +158,16 @@ def test_perceptual_loss_without_weights_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(utils.torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(LossError, match="--perceptual-weights"):
         make_loss("perceptual", torch.device("cpu"))
+
+
+def test_multiply_adds_per_pixel_match_the_layer_arithmetic():
+    from model import multiply_adds_per_pixel
+
+    srcnn = 9 * 9 * 3 * 64 + 64 * 32 + 5 * 5 * 32 * 3  # on the HR grid
+    vdsr = 3 * 64 * 9 + 18 * 64 * 64 * 9 + 64 * 3 * 9
+    # bicubic upscaling of the input adds a few tens per pixel
+    assert srcnn <= multiply_adds_per_pixel(build_model("srcnn", 3), 3) <= srcnn + 100
+    assert vdsr <= multiply_adds_per_pixel(build_model("vdsr", 2), 2) <= vdsr + 100
+    edsr = build_model("edsr", 2, blocks=14, features=64)  # on the LR grid: a quarter per HR pixel at x2
+    lr_grid = (3 * 64 * 9 + 29 * 64 * 64 * 9 + 64 * 256 * 9) / 4 + 64 * 3 * 9
+    assert lr_grid <= multiply_adds_per_pixel(edsr, 2) <= lr_grid + 100

@@ -17,7 +17,9 @@ import torch
 from PIL import Image
 
 import train
-from utils import LOSSES, run_cli
+from data import load_pairs
+from model import Upscaler, load_model
+from utils import LOSSES, psnr, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,6 +93,39 @@ def test_resume_is_bit_identical(data, tmp_path, workers):
     assert _same_optimizer(straight["optimizer"], split["optimizer"])
     assert [r["train_loss"] for r in straight["history"]] == [r["train_loss"] for r in split["history"]]
     assert [r["psnr"] for r in straight["history"]] == [r["psnr"] for r in split["history"]]
+
+
+def test_ema_is_saved_resumed_bit_for_bit_validated_and_used(data, tmp_path):
+    ema = ["--ema", "0.9", "--num-epoch", "4"]
+    assert _run(["train", *_args(data, tmp_path / "straight", *ema)]) == 0
+    assert _run(["train", *_args(data, tmp_path / "split", "--ema", "0.9", "--num-epoch", "2")]) == 0
+    assert _run(["resume", str(tmp_path / "split" / "last.pth"), "--num-epoch", "4"]) == 0
+    straight, split = _load(tmp_path / "straight" / "last.pth"), _load(tmp_path / "split" / "last.pth")
+    assert _same_weights(straight["ema_state_dict"], split["ema_state_dict"])
+    assert _same_weights(straight["state_dict"], split["state_dict"])
+    # the average lags the weights, and what was validated is the average
+    assert not _same_weights(straight["ema_state_dict"], straight["state_dict"])
+    model = load_model(straight)
+    assert _same_weights(model.state_dict(), straight["ema_state_dict"])
+    pairs = load_pairs(str(data["val"]), 3)
+    upscaler = Upscaler(model, "srcnn", 3, 3, torch.device("cpu"), tile=256, overlap=16)
+    validated = sum(psnr(upscaler(p.lr), p.hr, shave=3).item() for p in pairs) / len(pairs)
+    assert validated == pytest.approx(straight["history"][-1]["psnr"], abs=1e-9)
+    # no --ema: no average; a bad decay is a one-line error
+    assert _run(["train", *_args(data, tmp_path / "plain", "--num-epoch", "1")]) == 0
+    assert _load(tmp_path / "plain" / "last.pth")["ema_state_dict"] is None
+    assert _run(["train", *_args(data, tmp_path / "bad", "--ema", "1.5")]) == 2
+
+
+def test_ema_resumes_from_the_saved_average_and_its_decay_can_change(data, tmp_path):
+    out = tmp_path / "run"
+    assert _run(["train", *_args(data, out, "--ema", "0.5", "--num-epoch", "1")]) == 0
+    first = _load(out / "last.pth")["ema_state_dict"]
+    assert _run(["resume", str(out / "last.pth"), "--num-epoch", "2"]) == 0
+    resumed = _load(out / "last.pth")
+    assert not _same_weights(first, resumed["ema_state_dict"])  # it moved on from the saved average
+    assert _run(["resume", str(out / "last.pth"), "--num-epoch", "3", "--ema", "0.99"]) == 0
+    assert _load(out / "last.pth")["args"]["ema"] == 0.99
 
 
 def test_checkpoint_contents_and_files(data, tmp_path):
@@ -385,3 +420,26 @@ def test_temporary_files_never_look_like_checkpoints_or_images(tmp_path):
             assert tmp.parent == tmp_path and tmp.name.startswith(".") and tmp.suffix == ".tmp"
             tmp.write_bytes(b"x")
         assert (tmp_path / name).read_bytes() == b"x" and not tmp.exists()
+
+
+def test_init_from_takes_the_matching_weights_of_another_scale(data, tmp_path, capsys):
+    x2 = ["--model", "edsr", "--model-option", "preset=tiny", "--scale", "2", "--num-epoch", "1"]
+    assert _run(["train", *_args(data, tmp_path / "x2", *x2, "--ema", "0.5")]) == 0
+    source = _load(tmp_path / "x2" / "last.pth")
+    x3 = ["--model", "edsr", "--model-option", "preset=tiny", "--num-epoch", "1", "--lr", "1e-12"]
+    assert (
+        _run(["train", *_args(data, tmp_path / "x3", *x3, "--init-from", str(tmp_path / "x2" / "last.pth"))])
+        == 0
+    )
+    assert "new: upsample" in capsys.readouterr().out
+    started = _load(tmp_path / "x3" / "last.pth")["state_dict"]
+    for name, value in source["ema_state_dict"].items():  # the average is what is taken
+        if name.startswith(("head", "body", "tail")):
+            torch.testing.assert_close(started[name], value, atol=1e-8, rtol=0)  # lr 1e-12: barely moved
+    assert started["upsample.0.weight"].shape != source["state_dict"]["upsample.0.weight"].shape
+    srcnn = ["--model", "srcnn", "--num-epoch", "1", "--init-from", str(tmp_path / "x2" / "last.pth")]
+    assert _run(["train", *_args(data, tmp_path / "bad", *srcnn)]) == 2
+    assert "no weight of edsr fits SRCNN" in capsys.readouterr().err
+    assert (
+        _run(["train", *_args(data, tmp_path / "gone", *x3, "--init-from", str(tmp_path / "none.pth"))]) == 2
+    )
