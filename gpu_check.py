@@ -69,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--train-data", default=None, help="training set of the checks (default T91)")
     run.add_argument("--val-data", default=None, help="validation set (default Set5)")
     run.add_argument("--run-data", default=None, help="training set of the closing run")
+    run.add_argument(
+        "--resume",
+        metavar="CKPT",
+        help="the closing run continues this checkpoint (stopped at an epoch's end) instead of a new run",
+    )
     run.add_argument(PIUNET_WORKER, nargs=4, metavar=("B", "H", "W", "DEVICE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.command == "pack":
@@ -353,10 +358,13 @@ class Visit:
     def training_run(self) -> dict:
         """Train until the budget is spent, then SIGTERM (train.py saves its place); return the checkpoint."""
         run = self.work / "run"
-        command = ["train.py", "train", *RUN_MODEL, *RUN_OPTIONS, *self.cuda, "--quiet"]
+        if self.args.resume:  # the data folder differs from the one it was trained on: an epoch's end
+            command = ["train.py", "resume", self.args.resume, *self.cuda, "--quiet", "--num-epoch", "10000"]
+        else:
+            command = ["train.py", "train", *RUN_MODEL, *RUN_OPTIONS, *self.cuda, "--quiet"]
         command += ["--train-data", self.run_data, "--val-data", self.val_data, "--out-dir", str(run)]
         command += ["--workers", "0" if self.dry else str(min(8, os.cpu_count() or 1))]
-        if self.dry:
+        if self.dry and not self.args.resume:
             command += [
                 "--model-option",
                 "blocks=1",

@@ -81,6 +81,18 @@ def test_returned_checkpoint_resumes_on_the_cpu(dry_run, tmp_path):
     assert json.loads(info.stdout)["model"] == "edsr"
 
 
+def test_the_closing_run_can_continue_a_checkpoint_until_the_budget_is_spent(dry_run, tmp_path):
+    _, out = dry_run
+    train = _photo_folder(tmp_path / "train", 4, 66, seed=2)
+    done = _gpu_check(
+        "--out", str(tmp_path / "out"), "--steps", "run", "--budget", "45",
+        "--resume", str(out / "gpu_run_last.pth"), "--run-data", str(train), "--val-data", str(train),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:]
+    run = json.loads((tmp_path / "out" / "summary.json").read_text())["checks"]["run"]
+    assert run["status"] in (0, 143) and run["epochs"] > 1  # went on past the returned epoch 1
+
+
 def test_a_failing_step_fails_the_visit_and_is_named(tmp_path):
     done = _gpu_check("--out", str(tmp_path), "--steps", "sr", "--val-data", str(tmp_path / "missing"))
     assert done.returncode == 1
