@@ -23,7 +23,8 @@ Steps, in order of value, each under its own time limit, all inside --budget sec
   piunet       PIUnet training steps at the published size and on a 256x256 scene (attention
                split into CUDA-sized pieces), the fast layout against the authors' outputs
   run          a real training run until the budget is spent (SIGTERM: train.py saves its
-               position), its checkpoint returned to be resumed on the CPU
+               position), its checkpoint returned to be resumed on the CPU; with --resume CKPT
+               it continues that checkpoint instead
 """
 
 from __future__ import annotations
