@@ -752,6 +752,8 @@ def train(config: dict, checkpoint: dict | None = None) -> int:
                     )
                 return status
             _end_epoch(epoch, config, task, model, optimizer, scaler, progress, runtime, out_dir, log, ema)
+        if runtime.world > 1:  # leave together: a rank tearing down while another is still
+            dist.barrier()  # saving can leave gloo's destroy_process_group waiting forever
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
