@@ -752,12 +752,18 @@ def train(config: dict, checkpoint: dict | None = None) -> int:
                     )
                 return status
             _end_epoch(epoch, config, task, model, optimizer, scaler, progress, runtime, out_dir, log, ema)
-        if runtime.world > 1:  # leave together: a rank tearing down while another is still
-            dist.barrier()  # saving can leave gloo's destroy_process_group waiting forever
+        if runtime.world > 1:
+            dist.barrier()  # leave together
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
         if dist.is_initialized():
+            # Gloo's destructor joins its worker threads with the GIL held, and a worker may be
+            # waiting for the GIL to release a tensor: a deadlock (seen under load as a hang
+            # after the last epoch). So drop DDP's reducer first (the group outlives it), let
+            # the workers take the GIL, then destroy the group.
+            net = None
+            time.sleep(0.2)
             dist.destroy_process_group()
     return 0
 
