@@ -76,11 +76,10 @@ def shipped_checkpoints(folder: Path = CHECKPOINTS) -> list[tuple[str, str]]:
 
 def _multiply_adds(path: Path) -> float:
     """Multiply-adds per output pixel of a checkpoint's model."""
-    import torch
-
     from model import load_model, multiply_adds_per_pixel
+    from utils import load_checkpoint
 
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint(path)
     options = checkpoint["model"]["options"]
     return multiply_adds_per_pixel(
         load_model(checkpoint), checkpoint["model"]["scale"], options.get("in_channels", 3)

@@ -581,13 +581,18 @@ def model_zoo(scale: int = 3) -> list[tuple[str, int, str]]:
     return [(name, count_parameters(build_model(name, scale)), text) for name, (_, text) in MODELS.items()]
 
 
+def checkpoint_weights(checkpoint: dict) -> dict[str, Tensor]:
+    """A checkpoint's weights to use: their moving average (train.py --ema) when the run kept one,
+    since that is what was validated; else the trained weights."""
+    return checkpoint.get("ema_state_dict") or checkpoint["state_dict"]
+
+
 def load_model(checkpoint: dict) -> nn.Module:
     """Rebuild a checkpoint's model with its weights (their moving average if kept), in eval mode."""
     spec = checkpoint["model"]
     try:
         model = build_model(spec["name"], scale=spec["scale"], **spec["options"])
-        # the weight average (train.py --ema) when the run kept one: it is what was validated
-        model.load_state_dict(checkpoint.get("ema_state_dict") or checkpoint["state_dict"])
+        model.load_state_dict(checkpoint_weights(checkpoint))
     except (KeyError, TypeError, RuntimeError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(

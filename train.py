@@ -51,7 +51,16 @@ from data import (
     set_names,
     upscale,
 )
-from model import MODELS, Upscaler, build_model, count_parameters, export_onnx, load_model, model_zoo
+from model import (
+    MODELS,
+    Upscaler,
+    build_model,
+    checkpoint_weights,
+    count_parameters,
+    export_onnx,
+    load_model,
+    model_zoo,
+)
 from utils import (
     CHECKPOINT_FORMAT,
     LOSS_NAMES,
@@ -772,7 +781,7 @@ def initialise_from(model: nn.Module, path: str) -> str:
     """Copy a checkpoint's weights (their average if kept) into the model where name and shape
     match; returns what was taken, for the log."""
     source = load_checkpoint(path)
-    weights = source.get("ema_state_dict") or source["state_dict"]
+    weights = checkpoint_weights(source)
     own = model.state_dict()
     taken = {name: value for name, value in weights.items() if name in own and own[name].shape == value.shape}
     if not taken:
