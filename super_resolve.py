@@ -21,22 +21,23 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from bursts import (
+    BurstConfig,
+    bicubic_of_mean,
+    burst_evaluation_set,
+    load_frames,
+    load_probav_scene,
+    probav_layout,
+)
 from data import (
     DEGRADATIONS,
     IMAGE_SUFFIXES,
-    BurstConfig,
     ImagePair,
-    bicubic_of_mean,
-    burst_evaluation_set,
     imresize,
     list_images,
-    load_frames,
     load_pairs,
-    load_probav_scene,
-    probav_layout,
     read_image,
     save_image,
-    single_band,
     to_channels,
     upscale,
 )
@@ -621,7 +622,7 @@ def run_scene(args: argparse.Namespace, checkpoint: dict, device: torch.device) 
         gt, mask = None, None
     check_size(frames, str(scene))
     if args.gt:
-        gt = single_band(read_image(args.gt)[0])
+        gt = to_channels(read_image(args.gt)[0], 1)
         mask = torch.ones_like(gt)
     expected = torch.empty(1, frames.shape[-2] * scale, frames.shape[-1] * scale)
     if gt is not None:  # checked before anything is written

@@ -36,14 +36,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from bursts import BurstConfig, bicubic_of_mean, burst_evaluation_set, burst_training_set
 from data import (
     DEGRADATIONS,
-    BurstConfig,
     PatchDataset,
     PatchSampler,
-    bicubic_of_mean,
-    burst_evaluation_set,
-    burst_training_set,
     canonical_name,
     load_pairs,
     rescaled_pairs,

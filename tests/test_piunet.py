@@ -13,16 +13,8 @@ from conftest import reference_file
 
 import super_resolve
 import train
-from data import (
-    BurstConfig,
-    BurstDataset,
-    SceneDataset,
-    load_image,
-    load_probav_scene,
-    sample_paths,
-    save_image,
-    synthetic_bursts,
-)
+from bursts import BurstConfig, BurstDataset, SceneDataset, load_probav_scene, synthetic_bursts
+from data import load_image, sample_paths, save_image
 from model import PIUnet, TemporalAttention, build_model, piunet_from_official
 from utils import cpsnr, cssim, registered_l1, registered_uncertainty_loss, run_cli
 
@@ -102,7 +94,7 @@ def test_identity_tern_and_zero_gain_start_from_the_upscaled_mean():
     x = torch.rand(4, 12, 9, 9)
     torch.testing.assert_close(model.tern(x, 4), x)  # every kernel is the identity at first
     mu, _ = model(frames)
-    from data import bicubic_of_mean
+    from bursts import bicubic_of_mean
 
     torch.testing.assert_close(mu[0], bicubic_of_mean(frames[0], 3))
 

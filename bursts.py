@@ -1,0 +1,252 @@
+"""Multi-frame data for PIUnet: bursts of LR frames of one scene, synthetic or real (PROBA-V).
+
+A burst is T single-band LR frames (T, h, w) of one scene, its HR image (1, sh, sw) and the
+HR clear mask (1 where the HR pixel may be scored). Real scenes come in the layout of the
+PROBA-V super-resolution challenge (Märtens et al., "Super-resolution of PROBA-V images
+using convolutional neural networks", 2019): `LR000.png`, `QM000.png` (1 = clear), ...,
+`HR.png`, `SM.png` per `imgset*` folder, 16-bit PNGs holding 14-bit values.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from data import dihedral, imresize, load_image, load_pairs, mix_seed, modcrop, to_channels
+from utils import DatasetError, ImageError
+
+
+@dataclass
+class Burst:
+    """T LR frames of one scene (T, h, w), its HR image (1, sh, sw) and the HR clear mask."""
+
+    name: str
+    frames: Tensor
+    hr: Tensor
+    mask: Tensor
+
+
+@dataclass(frozen=True)
+class BurstConfig:
+    """How synthetic bursts are degraded from one HR image."""
+
+    frames: int = 9
+    scale: int = 3
+    max_shift: int = 2  # HR pixels: sub-pixel shifts of the LR frames
+    blur: float = 0.0  # extra Gaussian blur (HR pixels) before downsampling
+    noise: float = 0.01  # Gaussian noise on the LR frames
+    occlusion: float = 0.3  # chance that a frame has an occluded (cloudy) rectangle
+
+    @classmethod
+    def from_options(cls, options: dict) -> BurstConfig:
+        """The burst settings of a train.py configuration (frames, scale, burst_*)."""
+        return cls(
+            frames=options["frames"],
+            scale=options["scale"],
+            max_shift=options["burst_shift"],
+            blur=options["burst_blur"],
+            noise=options["burst_noise"],
+            occlusion=options["burst_occlusion"],
+        )
+
+
+def gaussian_blur(img: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of (N, C, H, W) with symmetric borders."""
+    radius = max(1, math.ceil(3 * sigma))
+    coords = torch.arange(-radius, radius + 1, dtype=img.dtype, device=img.device)
+    kernel = torch.exp(-(coords**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    channels = img.shape[1]
+    padded = torch.nn.functional.pad(img, (radius, radius, radius, radius), mode="reflect")
+    out = torch.nn.functional.conv2d(
+        padded, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels
+    )
+    return torch.nn.functional.conv2d(
+        out, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels
+    )
+
+
+def synthesize_burst(hr: Tensor, config: BurstConfig, rng: random.Random, name: str = "burst") -> Burst:
+    """A synthetic burst of one (1, H + 2m, W + 2m) HR image (m = max_shift; H, W multiples
+    of the scale): every frame sees the scene shifted by a random whole number of HR pixels
+    (a sub-pixel shift on the LR grid), optionally blurred, bicubic-downsampled, with
+    Gaussian noise and, at random, an occluded rectangle (mask 0). The HR target is the
+    centre crop, fully clear."""
+    m, s = config.max_shift, config.scale
+    height, width = hr.shape[-2] - 2 * m, hr.shape[-1] - 2 * m
+    crops = []
+    for _ in range(config.frames):
+        dy, dx = rng.randint(-m, m), rng.randint(-m, m)
+        crops.append(hr[:, m + dy : m + dy + height, m + dx : m + dx + width])
+    stack = torch.stack(crops)  # (T, 1, H, W)
+    if config.blur > 0:
+        stack = gaussian_blur(stack, config.blur)
+    frames = imresize(stack, size=(height // s, width // s))[:, 0]
+    generator = torch.Generator().manual_seed(rng.getrandbits(63))
+    frames = frames + config.noise * torch.randn(frames.shape, generator=generator)
+    for frame in frames:
+        if rng.random() < config.occlusion:
+            h, w = frame.shape
+            rh, rw = rng.randint(h // 8 + 1, h // 3 + 1), rng.randint(w // 8 + 1, w // 3 + 1)
+            top, left = rng.randint(0, h - rh), rng.randint(0, w - rw)
+            frame[top : top + rh, left : left + rw] = 1.0  # a bright cloud
+    target = hr[:, m : m + height, m : m + width]
+    return Burst(name, frames.clamp(0, 1), target, torch.ones_like(target))
+
+
+class BurstDataset(Dataset):
+    """Synthetic training bursts cut from in-memory HR images, deterministic for a seed.
+
+    Items are (frames (T, p/s, p/s), hr (1, p, p), mask (1, p, p)) for `patch_size` p in HR
+    pixels, each from a random crop with a random flip/rotation; keyed by (epoch, index)
+    like `PatchDataset`.
+    """
+
+    def __init__(
+        self,
+        images: Sequence[Tensor],
+        config: BurstConfig,
+        patch_size: int,
+        bursts_per_image: int = 1,
+        seed: int = 0,
+    ) -> None:
+        if patch_size % config.scale:
+            raise DatasetError(f"patch size {patch_size} is not a multiple of scale {config.scale}")
+        need = patch_size + 2 * config.max_shift
+        self.images = [to_channels(img, 1) for img in images if min(img.shape[-2:]) >= need]
+        if not self.images:
+            raise DatasetError(f"no image is at least {need} pixels on each side")
+        self.config, self.patch_size = config, patch_size
+        self.bursts_per_image, self.seed = bursts_per_image, seed
+
+    def __len__(self) -> int:
+        return len(self.images) * self.bursts_per_image
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        rng = random.Random(mix_seed(self.seed, epoch, index))
+        image = self.images[index // self.bursts_per_image]
+        size = self.patch_size + 2 * self.config.max_shift
+        top, left = rng.randint(0, image.shape[-2] - size), rng.randint(0, image.shape[-1] - size)
+        crop = dihedral(image[:, top : top + size, left : left + size], rng.randrange(8))
+        burst = synthesize_burst(crop, self.config, rng)
+        return burst.frames, burst.hr, burst.mask
+
+
+def synthetic_bursts(images: Sequence[tuple[str, Tensor]], config: BurstConfig, seed: int = 0) -> list[Burst]:
+    """One fixed synthetic burst per whole image (held-out evaluation scenes)."""
+    bursts = []
+    for index, (name, img) in enumerate(images):
+        band = modcrop(to_channels(img, 1), config.scale)
+        m = config.max_shift
+        padded = torch.nn.functional.pad(band[None], (m, m, m, m), mode="reflect")[0]
+        bursts.append(synthesize_burst(padded, config, random.Random(mix_seed(seed, index)), name))
+    return bursts
+
+
+def load_probav_scene(folder: str | os.PathLike, frames: int = 9) -> Burst:
+    """A PROBA-V scene folder (LR000.png..., QM000.png..., HR.png, SM.png; 16-bit): its
+    `frames` clearest LR frames (most clear pixels in QM), repeated in order when it has
+    fewer, the HR image (when present) and its status mask SM."""
+    folder = Path(folder)
+    lr_paths = sorted(folder.glob("LR*.png"))
+    if not lr_paths:
+        raise DatasetError(f"{folder}: no LR*.png frames (PROBA-V scene layout expected)")
+    clear = []
+    for path in lr_paths:
+        qm = folder / path.name.replace("LR", "QM")
+        clear.append(load_image(qm).mean().item() if qm.exists() else 1.0)
+    order = sorted(range(len(lr_paths)), key=lambda i: -clear[i])[:frames]
+    order = (order * math.ceil(frames / len(order)))[:frames]
+    stack = torch.cat([load_image(lr_paths[i]) for i in order])
+    hr = load_image(folder / "HR.png") if (folder / "HR.png").exists() else torch.empty(0)
+    sm = folder / "SM.png"
+    mask = (load_image(sm) > 0.5).float() if sm.exists() else torch.ones_like(hr)
+    return Burst(folder.name, stack, hr, mask)
+
+
+def load_frames(paths: Sequence[Path]) -> Tensor:
+    """Frames of one scene from several image files, as (T, h, w) single-band."""
+    frames = [to_channels(load_image(p), 1) for p in paths]
+    sizes = {tuple(f.shape[-2:]) for f in frames}
+    if len(sizes) > 1:
+        raise ImageError(f"the frames differ in size: {', '.join(f'{w}x{h}' for h, w in sorted(sizes))}")
+    return torch.cat(frames)
+
+
+class SceneDataset(Dataset):
+    """Aligned random patches of real multi-frame scenes (PROBA-V): (frames, hr, mask) items,
+    `patch_size` in HR pixels, keyed by (epoch, index) like `PatchDataset`."""
+
+    def __init__(
+        self, bursts: Sequence[Burst], scale: int, patch_size: int, patches_per_scene: int = 1, seed: int = 0
+    ) -> None:
+        if patch_size % scale:
+            raise DatasetError(f"patch size {patch_size} is not a multiple of scale {scale}")
+        self.bursts = [b for b in bursts if b.hr.numel() and min(b.hr.shape[-2:]) >= patch_size]
+        if not self.bursts:
+            raise DatasetError(f"no scene with an HR image of at least {patch_size} pixels")
+        self.scale, self.patch_size, self.per_scene, self.seed = scale, patch_size, patches_per_scene, seed
+
+    def __len__(self) -> int:
+        return len(self.bursts) * self.per_scene
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        rng = random.Random(mix_seed(self.seed, epoch, index))
+        burst, s, p = self.bursts[index // self.per_scene], self.scale, self.patch_size
+        top = rng.randrange((burst.hr.shape[-2] - p) // s + 1) * s
+        left = rng.randrange((burst.hr.shape[-1] - p) // s + 1) * s
+        frames = burst.frames[:, top // s : (top + p) // s, left // s : (left + p) // s]
+        return (
+            frames.contiguous(),
+            burst.hr[:, top : top + p, left : left + p],
+            burst.mask[:, top : top + p, left : left + p],
+        )
+
+
+def probav_layout(folder: str | os.PathLike) -> bool:
+    """True for a PROBA-V scene folder (LR000.png ...)."""
+    return any(Path(folder).glob("LR*.png"))
+
+
+def probav_scenes(folder: str | os.PathLike) -> list[Path]:
+    """The PROBA-V scene folders (imgset*) inside a folder, or [] when it is not such a set."""
+    folder = Path(folder)
+    return sorted(p for p in folder.glob("imgset*") if p.is_dir()) if folder.is_dir() else []
+
+
+def burst_training_set(
+    name: str, config: BurstConfig, patch_size: int, per_image: int, seed: int, progress: bool = True
+) -> Dataset:
+    """Training bursts: PROBA-V scenes when `name` is a folder of imgset* scenes, else
+    synthetic bursts from the images of a named set or folder."""
+    scenes = probav_scenes(name)
+    if scenes:
+        bursts = [load_probav_scene(p, config.frames) for p in scenes]
+        return SceneDataset(bursts, config.scale, patch_size, per_image, seed)
+    images = [pair.hr for pair in load_pairs(name, config.scale, progress=progress)]
+    return BurstDataset(images, config, patch_size, per_image, seed)
+
+
+def burst_evaluation_set(name: str, config: BurstConfig, progress: bool = True) -> list[Burst]:
+    """Held-out scenes: PROBA-V scenes of a folder, or one fixed synthetic burst per image."""
+    scenes = probav_scenes(name)
+    if scenes:
+        return [b for b in (load_probav_scene(p, config.frames) for p in scenes) if b.hr.numel()]
+    pairs = load_pairs(name, config.scale, progress=progress)
+    return synthetic_bursts([(pair.name, pair.hr) for pair in pairs], config)
+
+
+def bicubic_of_mean(frames: Tensor, scale: int) -> Tensor:
+    """The multi-frame baseline: MATLAB-compatible bicubic upscale of the frames' mean, (1, sh, sw)."""
+    mean = frames.mean(dim=0, keepdim=True)
+    return imresize(mean, size=(mean.shape[-2] * scale, mean.shape[-1] * scale))
