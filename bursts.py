@@ -20,18 +20,37 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from data import dihedral, imresize, load_image, load_pairs, mix_seed, modcrop, to_channels
+from data import (
+    SCENE_SETS,
+    canonical_name,
+    dihedral,
+    imresize,
+    load_image,
+    load_pairs,
+    mix_seed,
+    modcrop,
+    resolve_dataset,
+    to_channels,
+)
 from utils import DatasetError, ImageError
 
 
 @dataclass
 class Burst:
-    """T LR frames of one scene (T, h, w), its HR image (1, sh, sw) and the HR clear mask."""
+    """T LR frames of one scene (T, h, w), its HR image (1, sh, sw) and the HR clear mask;
+    for real scenes also the challenge's baseline upscale and norm."""
 
     name: str
     frames: Tensor
     hr: Tensor
     mask: Tensor
+    baseline: Tensor | None = None  # (1, sh, sw); None: bicubic of the mean of `frames`
+    norm: float | None = None  # the challenge's norm (baseline cPSNR) from its norm.csv
+
+    def baseline_image(self, scale: int) -> Tensor:
+        """The multi-frame baseline this scene is scored against, clamped to [0, 1]."""
+        baseline = self.baseline if self.baseline is not None else bicubic_of_mean(self.frames, scale)
+        return baseline.clamp(0, 1)
 
 
 @dataclass(frozen=True)
@@ -152,25 +171,60 @@ def synthetic_bursts(images: Sequence[tuple[str, Tensor]], config: BurstConfig, 
     return bursts
 
 
+PROBAV_SCALE = 3  # PROBA-V: 300 m LR frames, 100 m HR images
+
+
 def load_probav_scene(folder: str | os.PathLike, frames: int = 9) -> Burst:
     """A PROBA-V scene folder (LR000.png..., QM000.png..., HR.png, SM.png; 16-bit): its
     `frames` clearest LR frames (most clear pixels in QM), repeated in order when it has
-    fewer, the HR image (when present) and its status mask SM."""
+    fewer; the HR image (when present) and its status mask SM; the challenge's baseline and,
+    when a norm.csv above the folder lists the scene, its norm."""
     folder = Path(folder)
     lr_paths = sorted(folder.glob("LR*.png"))
     if not lr_paths:
         raise DatasetError(f"{folder}: no LR*.png frames (PROBA-V scene layout expected)")
-    clear = []
-    for path in lr_paths:
-        qm = folder / path.name.replace("LR", "QM")
-        clear.append(load_image(qm).mean().item() if qm.exists() else 1.0)
-    order = sorted(range(len(lr_paths)), key=lambda i: -clear[i])[:frames]
-    order = (order * math.ceil(frames / len(order)))[:frames]
-    stack = torch.cat([load_image(lr_paths[i]) for i in order])
+    stack = torch.cat([load_image(p) for p in lr_paths])
+    clear = torch.stack([_quality_mask(folder / p.name.replace("LR", "QM"), stack[0]) for p in lr_paths])
+    order = clearest(clear, frames)
     hr = load_image(folder / "HR.png") if (folder / "HR.png").exists() else torch.empty(0)
     sm = folder / "SM.png"
     mask = (load_image(sm) > 0.5).float() if sm.exists() else torch.ones_like(hr)
-    return Burst(folder.name, stack, hr, mask)
+    baseline = challenge_baseline(stack, clear, PROBAV_SCALE)
+    return Burst(folder.name, stack[order], hr, mask, baseline, challenge_norm(folder))
+
+
+def _quality_mask(path: Path, like: Tensor) -> Tensor:
+    """A frame's QM as a 0/1 (h, w) clear mask; all clear when the file is missing."""
+    return (load_image(path)[0] > 0.5).float() if path.exists() else torch.ones_like(like)
+
+
+def clearest(clear: Tensor, frames: int) -> list[int]:
+    """Indices of the `frames` frames with the most clear pixels (ties: in file order), repeated
+    in order when there are fewer; `clear` is (T, h, w) 0/1."""
+    counts = clear.flatten(1).sum(1).tolist()
+    order = sorted(range(len(counts)), key=lambda i: -counts[i])[:frames]
+    return (order * math.ceil(frames / len(order)))[:frames]
+
+
+def challenge_baseline(frames: Tensor, clear: Tensor, scale: int) -> Tensor:
+    """The PROBA-V challenge's baseline: MATLAB-compatible bicubic upscale of the mean of the
+    frames that have the most clear pixels (every frame tied at the maximum count), (1, sh, sw)."""
+    counts = clear.flatten(1).sum(1)
+    return bicubic_of_mean(frames[counts == counts.max()], scale)
+
+
+def challenge_norm(folder: Path) -> float | None:
+    """The scene's norm from the challenge's norm.csv (`imgsetNNNN value` lines) in a folder
+    above it, or None when there is none."""
+    for parent in list(folder.parents)[:3]:
+        table = parent / "norm.csv"
+        if table.is_file():
+            for line in table.read_text().splitlines():
+                fields = line.split()
+                if len(fields) == 2 and fields[0] == folder.name:
+                    return float(fields[1])
+            return None
+    return None
 
 
 def load_frames(paths: Sequence[Path]) -> Tensor:
@@ -218,10 +272,20 @@ def probav_layout(folder: str | os.PathLike) -> bool:
     return any(Path(folder).glob("LR*.png"))
 
 
-def probav_scenes(folder: str | os.PathLike) -> list[Path]:
-    """The PROBA-V scene folders (imgset*) inside a folder, or [] when it is not such a set."""
-    folder = Path(folder)
-    return sorted(p for p in folder.glob("imgset*") if p.is_dir()) if folder.is_dir() else []
+def probav_scenes(name: str | os.PathLike) -> list[Path]:
+    """The PROBA-V scene folders of a folder (itself, or imgset* folders at any depth, as in
+    the challenge's train/RED/imgset0000) or of a named scene set ('PROBAV-sample'); []
+    when it is neither."""
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        if canonical_name(str(name)) not in SCENE_SETS:
+            return []
+        folder = resolve_dataset(str(name))
+    if probav_layout(folder):
+        return [folder]
+    return sorted(
+        (p for p in folder.rglob("imgset*") if p.is_dir() and probav_layout(p)), key=lambda p: p.name
+    )
 
 
 def burst_training_set(
@@ -237,11 +301,15 @@ def burst_training_set(
     return BurstDataset(images, config, patch_size, per_image, seed)
 
 
-def burst_evaluation_set(name: str, config: BurstConfig, progress: bool = True) -> list[Burst]:
-    """Held-out scenes: PROBA-V scenes of a folder, or one fixed synthetic burst per image."""
+def burst_evaluation_set(
+    name: str, config: BurstConfig, progress: bool = True, scored_only: bool = True
+) -> list[Burst]:
+    """Held-out scenes: the PROBA-V scenes of a folder or named set (those with an HR image
+    unless not `scored_only`), or one fixed synthetic burst per image."""
     scenes = probav_scenes(name)
     if scenes:
-        return [b for b in (load_probav_scene(p, config.frames) for p in scenes) if b.hr.numel()]
+        bursts = [load_probav_scene(p, config.frames) for p in scenes]
+        return [b for b in bursts if b.hr.numel() or not scored_only]
     pairs = load_pairs(name, config.scale, progress=progress)
     return synthetic_bursts([(pair.name, pair.hr) for pair in pairs], config)
 

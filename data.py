@@ -445,6 +445,7 @@ def degrade(hr: Tensor, scale: int, kernel: str = "bicubic", bits: int | None = 
 BENCHMARKS = ("T91", "BSD200", "Set5", "Set14", "BSD100", "Urban100")
 SAMPLE_SETS = ("sample", "sample-train", "sample-test")
 UNIONS = {"291": ("T91", "BSD200")}  # VDSR's and FSRCNN's training set
+SCENE_SETS = ("PROBAV-sample",)  # multi-frame scenes in the PROBA-V challenge's layout (bursts.py)
 MANIFEST_PATH = Path(__file__).with_name("datasets.json")
 
 
@@ -473,7 +474,7 @@ def manifest_files(name: str, scale: int | None) -> list[RemoteFile]:
 
 def canonical_name(name: str) -> str | None:
     """The benchmark's canonical spelling ('set5' -> 'Set5'), or None for other names."""
-    for known in BENCHMARKS:
+    for known in BENCHMARKS + SCENE_SETS:
         if name.lower() == known.lower():
             return known
     return None
@@ -488,7 +489,10 @@ def cache_dir() -> Path:
 
 
 def _set_folder(root: Path, name: str, scale: int | None) -> Path:
-    """Where a set's images for `scale` live under a root (T91 has no per-scale folders)."""
+    """Where a set's images for `scale` live under a root (T91 has no per-scale folders; a
+    scene set is one folder of scene folders)."""
+    if name in SCENE_SETS:
+        return root / name
     files = manifest_files(name, scale)
     return root / Path(files[0].path).parent
 
@@ -517,7 +521,7 @@ def resolve_dataset(
         return scaled if scale is not None and scaled.is_dir() else as_path
     canonical = canonical_name(name)
     if canonical is None:
-        known = ", ".join(BENCHMARKS + tuple(UNIONS) + SAMPLE_SETS)
+        known = ", ".join(BENCHMARKS + SCENE_SETS + tuple(UNIONS) + SAMPLE_SETS)
         raise DatasetError(f"{name}: no such folder, and not a known dataset ({known})")
     root = data_root or os.environ.get("SR_DATA_ROOT")
     if root:
@@ -525,7 +529,9 @@ def resolve_dataset(
             _set_folder(Path(root).expanduser(), canonical, scale),
             Path(root).expanduser() / canonical,
         ):
-            if folder.is_dir() and list_images(folder):
+            if folder.is_dir() and (
+                list_images(folder) or canonical in SCENE_SETS and any(folder.rglob("LR*.png"))
+            ):
                 return folder
     files = manifest_files(canonical, scale)
     cache = cache_dir()
@@ -957,7 +963,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "fetch":
         for name in args.names:
-            scales = [None] if canonical_name(name) in ("T91", "BSD200") else args.scale
+            scales = [None] if canonical_name(name) in ("T91", "BSD200", *SCENE_SETS) else args.scale
             for scale in scales:
                 print(f"{name}{'' if scale is None else f' x{scale}'}: {resolve_dataset(name, scale)}")
     else:

@@ -22,8 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from bursts import (
+    Burst,
     BurstConfig,
-    bicubic_of_mean,
     burst_evaluation_set,
     load_frames,
     load_probav_scene,
@@ -237,18 +237,24 @@ def print_table(rows: list[dict], model_name: str, title: str, metric: str = "ps
     width = max([len(r["name"]) for r in rows] + [10])
     model_col = max(12, len(model_name) + len(metric) + 1)
     base_col = max(12, len(baseline) + len(metric) + 1)
+    first = "image" if metric == "psnr" else "scene"
     header = (
-        f"{'image':{width}}  {model_name + ' ' + metric.upper():>{model_col}} {similarity.upper():>7}  "
+        f"{first:{width}}  {model_name + ' ' + metric.upper():>{model_col}} {similarity.upper():>7}  "
         f"{baseline + ' ' + metric.upper():>{base_col}} {similarity.upper():>7}  {'gain':>6}"
     )
     rule = "-" * len(header)
 
+    challenge = "score" in rows[0]  # a real PROBA-V scene: the challenge's norm and score
+    if challenge:
+        header += f"  {'norm':>7} {'score':>7}"
+
     def line(r: dict) -> str:
         model, base = r[f"model_{metric}"], r[f"bicubic_{metric}"]
-        return (
+        text = (
             f"{r['name']:{width}}  {model:{model_col}.3f} {r[f'model_{similarity}']:7.4f}  "
             f"{base:{base_col}.3f} {r[f'bicubic_{similarity}']:7.4f}  {model - base:+6.2f}"
         )
+        return text + (f"  {r['norm']:7.3f} {r['score']:7.4f}" if challenge else "")
 
     print(f"{title}\n{header}\n{rule}")
     print("\n".join(line(r) for r in rows))
@@ -561,92 +567,101 @@ def fuse(model: nn.Module, frames: Tensor, device: torch.device) -> tuple[Tensor
     return mu[0].float().cpu().clamp(0, 1), log_scale[0].float().cpu()
 
 
-def scene_row(name: str, sr: Tensor, baseline: Tensor, hr: Tensor, mask: Tensor) -> dict:
-    """cPSNR/cSSIM of the fused image and of the baseline for one scene."""
-    (model_cpsnr, model_cssim), (bicubic_cpsnr, bicubic_cssim) = (
-        scene_scores(sr, hr, mask),
-        scene_scores(baseline, hr, mask),
+def scene_row(burst: Burst, sr: Tensor, scale: int, hr: Tensor, mask: Tensor) -> dict:
+    """cPSNR/cSSIM of the fused image and of the baseline for one scene; for a real scene also
+    the challenge's norm (its norm.csv entry, else the baseline's cPSNR) and score (norm / cPSNR)."""
+    model_cpsnr, model_cssim = scene_scores(sr, hr, mask)
+    bicubic_cpsnr, bicubic_cssim = scene_scores(burst.baseline_image(scale), hr, mask)
+    row = {"name": burst.name, "model_cpsnr": model_cpsnr, "model_cssim": model_cssim,
+           "bicubic_cpsnr": bicubic_cpsnr, "bicubic_cssim": bicubic_cssim}  # fmt: skip
+    if burst.baseline is not None:
+        norm = burst.norm if burst.norm is not None else bicubic_cpsnr
+        row.update(norm=norm, score=norm / model_cpsnr)
+    return row
+
+
+def write_scene(folder: Path, stem: str, name: str, scale: int, outputs: dict[str, Tensor], bits: int) -> str:
+    """Write a scene's SR image, its uncertainty map and its baseline (16-bit like PROBA-V's
+    PNGs when the input was); the paths and the uncertainty's range as one line."""
+    sr_path = folder / f"{stem}_{name}_x{scale}.png"
+    sigma_path = folder / f"{stem}_{name}_x{scale}_uncertainty.png"
+    bic_path = folder / f"{stem}_bicubic_x{scale}.png"
+    uncertainty = torch.exp(outputs["log_scale"])  # the Laplace scale b of each pixel
+    top = torch.quantile(uncertainty.flatten()[:: max(1, uncertainty.numel() // 1_000_000)], 0.99)
+    save_image(outputs["sr"], sr_path, bits=bits)
+    save_image((uncertainty / top.clamp(min=1e-12)).clamp(0, 1), sigma_path)
+    save_image(outputs["baseline"], bic_path, bits=bits)
+    return (
+        f"wrote {sr_path}, {bic_path} and {sigma_path} (uncertainty: Laplace scale, "
+        f"{uncertainty.min():.4g}..{uncertainty.max():.4g}, white at its 99th percentile {top:.4g})"
     )
-    return {"name": name, "model_cpsnr": model_cpsnr, "model_cssim": model_cssim,
-            "bicubic_cpsnr": bicubic_cpsnr, "bicubic_cssim": bicubic_cssim}  # fmt: skip
 
 
 def run_burst_dataset(args: argparse.Namespace, checkpoint: dict, device: torch.device) -> int:
-    """--dataset with a multi-frame checkpoint: one synthetic burst per image of the set (made
-    with the checkpoint's burst settings and a fixed seed, as in training's validation) or
-    the scenes of a PROBA-V folder; cPSNR/cSSIM of the model and of bicubic of the mean."""
+    """--dataset with a multi-frame checkpoint: the scenes of a PROBA-V set (scored when they
+    have an HR image, super-resolved into the output folder when not), or one synthetic
+    burst per image of a single-image set (made with the checkpoint's burst settings and a
+    fixed seed, as in training's validation); cPSNR/cSSIM of the model and the baseline."""
     from tqdm import tqdm
 
     model = load_fusion_model(args, checkpoint, device)
     name, scale = checkpoint["model"]["name"], checkpoint["model"]["scale"]
     config = BurstConfig.from_options(checkpoint["args"])
     show = not args.quiet and not args.json
-    bursts = burst_evaluation_set(args.dataset, config, progress=show)
-    if not bursts:
+    bursts = burst_evaluation_set(args.dataset, config, progress=show, scored_only=False)
+    unscored = [b for b in bursts if not b.hr.numel()]
+    if len(unscored) == len(bursts):
         raise DatasetError(f"{args.dataset}: no scene with an HR image to score")
-    out_dir = (
-        ensure_folder(args.out_dir or Path("results") / f"{Path(args.dataset).name}_bursts_x{scale}")
-        if args.save
-        else None
-    )
-    rows = []
+    default_dir = Path("results") / f"{Path(args.dataset).name}_bursts_x{scale}"
+    out_dir = ensure_folder(args.out_dir or default_dir) if args.save or unscored else None
+    rows, written = [], []
     for burst in tqdm(bursts, desc=args.dataset, disable=not show, leave=False):
         check_size(burst.frames, burst.name)
-        sr, _ = fuse(model, burst.frames, device)
-        baseline = bicubic_of_mean(burst.frames, scale).clamp(0, 1)
-        rows.append(scene_row(burst.name, sr, baseline, burst.hr, burst.mask))
-        if out_dir is not None:
-            save_image(sr, out_dir / f"{burst.name}_{name}_x{scale}.png")
+        sr, log_scale = fuse(model, burst.frames, device)
+        if burst.hr.numel():
+            rows.append(scene_row(burst, sr, scale, burst.hr, burst.mask))
+        if out_dir is not None and (args.save or not burst.hr.numel()):
+            outputs = {"sr": sr, "log_scale": log_scale, "baseline": burst.baseline_image(scale)}
+            written.append(write_scene(out_dir, burst.name, name, scale, outputs, 16))
     title = f"{args.dataset} x{scale}, bursts of {config.frames} frames"
     report(args, name, scale, rows, title, metric="cpsnr")
-    if out_dir is not None and not args.json:
-        print(f"SR images written to {out_dir}")
+    if written and not args.json:
+        print(f"SR, uncertainty and baseline images of {len(written)} scenes written to {out_dir}")
     return 0
 
 
 def run_scene(args: argparse.Namespace, checkpoint: dict, device: torch.device) -> int:
     """Multi-frame checkpoint: the frames of one scene (files, a folder, or a PROBA-V imgset
-    folder) -> SR image, its uncertainty map and the bicubic upscale of the frames' mean;
-    cPSNR/cSSIM with --gt (or the scene's own HR.png)."""
+    folder) -> SR image, its uncertainty map and the baseline upscale; cPSNR/cSSIM with --gt
+    (or the scene's own HR.png), and the challenge's score for a PROBA-V scene."""
     model = load_fusion_model(args, checkpoint, device)
     name, scale = checkpoint["model"]["name"], checkpoint["model"]["scale"]
     single_folder = len(args.inputs) == 1 and Path(args.inputs[0]).is_dir()
     if single_folder and probav_layout(args.inputs[0]):
         burst = load_probav_scene(args.inputs[0], checkpoint["args"]["frames"])
-        frames, bits, scene = burst.frames, 16, Path(args.inputs[0])
+        bits, scene = 16, Path(args.inputs[0])
         gt, mask = (burst.hr, burst.mask) if burst.hr.numel() else (None, None)
     else:
         paths = expand_inputs(args.inputs)
-        frames, bits = load_frames(paths), max(read_image(p)[1] for p in paths[:1])
         scene = Path(args.inputs[0]) if single_folder else paths[0].with_name(paths[0].stem)
-        gt, mask = None, None
-    check_size(frames, str(scene))
+        burst = Burst(scene.name, load_frames(paths), torch.empty(0), torch.empty(0))
+        bits, gt, mask = max(read_image(p)[1] for p in paths[:1]), None, None
+    check_size(burst.frames, str(scene))
     if args.gt:
         gt = to_channels(read_image(args.gt)[0], 1)
         mask = torch.ones_like(gt)
-    expected = torch.empty(1, frames.shape[-2] * scale, frames.shape[-1] * scale)
+    expected = torch.empty(1, burst.frames.shape[-2] * scale, burst.frames.shape[-1] * scale)
     if gt is not None:  # checked before anything is written
         gt = check_gt(gt, expected, Path(args.gt or scene / "HR.png"), scene, scale)
         mask = mask[..., : gt.shape[-2], : gt.shape[-1]]
-    sr, log_scale = fuse(model, frames, device)
-    baseline = bicubic_of_mean(frames, scale).clamp(0, 1)
+    sr, log_scale = fuse(model, burst.frames, device)
     folder = ensure_folder(args.out_dir) if args.out_dir else scene.parent
-    stem = scene.name
-    sr_path = folder / f"{stem}_{name}_x{scale}.png"
-    sigma_path = folder / f"{stem}_{name}_x{scale}_uncertainty.png"
-    bic_path = folder / f"{stem}_bicubic_x{scale}.png"
-    uncertainty = torch.exp(log_scale)  # the Laplace scale b of each pixel
-    save_image(sr, sr_path, bits=bits)
-    top = torch.quantile(uncertainty.flatten()[:: max(1, uncertainty.numel() // 1_000_000)], 0.99)
-    save_image((uncertainty / top.clamp(min=1e-12)).clamp(0, 1), sigma_path)
-    save_image(baseline, bic_path, bits=bits)
+    outputs = {"sr": sr, "log_scale": log_scale, "baseline": burst.baseline_image(scale)}
+    line = write_scene(folder, scene.name, name, scale, outputs, bits)
     if not args.json:
-        print(
-            f"wrote {sr_path}, {bic_path} and {sigma_path} (uncertainty: Laplace scale, "
-            f"{uncertainty.min():.4g}..{uncertainty.max():.4g}, white at its 99th percentile {top:.4g})"
-        )
+        print(line)
     if gt is not None:
-        report(args, name, scale, [scene_row(stem, sr, baseline, gt, mask)], f"{scene}", metric="cpsnr")
+        report(args, name, scale, [scene_row(burst, sr, scale, gt, mask)], f"{scene}", metric="cpsnr")
     return 0
 
 

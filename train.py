@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from bursts import BurstConfig, bicubic_of_mean, burst_evaluation_set, burst_training_set
+from bursts import Burst, BurstConfig, burst_evaluation_set, burst_training_set
 from data import (
     DEGRADATIONS,
     PatchDataset,
@@ -578,8 +578,8 @@ def multi_frame_task(config: dict, model: nn.Module, runtime: Runtime, show: boo
             return registered_l1(mu.float(), hr, mask)
         return registered_uncertainty_loss(mu.float(), sigma.float(), hr, mask)
 
-    def scores(fuse: Callable[[Tensor], Tensor]) -> tuple[float, float]:
-        results = [scene_scores(fuse(b.frames).clamp(0, 1), b.hr, b.mask) for b in val_bursts]
+    def scores(fuse: Callable[[Burst], Tensor]) -> tuple[float, float]:
+        results = [scene_scores(fuse(b).clamp(0, 1), b.hr, b.mask) for b in val_bursts]
         return sum(r[0] for r in results) / len(results), sum(r[1] for r in results) / len(results)
 
     def validate(net: nn.Module) -> tuple[float, float]:
@@ -587,15 +587,15 @@ def multi_frame_task(config: dict, model: nn.Module, runtime: Runtime, show: boo
         net.eval()
 
         @torch.inference_mode()
-        def fuse(frames: Tensor) -> Tensor:
-            return net(frames[None].to(runtime.device))[0][0].float().cpu()
+        def fuse(burst: Burst) -> Tensor:
+            return net(burst.frames[None].to(runtime.device))[0][0].float().cpu()
 
         try:
             return scores(fuse)
         finally:
             net.train(mode)
 
-    baseline = scores(lambda frames: bicubic_of_mean(frames, config["scale"]))
+    baseline = scores(lambda burst: burst.baseline_image(config["scale"]))
     summary = (
         f"{len(dataset)} bursts/epoch of {config['frames']} frames, registered L1 (epoch 1) then "
         f"registered Laplace NLL; validation cPSNR on {len(val_bursts)} {config['val_data']} scenes "

@@ -38,7 +38,9 @@ BURST_PROTOCOL = (
     "Multi-frame metrics follow the PROBA-V challenge: cPSNR is the best PSNR over shifts of up "
     "to 3 HR pixels of the SR crop, after removing the mean brightness bias, on clear pixels of "
     "the HR mask; cSSIM is SSIM at that shift and bias. Baseline: MATLAB-compatible bicubic "
-    "upscale of the frames' mean."
+    "upscale of the frames' mean (for PROBA-V scenes the challenge's: of the frames with the most "
+    "clear pixels); score = norm / cPSNR (norm: the baseline's cPSNR, as the challenge's norm.csv; "
+    "1 = baseline, lower is better)."
 )
 
 
