@@ -46,6 +46,11 @@ class Burst:
     mask: Tensor
     baseline: Tensor | None = None  # (1, sh, sw); None: bicubic of the mean of `frames`
     norm: float | None = None  # the challenge's norm (baseline cPSNR) from its norm.csv
+    weights: Tensor | None = None  # (T,) the frames' weights in the model's global residual
+
+    def frame_weights(self) -> Tensor:
+        """The (T,) weights the model gets with the frames (all 1 when none were set)."""
+        return self.weights if self.weights is not None else torch.ones(self.frames.shape[0])
 
     def baseline_image(self, scale: int) -> Tensor:
         """The multi-frame baseline this scene is scored against, clamped to [0, 1]."""
@@ -63,6 +68,7 @@ class BurstConfig:
     blur: float = 0.0  # extra Gaussian blur (HR pixels) before downsampling
     noise: float = 0.01  # Gaussian noise on the LR frames
     occlusion: float = 0.3  # chance that a frame has an occluded (cloudy) rectangle
+    style: str = "plain"  # "probav": PROBA-V-like bursts (synthesize_probav_burst)
 
     @classmethod
     def from_options(cls, options: dict) -> BurstConfig:
@@ -74,6 +80,7 @@ class BurstConfig:
             blur=options["burst_blur"],
             noise=options["burst_noise"],
             occlusion=options["burst_occlusion"],
+            style=options.get("burst_style") or "plain",
         )
 
 
@@ -121,6 +128,97 @@ def synthesize_burst(hr: Tensor, config: BurstConfig, rng: random.Random, name: 
     return Burst(name, frames.clamp(0, 1), target, torch.ones_like(target))
 
 
+# Statistics of the real PROBA-V scenes, measured with `python bursts.py stats PROBAV-sample`
+# (LR frames and QM masks of all four scenes; no HR image is used). Values are in [0, 1] of
+# the 16-bit PNGs (14-bit data: at most 16383 / 65535 = 0.25).
+PROBAV_CONCEALED = (  # concealed fraction of each of the 73 frames (QM = 0)
+    0.052, 0.053, 0.043, 0.063, 0.047, 0.06, 0.378, 0.05, 0.041, 0.399, 0.046, 0.039, 0.056, 0.052,
+    0.263, 0.288, 0.063, 0.011, 0.026, 0.0, 0.0, 0.347, 0.0, 0.0, 0.0, 0.0, 0.112, 0.005, 0.012,
+    0.0, 0.0, 0.0, 0.008, 0.041, 0.0, 0.09, 0.048, 0.283, 0.032, 0.044, 0.054, 0.181, 0.035, 0.008,
+    0.313, 0.129, 0.021, 0.017, 0.057, 0.11, 0.044, 0.199, 0.132, 0.028, 0.035, 0.112, 0.007,
+    0.015, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.017, 0.0, 0.024, 0.203, 0.0, 0.0, 0.016, 0.127, 0.0,
+)  # fmt: skip
+PROBAV_MEAN = (0.045, 0.17)  # range of the scenes' mean value over clear pixels (0.049-0.163)
+PROBAV_CONTRAST = (0.12, 0.23)  # range of a scene's std / mean (0.13-0.22)
+PROBAV_FRAMES = (9, 21)  # frames per scene (16-21 here; the challenge has 9 or more)
+PROBAV_GAIN_SPREAD = 0.06  # std of a clear frame's contrast gain against the scene (0.04-0.13)
+PROBAV_CLOUD = (1.3, 2.5)  # concealed pixels: this many times the scene mean (measured 1.3-1.8)
+PROBAV_LEVELS = 65535  # 16-bit PNG steps
+
+
+def smooth_field(shape: tuple[int, int], sigma: float, generator: torch.Generator) -> Tensor:
+    """A (h, w) random field of zero mean and unit std, Gaussian-smoothed by `sigma` pixels."""
+    field = gaussian_blur(torch.randn(1, 1, *shape, generator=generator), sigma)[0, 0]
+    return (field - field.mean()) / field.std().clamp(min=1e-8)
+
+
+def synthesize_probav_burst(
+    hr: Tensor, config: BurstConfig, rng: random.Random, name: str = "burst"
+) -> Burst:
+    """A PROBA-V-like burst of one (1, H + 2m, W + 2m) natural HR image (m = max_shift):
+    the scene is given a PROBA-V brightness and contrast; N frames (PROBAV_FRAMES) each see it
+    shifted by whole HR pixels (sub-pixel on the LR grid), blurred by the scene's instrument
+    Gaussian (sigma up to `blur` HR pixels) and bicubic-downsampled; each frame then differs
+    from the HR date by a contrast gain and a smooth local change (acquisitions on other days,
+    larger on cloudier days), gets Gaussian noise (std up to `noise` times the scene's std)
+    and clouds covering a fraction drawn from the real frames' QM statistics (bright, QM 0),
+    and is quantized to 16-bit steps. The `frames` clearest are kept, concealed pixels filled;
+    the weights and the baseline are the challenge's (frames tied at the most clear pixels)."""
+    m, s = config.max_shift, config.scale
+    height, width = hr.shape[-2] - 2 * m, hr.shape[-1] - 2 * m
+    generator = torch.Generator().manual_seed(rng.getrandbits(63))
+    mean, contrast = rng.uniform(*PROBAV_MEAN), rng.uniform(*PROBAV_CONTRAST)
+    scene = mean + (hr - hr.mean()) / hr.std().clamp(min=1e-3) * contrast * mean
+    count = rng.randint(max(PROBAV_FRAMES[0], config.frames), max(PROBAV_FRAMES[1], config.frames))
+    crops = []
+    for _ in range(count):
+        dy, dx = rng.randint(-m, m), rng.randint(-m, m)
+        crops.append(scene[:, m + dy : m + dy + height, m + dx : m + dx + width])
+    stack = torch.stack(crops)
+    sigma = rng.uniform(0.0, config.blur)
+    if sigma > 0.05:
+        stack = gaussian_blur(stack, sigma)
+    frames = imresize(stack, size=(height // s, width // s))[:, 0]
+    noise = rng.uniform(config.noise / 5, config.noise) * contrast * mean
+    clear = torch.ones_like(frames)
+    for i, frame in enumerate(frames):
+        concealed = rng.choice(PROBAV_CONCEALED)
+        spread = PROBAV_GAIN_SPREAD + concealed
+        local = 1 + 0.5 * spread * smooth_field(frame.shape, rng.uniform(2, 8), generator)
+        frame.copy_(mean + rng.gauss(1.0, spread) * local * (frame - mean) + rng.gauss(0, 0.02) * mean)
+        frame.add_(noise * torch.randn(frame.shape, generator=generator))
+        if concealed > 0:
+            field = smooth_field(frame.shape, rng.uniform(1, 6), generator)
+            cloud = field >= torch.quantile(field.flatten(), 1 - concealed)
+            level = mean * rng.uniform(*PROBAV_CLOUD) * (1 + 0.1 * field)
+            frame.copy_(torch.where(cloud, level, frame))
+            clear[i] = (~cloud).float()
+    frames = (frames.clamp(0, 16383 / PROBAV_LEVELS) * PROBAV_LEVELS).round() / PROBAV_LEVELS
+    order = clearest(clear, config.frames)
+    baseline = challenge_baseline(frames, clear, s)
+    counts = clear.flatten(1).sum(1)
+    weights = (counts[order] == counts.max()).float()
+    target = scene[:, m : m + height, m : m + width]
+    return Burst(name, fill_concealed(frames[order], clear[order]), target, torch.ones_like(target),
+                 baseline, None, weights)  # fmt: skip
+
+
+def synthesize(hr: Tensor, config: BurstConfig, rng: random.Random, name: str = "burst") -> Burst:
+    """A synthetic burst in the config's style (plain or PROBA-V-like)."""
+    if config.style == "probav":
+        return synthesize_probav_burst(hr, config, rng, name)
+    return synthesize_burst(hr, config, rng, name)
+
+
+def fill_concealed(frames: Tensor, clear: Tensor) -> Tensor:
+    """Frames (T, h, w) whose concealed pixels (clear 0) hold the mean of the other frames'
+    clear values there (kept where no other frame is clear), so that clouds do not reach the
+    network."""
+    total, count = (frames * clear).sum(0), clear.sum(0)
+    others = (total - frames * clear) / (count - clear).clamp(min=1)
+    return torch.where((clear > 0) | (count - clear <= 0), frames, others)
+
+
 class BurstDataset(Dataset):
     """Synthetic training bursts cut from in-memory HR images, deterministic for a seed.
 
@@ -149,15 +247,15 @@ class BurstDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images) * self.bursts_per_image
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         rng = random.Random(mix_seed(self.seed, epoch, index))
         image = self.images[index // self.bursts_per_image]
         size = self.patch_size + 2 * self.config.max_shift
         top, left = rng.randint(0, image.shape[-2] - size), rng.randint(0, image.shape[-1] - size)
         crop = dihedral(image[:, top : top + size, left : left + size], rng.randrange(8))
-        burst = synthesize_burst(crop, self.config, rng)
-        return burst.frames, burst.hr, burst.mask
+        burst = synthesize(crop, self.config, rng)
+        return burst.frames, burst.frame_weights(), burst.hr, burst.mask
 
 
 def synthetic_bursts(images: Sequence[tuple[str, Tensor]], config: BurstConfig, seed: int = 0) -> list[Burst]:
@@ -167,7 +265,7 @@ def synthetic_bursts(images: Sequence[tuple[str, Tensor]], config: BurstConfig, 
         band = modcrop(to_channels(img, 1), config.scale)
         m = config.max_shift
         padded = torch.nn.functional.pad(band[None], (m, m, m, m), mode="reflect")[0]
-        bursts.append(synthesize_burst(padded, config, random.Random(mix_seed(seed, index)), name))
+        bursts.append(synthesize(padded, config, random.Random(mix_seed(seed, index)), name))
     return bursts
 
 
@@ -177,8 +275,9 @@ PROBAV_SCALE = 3  # PROBA-V: 300 m LR frames, 100 m HR images
 def load_probav_scene(folder: str | os.PathLike, frames: int = 9) -> Burst:
     """A PROBA-V scene folder (LR000.png..., QM000.png..., HR.png, SM.png; 16-bit): its
     `frames` clearest LR frames (most clear pixels in QM), repeated in order when it has
-    fewer; the HR image (when present) and its status mask SM; the challenge's baseline and,
-    when a norm.csv above the folder lists the scene, its norm."""
+    fewer, concealed pixels filled from the other frames; weights 1 on those tied at the most
+    clear pixels; the HR image (when present) and its status mask SM; the challenge's baseline
+    and, when a norm.csv above the folder lists the scene, its norm."""
     folder = Path(folder)
     lr_paths = sorted(folder.glob("LR*.png"))
     if not lr_paths:
@@ -190,7 +289,10 @@ def load_probav_scene(folder: str | os.PathLike, frames: int = 9) -> Burst:
     sm = folder / "SM.png"
     mask = (load_image(sm) > 0.5).float() if sm.exists() else torch.ones_like(hr)
     baseline = challenge_baseline(stack, clear, PROBAV_SCALE)
-    return Burst(folder.name, stack[order], hr, mask, baseline, challenge_norm(folder))
+    counts = clear.flatten(1).sum(1)
+    weights = (counts[order] == counts.max()).float()
+    chosen = fill_concealed(stack[order], clear[order])
+    return Burst(folder.name, chosen, hr, mask, baseline, challenge_norm(folder), weights)
 
 
 def _quality_mask(path: Path, like: Tensor) -> Tensor:
@@ -253,7 +355,7 @@ class SceneDataset(Dataset):
     def __len__(self) -> int:
         return len(self.bursts) * self.per_scene
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         rng = random.Random(mix_seed(self.seed, epoch, index))
         burst, s, p = self.bursts[index // self.per_scene], self.scale, self.patch_size
@@ -262,6 +364,7 @@ class SceneDataset(Dataset):
         frames = burst.frames[:, top // s : (top + p) // s, left // s : (left + p) // s]
         return (
             frames.contiguous(),
+            burst.frame_weights(),
             burst.hr[:, top : top + p, left : left + p],
             burst.mask[:, top : top + p, left : left + p],
         )

@@ -411,6 +411,14 @@ class PIUnet(nn.Module):
     residual, starting at 0 so that training starts from the upscaled mean), and
     `upsample="bicubic"` (MATLAB-compatible bicubic for the global residual).
     `attention="mha"` runs attention in the authors' nn.MultiheadAttention layout (bench.py).
+    `normalize`: each scene is brought to zero mean and unit standard deviation before the
+    network and back after it (mu scaled and shifted, log-scale sigma shifted), so that the
+    model is equivariant to a scene's brightness and contrast (PROBA-V's 14-bit radiometry
+    against natural training images).
+
+    `weights` (B, T), optional in `forward`, weigh the frames in the global residual (default:
+    the plain mean); the PROBA-V challenge's baseline is weights 1 on the frames with the
+    most clear pixels, 0 elsewhere (bursts.py).
     """
 
     multi_frame = True
@@ -428,10 +436,12 @@ class PIUnet(nn.Module):
         residual_gain: bool = False,
         upsample: str = "bilinear",
         attention: str = "sdpa",
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         if in_channels != 1:
             raise ValueError("PIUnet fuses single-band frames (in_channels=1)")
+        self.normalize = normalize
         if upsample not in ("bilinear", "bicubic"):
             raise ValueError(f"upsample must be bilinear or bicubic, not {upsample!r}")
         self.scale, self.upsample = scale, upsample
@@ -445,8 +455,20 @@ class PIUnet(nn.Module):
         self.sigma_out = nn.Conv2d(features, 1, 1)
         self.gain = nn.Parameter(torch.zeros(())) if residual_gain else None
 
-    def forward(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, frames: Tensor, weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if not self.normalize:
+            return self._fuse(frames, weights)
+        mean = frames.mean(dim=(1, 2, 3), keepdim=True)
+        std = frames.std(dim=(1, 2, 3), keepdim=True).clamp(min=1e-4)
+        mu, sigma = self._fuse((frames - mean) / std, weights)
+        return mu * std + mean, sigma + torch.log(std)
+
+    def _fuse(self, frames: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The network on frames as given: (mu, log-scale sigma)."""
         b, t, h, w = frames.shape
+        if weights is None:
+            weights = frames.new_ones(b, t)
+        weights = (weights / weights.sum(dim=1, keepdim=True)).to(frames.dtype)[:, :, None, None]
         x = self.input(frames.reshape(b * t, 1, h, w), t)
         skip = x
         for block in self.blocks:
@@ -458,10 +480,10 @@ class PIUnet(nn.Module):
         if self.gain is not None:
             residual = residual * self.gain
         if self.upsample == "bicubic":
-            upscaled = _upscale(frames.mean(dim=1, keepdim=True), self.scale, "bicubic")
+            upscaled = _upscale((frames * weights).sum(dim=1, keepdim=True), self.scale, "bicubic")
         else:
             upscaled = F.interpolate(frames, scale_factor=self.scale, mode="bilinear", align_corners=False)
-            upscaled = upscaled.mean(dim=1, keepdim=True)
+            upscaled = (upscaled * weights).sum(dim=1, keepdim=True)
         mu = residual + upscaled
         features = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
         sigma = self.sigma_out(F.leaky_relu(self.sigma_norm(self.sigma_conv(features))))

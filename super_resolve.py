@@ -560,10 +560,10 @@ def load_fusion_model(args: argparse.Namespace, checkpoint: dict, device: torch.
 
 
 @torch.inference_mode()
-def fuse(model: nn.Module, frames: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
-    """The fused SR image (1, sH, sW) in [0, 1] and its log-scale map of (T, H, W) frames, on
+def fuse(model: nn.Module, burst: Burst, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The fused SR image (1, sH, sW) in [0, 1] and its log-scale map of a burst (frames as weighted), on
     the CPU; no tiles: PIUnet's squeeze-excitation and registration pool over the whole scene."""
-    mu, log_scale = model(frames[None].to(device))
+    mu, log_scale = model(burst.frames[None].to(device), burst.frame_weights()[None].to(device))
     return mu[0].float().cpu().clamp(0, 1), log_scale[0].float().cpu()
 
 
@@ -617,7 +617,7 @@ def run_burst_dataset(args: argparse.Namespace, checkpoint: dict, device: torch.
     rows, written = [], []
     for burst in tqdm(bursts, desc=args.dataset, disable=not show, leave=False):
         check_size(burst.frames, burst.name)
-        sr, log_scale = fuse(model, burst.frames, device)
+        sr, log_scale = fuse(model, burst, device)
         if burst.hr.numel():
             rows.append(scene_row(burst, sr, scale, burst.hr, burst.mask))
         if out_dir is not None and (args.save or not burst.hr.numel()):
@@ -654,7 +654,7 @@ def run_scene(args: argparse.Namespace, checkpoint: dict, device: torch.device) 
     if gt is not None:  # checked before anything is written
         gt = check_gt(gt, expected, Path(args.gt or scene / "HR.png"), scene, scale)
         mask = mask[..., : gt.shape[-2], : gt.shape[-1]]
-    sr, log_scale = fuse(model, burst.frames, device)
+    sr, log_scale = fuse(model, burst, device)
     folder = ensure_folder(args.out_dir) if args.out_dir else scene.parent
     outputs = {"sr": sr, "log_scale": log_scale, "baseline": burst.baseline_image(scale)}
     line = write_scene(folder, scene.name, name, scale, outputs, bits)

@@ -117,6 +117,7 @@ DEFAULTS: dict[str, Any] = {
     "burst_noise": 0.01,
     "burst_blur": 0.0,
     "burst_occlusion": 0.3,
+    "burst_style": "plain",
     "amp": None,
     "cuda": False,
     "quiet": False,
@@ -243,6 +244,13 @@ def _add_training_options(parser: argparse.ArgumentParser, resume: bool) -> None
     add("--burst-noise", type=float, help="piunet synthetic bursts: Gaussian noise on the LR frames")
     add("--burst-blur", type=float, help="piunet synthetic bursts: extra Gaussian blur (HR pixels)")
     add("--burst-occlusion", type=float, help="piunet synthetic bursts: chance of an occluded rectangle")
+    add(
+        "--burst-style",
+        choices=("plain", "probav"),
+        help="piunet synthetic bursts: plain, or PROBA-V-like (radiometry, per-day changes, real "
+        "cloud statistics, clearest frames kept; --burst-blur/--burst-noise are then upper bounds, "
+        "the noise relative to the scene's contrast)",
+    )
     add(
         "--amp",
         action=argparse.BooleanOptionalAction,
@@ -571,9 +579,9 @@ def multi_frame_task(config: dict, model: nn.Module, runtime: Runtime, show: boo
         raise DatasetError(f"{config['val_data']}: no validation scene with an HR image")
 
     def step_loss(net: nn.Module, batch: list[Tensor], epoch: int) -> Tensor:
-        frames, hr, mask = batch
+        frames, weights, hr, mask = batch
         with _autocast(runtime):
-            mu, sigma = net(frames)
+            mu, sigma = net(frames, weights)
         if epoch == 1:  # the paper: registered L1 first, then the uncertainty loss
             return registered_l1(mu.float(), hr, mask)
         return registered_uncertainty_loss(mu.float(), sigma.float(), hr, mask)
@@ -588,7 +596,11 @@ def multi_frame_task(config: dict, model: nn.Module, runtime: Runtime, show: boo
 
         @torch.inference_mode()
         def fuse(burst: Burst) -> Tensor:
-            return net(burst.frames[None].to(runtime.device))[0][0].float().cpu()
+            frames, weights = (
+                burst.frames[None].to(runtime.device),
+                burst.frame_weights()[None].to(runtime.device),
+            )
+            return net(frames, weights)[0][0].float().cpu()
 
         try:
             return scores(fuse)

@@ -4,6 +4,7 @@ their references, bursts and PROBA-V scenes, training that beats bicubic-of-mean
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import numpy as np
@@ -13,7 +14,14 @@ from conftest import reference_file
 
 import super_resolve
 import train
-from bursts import BurstConfig, BurstDataset, SceneDataset, load_probav_scene, synthetic_bursts
+from bursts import (
+    BurstConfig,
+    BurstDataset,
+    SceneDataset,
+    bicubic_of_mean,
+    load_probav_scene,
+    synthetic_bursts,
+)
 from data import load_image, sample_paths, save_image
 from model import PIUnet, TemporalAttention, build_model, piunet_from_official
 from utils import cpsnr, cssim, registered_l1, registered_uncertainty_loss, run_cli
@@ -94,7 +102,6 @@ def test_identity_tern_and_zero_gain_start_from_the_upscaled_mean():
     x = torch.rand(4, 12, 9, 9)
     torch.testing.assert_close(model.tern(x, 4), x)  # every kernel is the identity at first
     mu, _ = model(frames)
-    from bursts import bicubic_of_mean
 
     torch.testing.assert_close(mu[0], bicubic_of_mean(frames[0], 3))
 
@@ -187,7 +194,7 @@ def test_synthetic_bursts_are_deterministic_and_shaped():
     assert a[0].frames.shape == (5, 20, 22) and a[0].hr.shape == (1, 60, 66)
     assert (a[0].frames == 1.0).any()  # occlusions present
     dataset = BurstDataset([image], config, patch_size=24, bursts_per_image=4, seed=3)
-    frames, hr, mask = dataset[(2, 1)]
+    frames, weights, hr, mask = dataset[(2, 1)]
     assert frames.shape == (5, 8, 8) and hr.shape == mask.shape == (1, 24, 24)
     assert torch.equal(dataset[(2, 1)][0], frames) and not torch.equal(dataset[(3, 1)][0], frames)
 
@@ -214,11 +221,15 @@ def test_probav_scene_takes_the_clearest_frames_and_pads(tmp_path):
     _probav_scene(tmp_path / "imgset0000", 4, 0, clear=[0.2, 0.9, 0.5, 0.99])
     burst = load_probav_scene(tmp_path / "imgset0000", frames=6)
     assert burst.frames.shape == (6, 10, 10) and burst.hr.shape == (1, 30, 30)
-    offsets = [round((f.mean() - burst.frames[0].mean()).item() / 0.001) for f in burst.frames]
-    assert offsets == [0, -2, -1, -3, 0, -2]  # LR003, LR001, LR002, LR000, then repeated in order
+    # LR003, LR001, LR002, LR000, then repeated in order; concealed pixels filled from the others
+    for frame, i in zip(burst.frames, [3, 1, 2, 0, 3, 1]):
+        lr = load_image(tmp_path / "imgset0000" / f"LR{i:03d}.png")[0]
+        clear = load_image(tmp_path / "imgset0000" / f"QM{i:03d}.png")[0] > 0.5
+        assert torch.equal(frame[clear], lr[clear]) and not torch.equal(frame[~clear], lr[~clear])
+    assert burst.weights.tolist() == [1, 0, 0, 0, 1, 0]  # the clearest frame, as the baseline
     assert burst.mask[:, :3].sum() == 0 and burst.mask[:, 3:].min() == 1
     patches = SceneDataset([burst], 3, 12, patches_per_scene=3)
-    frames, hr, mask = patches[(0, 2)]
+    frames, weights, hr, mask = patches[(0, 2)]
     assert frames.shape == (6, 4, 4) and hr.shape == mask.shape == (1, 12, 12)
 
 
@@ -367,3 +378,25 @@ def test_chunked_attention_equals_one_call():
     whole = torch.nn.functional.scaled_dot_product_attention(q, k, v)
     torch.testing.assert_close(chunked_attention(q, k, v, max_heads=5), whole, atol=1e-6, rtol=1e-6)
     assert chunked_attention(q, k, v, max_heads=5).shape == whole.shape
+
+
+def test_scene_normalization_makes_piunet_equivariant_to_brightness_and_contrast():
+    torch.manual_seed(0)
+    model = build_model("piunet", 3, normalize=True, **TINY).eval()
+    frames = torch.rand(2, 5, 12, 12) * 0.02 + 0.05  # PROBA-V-like: dark, low contrast
+    with torch.no_grad():
+        mu, sigma = model(frames)
+        mu2, sigma2 = model(frames * 4 + 0.3)
+    torch.testing.assert_close(mu2, mu * 4 + 0.3, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(sigma2, sigma + math.log(4), atol=1e-4, rtol=1e-4)
+
+
+def test_frame_weights_choose_the_global_residual():
+    model = build_model("piunet", 3, upsample="bicubic", residual_gain=True, **TINY).eval()
+    frames = torch.rand(1, 4, 10, 10)
+    weights = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    with torch.no_grad():
+        mu, _ = model(frames, weights)  # the residual gain starts at 0: mu is the global residual
+        uniform, _ = model(frames)
+    torch.testing.assert_close(mu[0], bicubic_of_mean(frames[0, :2], 3))
+    torch.testing.assert_close(uniform[0], bicubic_of_mean(frames[0], 3))
