@@ -147,7 +147,9 @@ PROBAV_LEVELS = 65535  # 16-bit PNG steps
 
 
 def smooth_field(shape: tuple[int, int], sigma: float, generator: torch.Generator) -> Tensor:
-    """A (h, w) random field of zero mean and unit std, Gaussian-smoothed by `sigma` pixels."""
+    """A (h, w) random field of zero mean and unit std, Gaussian-smoothed by `sigma` pixels
+    (at most a third of the shorter side)."""
+    sigma = min(sigma, (min(shape) - 1) / 3)
     field = gaussian_blur(torch.randn(1, 1, *shape, generator=generator), sigma)[0, 0]
     return (field - field.mean()) / field.std().clamp(min=1e-8)
 

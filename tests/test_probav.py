@@ -87,3 +87,43 @@ def test_dataset_in_the_challenge_layout_scores_and_writes_the_rest(tmp_path, ca
         "imgset1160_piunet_x3.png",
         "imgset1160_piunet_x3_uncertainty.png",
     ]
+
+
+def test_probav_like_bursts_have_the_measured_statistics():
+    import random
+
+    from bursts import PROBAV_CONTRAST, PROBAV_MEAN, BurstConfig, synthesize
+
+    config = BurstConfig(frames=9, scale=3, max_shift=3, blur=1.0, noise=0.1, style="probav")
+    generator = torch.Generator().manual_seed(0)
+    image = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 408, 408, generator=generator), 4)[0]
+    bursts = [synthesize(image, config, random.Random(seed)) for seed in range(12)]
+    again = synthesize(image, config, random.Random(3))
+    assert torch.equal(again.frames, bursts[3].frames) and torch.equal(again.hr, bursts[3].hr)
+    for burst in bursts:
+        assert burst.frames.shape == (9, 32, 32) and burst.hr.shape == burst.mask.shape == (1, 96, 96)
+        assert PROBAV_MEAN[0] - 1e-4 <= burst.hr.mean() <= PROBAV_MEAN[1] + 1e-4
+        assert PROBAV_CONTRAST[0] - 1e-3 <= burst.hr.std() / burst.hr.mean() <= PROBAV_CONTRAST[1] + 1e-3
+        assert burst.frames.max() <= 16383 / 65535  # 14-bit values in 16-bit steps
+        steps = burst.frames.double() * 65535  # 16-bit steps, except where concealed pixels were filled
+        assert ((steps - steps.round()).abs() < 1e-2).float().mean() > 0.6
+        weights = burst.weights.tolist()
+        assert weights[0] == 1 and weights == sorted(weights, reverse=True)  # clearest first
+        assert burst.baseline.shape == (1, 96, 96)
+    # the clouds are concealed and filled: no frame keeps cloud-bright values (1.3x+ the mean)
+    # over more than a sliver of its pixels, though some frames had clouds before filling
+    bright = [(b.frames > 1.3 * b.hr.mean() * 1.2).float().mean().item() for b in bursts]
+    assert max(bright) < 0.02
+
+
+def test_training_on_probav_like_bursts(tmp_path, capsys):
+    argv = ["train", "--model", "piunet", "--model-option", "features=8", "--model-option", "blocks=1",
+            "--model-option", "normalize=true", "--model-option", "upsample=bicubic",
+            "--model-option", "residual_gain=true", "--burst-style", "probav", "--burst-shift", "3",
+            "--burst-blur", "1.0", "--burst-noise", "0.1", "--train-data", "sample-train",
+            "--val-data", "sample-test", "--patch-size", "24", "--patches-per-image", "2",
+            "--batch-size", "4", "--num-epoch", "1", "--quiet",
+            "--out-dir", str(tmp_path / "run")]  # fmt: skip
+    assert run_cli(train.main, argv) == 0
+    checkpoint = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
+    assert checkpoint["args"]["burst_style"] == "probav" and checkpoint["history"][-1]["psnr"] > 20
