@@ -141,8 +141,8 @@ PROBAV_CONCEALED = (  # concealed fraction of each of the 73 frames (QM = 0)
 PROBAV_MEAN = (0.045, 0.17)  # range of the scenes' mean value over clear pixels (0.049-0.163)
 PROBAV_CONTRAST = (0.12, 0.23)  # range of a scene's std / mean (0.13-0.22)
 PROBAV_FRAMES = (9, 21)  # frames per scene (16-21 here; the challenge has 9 or more)
-PROBAV_GAIN_SPREAD = 0.06  # std of a clear frame's contrast gain against the scene (0.04-0.13)
-PROBAV_CLOUD = (1.3, 2.5)  # concealed pixels: this many times the scene mean (measured 1.3-1.8)
+PROBAV_GAIN_SPREAD = 0.08  # std of a frame's contrast gain against the frames' median (0.07-0.14)
+PROBAV_CLOUD = (1.25, 2.0)  # concealed pixels: this many times the scene mean (1.28-1.95)
 PROBAV_LEVELS = 65535  # 16-bit PNG steps
 
 
@@ -423,3 +423,102 @@ def bicubic_of_mean(frames: Tensor, scale: int) -> Tensor:
     """The multi-frame baseline: MATLAB-compatible bicubic upscale of the frames' mean, (1, sh, sw)."""
     mean = frames.mean(dim=0, keepdim=True)
     return imresize(mean, size=(mean.shape[-2] * scale, mean.shape[-1] * scale))
+
+
+# ---------------------------------------------------------------------------------------
+# Statistics of real scenes (the source of the PROBAV_* settings above)
+# ---------------------------------------------------------------------------------------
+
+
+def noise_level(frame: Tensor) -> float:
+    """Immerkær's fast estimate of a frame's Gaussian noise std (an upper bound on textured
+    scenes): the mean absolute response to a Laplacian-difference kernel."""
+    kernel = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]], dtype=frame.dtype)
+    response = torch.nn.functional.conv2d(frame[None, None], kernel[None, None])
+    return math.sqrt(math.pi / 2) * response.abs().mean().item() / 6
+
+
+def frame_shift(
+    frame: Tensor, reference: Tensor, scale: int = PROBAV_SCALE, search: int = 6
+) -> tuple[float, float]:
+    """The (dy, dx) shift of a frame against a reference in LR pixels, to 1/scale of a pixel:
+    the best normalised correlation of their bicubic upscales over +-search HR pixels."""
+    a, b = (imresize(x[None].float(), scale=scale)[0] for x in (frame, reference))
+    a, b = (a - a.mean()) / a.std(), (b - b.mean()) / b.std()
+    m = search
+    core = b[m:-m, m:-m]
+    best = max(
+        ((a[m + dy : a.shape[0] - m + dy, m + dx : a.shape[1] - m + dx] * core).mean().item(), dy, dx)
+        for dy in range(-m, m + 1)
+        for dx in range(-m, m + 1)
+    )
+    return best[1] / scale, best[2] / scale
+
+
+def scene_statistics(folder: Path) -> dict:
+    """What `synthesize_probav_burst` imitates, measured on one scene's LR frames and QM
+    masks (never its HR image): value range, concealment, per-frame gain against the
+    frames' median, shifts and noise."""
+    lr_paths = sorted(folder.glob("LR*.png"))
+    stack = torch.cat([load_image(p) for p in lr_paths]).double()
+    clear = torch.stack([_quality_mask(folder / p.name.replace("LR", "QM"), stack[0]) for p in lr_paths]) > 0
+    values = stack[clear]
+    reference = stack.median(dim=0).values
+    gains = []
+    for frame, ok in zip(stack, clear):
+        x, y = reference[ok], frame[ok]
+        design = torch.stack([x, torch.ones_like(x)], 1)
+        gains.append(torch.linalg.lstsq(design, y[:, None]).solution[0, 0].item())
+    return {
+        "scene": folder.name,
+        "frames": len(lr_paths),
+        "mean": values.mean().item(),
+        "contrast": (values.std() / values.mean()).item(),
+        "concealed": [round(1 - c.double().mean().item(), 3) for c in clear],
+        "cloud_over_mean": (stack[~clear].mean() / values.mean()).item() if (~clear).any() else math.nan,
+        "gains": gains,
+        "shifts": [frame_shift(frame, reference) for frame in stack],
+        "noise_over_std": [noise_level(frame) / values.std().item() for frame in stack],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python bursts.py stats SET`: the statistics of a PROBA-V set's frames and masks."""
+    import argparse
+    import statistics
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    stats = sub.add_parser("stats", help="measure the LR frames and QM masks of PROBA-V scenes")
+    stats.add_argument("dataset", help="a folder in the challenge's layout, or PROBAV-sample")
+    stats.add_argument("--json", action="store_true", help="print every figure as JSON")
+    args = parser.parse_args(argv)
+    scenes = probav_scenes(args.dataset)
+    if not scenes:
+        raise DatasetError(f"{args.dataset}: no PROBA-V scene folders (imgset*) found")
+    rows = [scene_statistics(folder) for folder in scenes]
+    if args.json:
+        import json
+
+        print(json.dumps(rows, indent=1))
+        return 0
+    for row in rows:
+        shifts = [max(abs(dy), abs(dx)) for dy, dx in row["shifts"]]
+        gains, concealed = row["gains"], row["concealed"]
+        print(
+            f"{row['scene']}: {row['frames']} frames, mean {row['mean']:.4f}, "
+            f"std/mean {row['contrast']:.3f}, concealed {min(concealed):.3f}-{max(concealed):.3f} "
+            f"(clouds {row['cloud_over_mean']:.2f}x the mean), gain spread {statistics.pstdev(gains):.3f} "
+            f"({min(gains):.2f}-{max(gains):.2f}), shifts: {sum(s <= 1 for s in shifts)} of "
+            f"{len(shifts)} within 1 LR pixel (max {max(shifts):.2f}), noise/std "
+            f"{statistics.median(row['noise_over_std']):.3f} (median, Immerkær)"
+        )
+    concealed = [c for row in rows for c in row["concealed"]]
+    print(f"concealed fractions of all {len(concealed)} frames: {concealed}")
+    return 0
+
+
+if __name__ == "__main__":
+    from utils import run_cli
+
+    raise SystemExit(run_cli(main))
