@@ -60,6 +60,7 @@ from utils import (
     save_figure,
     scene_scores,
     ssim,
+    uncertainty_rank_correlation,
 )
 
 MIN_LR_SIDE = 3  # smaller inputs have no meaningful upscaling (and bicubic needs a neighbourhood)
@@ -233,7 +234,7 @@ def ensure_folder(folder: str | Path) -> Path:
 def print_table(rows: list[dict], model_name: str, title: str, metric: str = "psnr") -> None:
     """Per-image scores of model and baseline (PSNR/SSIM, or cPSNR/cSSIM), and the mean."""
     similarity = metric.replace("psnr", "ssim")
-    baseline = "bicubic" if metric == "psnr" else "bicubic of mean"
+    baseline = "bicubic" if metric == "psnr" else "baseline"
     width = max([len(r["name"]) for r in rows] + [10])
     model_col = max(12, len(model_name) + len(metric) + 1)
     base_col = max(12, len(baseline) + len(metric) + 1)
@@ -242,11 +243,10 @@ def print_table(rows: list[dict], model_name: str, title: str, metric: str = "ps
         f"{first:{width}}  {model_name + ' ' + metric.upper():>{model_col}} {similarity.upper():>7}  "
         f"{baseline + ' ' + metric.upper():>{base_col}} {similarity.upper():>7}  {'gain':>6}"
     )
-    rule = "-" * len(header)
-
     challenge = "score" in rows[0]  # a real PROBA-V scene: the challenge's norm and score
     if challenge:
         header += f"  {'norm':>7} {'score':>7}"
+    rule = "-" * len(header)
 
     def line(r: dict) -> str:
         model, base = r[f"model_{metric}"], r[f"bicubic_{metric}"]
@@ -422,6 +422,9 @@ def report(
     else:
         ensemble = ", self-ensemble of 8 flips/rotations" if args.self_ensemble else ""
         print_table(rows, name, f"{title} ({metric.upper()} in dB{ensemble})\n{protocol}", metric)
+        if "uncertainty_rank_correlation" in mean:
+            each = ", ".join(f"{r['name']} {r['uncertainty_rank_correlation']:+.3f}" for r in rows)
+            print(f"uncertainty: rank correlation of the predicted scale with the actual |error|: {each}")
         if "model_energy_low" in mean:
             print(
                 "\nspectral energy SR/HR (mean over images; 1 = HR-like) in bands of normalised frequency "
@@ -567,13 +570,15 @@ def fuse(model: nn.Module, burst: Burst, device: torch.device) -> tuple[Tensor, 
     return mu[0].float().cpu().clamp(0, 1), log_scale[0].float().cpu()
 
 
-def scene_row(burst: Burst, sr: Tensor, scale: int, hr: Tensor, mask: Tensor) -> dict:
-    """cPSNR/cSSIM of the fused image and of the baseline for one scene; for a real scene also
-    the challenge's norm (its norm.csv entry, else the baseline's cPSNR) and score (norm / cPSNR)."""
+def scene_row(burst: Burst, sr: Tensor, log_scale: Tensor, scale: int, hr: Tensor, mask: Tensor) -> dict:
+    """cPSNR/cSSIM of the fused image and of the baseline for one scene, and the rank correlation
+    of the predicted uncertainty with the actual error; for a real scene also the challenge's
+    norm (its norm.csv entry, else the baseline's cPSNR) and score (norm / cPSNR)."""
     model_cpsnr, model_cssim = scene_scores(sr, hr, mask)
     bicubic_cpsnr, bicubic_cssim = scene_scores(burst.baseline_image(scale), hr, mask)
     row = {"name": burst.name, "model_cpsnr": model_cpsnr, "model_cssim": model_cssim,
-           "bicubic_cpsnr": bicubic_cpsnr, "bicubic_cssim": bicubic_cssim}  # fmt: skip
+           "bicubic_cpsnr": bicubic_cpsnr, "bicubic_cssim": bicubic_cssim,
+           "uncertainty_rank_correlation": uncertainty_rank_correlation(sr, log_scale, hr, mask)}  # fmt: skip
     if burst.baseline is not None:
         norm = burst.norm if burst.norm is not None else bicubic_cpsnr
         row.update(norm=norm, score=norm / model_cpsnr)
@@ -619,7 +624,7 @@ def run_burst_dataset(args: argparse.Namespace, checkpoint: dict, device: torch.
         check_size(burst.frames, burst.name)
         sr, log_scale = fuse(model, burst, device)
         if burst.hr.numel():
-            rows.append(scene_row(burst, sr, scale, burst.hr, burst.mask))
+            rows.append(scene_row(burst, sr, log_scale, scale, burst.hr, burst.mask))
         if out_dir is not None and (args.save or not burst.hr.numel()):
             outputs = {"sr": sr, "log_scale": log_scale, "baseline": burst.baseline_image(scale)}
             written.append(write_scene(out_dir, burst.name, name, scale, outputs, 16))
@@ -661,7 +666,9 @@ def run_scene(args: argparse.Namespace, checkpoint: dict, device: torch.device) 
     if not args.json:
         print(line)
     if gt is not None:
-        report(args, name, scale, [scene_row(burst, sr, scale, gt, mask)], f"{scene}", metric="cpsnr")
+        report(
+            args, name, scale, [scene_row(burst, sr, log_scale, scale, gt, mask)], f"{scene}", metric="cpsnr"
+        )
     return 0
 
 

@@ -294,6 +294,26 @@ def cssim(sr: Tensor, hr: Tensor, mask: Tensor, border: int = 3) -> Tensor:
     return ssim_map(a, c, data_range=1.0).flatten(1).mean(1)
 
 
+def uncertainty_rank_correlation(
+    mu: Tensor, log_scale: Tensor, hr: Tensor, mask: Tensor, border: int = 3
+) -> float:
+    """Spearman's rank correlation, over the clear pixels of one (1, H, W) scene, between the
+    predicted scale exp(log_scale) and the actual absolute error |hr - mu - bias| at the shift
+    and bias that give the cPSNR (positive: the model knows where it errs)."""
+    crop, targets, masks, bias = _all_shifts(mu[None].double(), hr[None].double(), mask[None], border)
+    count = masks.sum(dim=(-2, -1)).clamp(min=1)
+    cmse = ((masks * (targets - crop - bias).pow(2)).sum(dim=(-2, -1)) / count).flatten(1)
+    best = cmse.argmin(dim=1).item()
+    y, x = best // targets.shape[1], best % targets.shape[1]
+    h, w = crop.shape[-2:]
+    error = (targets[0, y, x] - crop[0, 0, 0] - bias[0, y, x]).abs()
+    scale = log_scale[0, border : border + h, border : border + w].double()
+    clear = masks[0, y, x] > 0
+    ranks = [v[clear].argsort().argsort().double() for v in (error, scale)]
+    ranks = [r - r.mean() for r in ranks]
+    return ((ranks[0] * ranks[1]).sum() / (ranks[0].norm() * ranks[1].norm()).clamp(min=1e-12)).item()
+
+
 # ---------------------------------------------------------------------------------------
 # Figures
 # ---------------------------------------------------------------------------------------

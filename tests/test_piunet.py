@@ -365,7 +365,7 @@ def test_dataset_scores_bursts_as_training_validated_them(trained, capsys):
     assert result["mean"]["bicubic_cpsnr"] == pytest.approx(history["bicubic_psnr"], abs=1e-6)
     assert run_cli(super_resolve.main, [*argv, "--quiet"]) == 0
     table = capsys.readouterr().out
-    assert "piunet CPSNR" in table and "bicubic of mean CPSNR" in table and "mean" in table
+    assert "piunet CPSNR" in table and "baseline CPSNR" in table and "mean" in table
     for bad in (["--degradation", "bicubic"], ["--fda-plot", "x.png"]):
         assert run_cli(super_resolve.main, [*argv, *bad]) == 2
 
