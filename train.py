@@ -616,6 +616,14 @@ def multi_frame_task(config: dict, model: nn.Module, runtime: Runtime, show: boo
     return Task("multi-frame", dataset, step_loss, validate, baseline, summary, "cPSNR", "bicubic of mean")
 
 
+def _leave_signals_to_the_trainer(worker_id: int) -> None:
+    """DataLoader workers ignore SIGINT/SIGTERM: a signal to the whole process group (Ctrl-C,
+    `kill -- -PGID`, `pkill -f train.py`, a scheduler) reaches the main process, which saves
+    its place and stops them; a worker killed first made the main process die unsaved."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _autocast(runtime: Runtime):
     """Autocast context for the run's mixed precision, or nothing."""
     if runtime.amp_dtype is None:
@@ -718,6 +726,7 @@ def train(config: dict, checkpoint: dict | None = None) -> int:
         num_workers=config["workers"],
         persistent_workers=config["workers"] > 0,
         pin_memory=runtime.device.type == "cuda",
+        worker_init_fn=_leave_signals_to_the_trainer,
     )
     steps_per_epoch = len(loader)
 

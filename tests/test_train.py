@@ -346,6 +346,28 @@ def test_signal_saves_mid_epoch_and_resume_matches_straight_run(data, tmp_path, 
     assert _run(["resume", str(tmp_path / "mid.pth"), "--batch-size", "8"]) == 2
 
 
+def test_sigterm_to_the_process_group_with_workers_still_saves(data, tmp_path):
+    # `pkill -f train.py` or `kill -- -PGID` reaches the DataLoader workers too; a worker that
+    # died first used to make the main process fail with a traceback and nothing saved
+    argv = _args(data, tmp_path / "run", "--num-epoch", "2", "--patches-per-image", "200",
+                 "--batch-size", "64", "--patch-size", "24", "--model", "vdsr", "--workers", "1")  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), "train", *argv],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
+    )
+    _wait_for(tmp_path / "run" / "history.csv", proc)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "Traceback" not in err, err
+    stopped = _load(tmp_path / "run" / "last.pth")
+    assert stopped["epoch"] == 1 and stopped["in_epoch"]["batches"] > 0
+
+
 def test_sigkill_never_leaves_a_broken_checkpoint(data, tmp_path):
     out = tmp_path / "run"
     argv = _args(
