@@ -46,6 +46,10 @@ results: $(STAMP)
 	    out=checkpoints/results/$$(basename $$ckpt .pth)_$$set.json; \
 	    $(PY) super_resolve.py --checkpoint $$ckpt --dataset $$set --json > $$out.tmp && mv $$out.tmp $$out \
 	    || { rm -f $$out.tmp; exit 2; }; done; done
+	for ckpt in checkpoints/piunet*.pth; do \
+	    out=checkpoints/results/$$(basename $$ckpt .pth)_PROBAV-sample.json; \
+	    $(PY) super_resolve.py --checkpoint $$ckpt --dataset PROBAV-sample --out-dir results/PROBAV-sample \
+	        --json > $$out.tmp && mv $$out.tmp $$out || { rm -f $$out.tmp; exit 2; }; done
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

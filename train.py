@@ -611,9 +611,10 @@ def multi_frame_task(config: dict, model: nn.Module, runtime: Runtime, show: boo
     summary = (
         f"{len(dataset)} bursts/epoch of {config['frames']} frames, registered L1 (epoch 1) then "
         f"registered Laplace NLL; validation cPSNR on {len(val_bursts)} {config['val_data']} scenes "
-        f"(bicubic of mean {baseline[0]:.2f} dB)"
+        f"(baseline {baseline[0]:.2f} dB: bicubic of the frames' mean; for PROBA-V-like and real scenes "
+        "of the clearest frames')"
     )
-    return Task("multi-frame", dataset, step_loss, validate, baseline, summary, "cPSNR", "bicubic of mean")
+    return Task("multi-frame", dataset, step_loss, validate, baseline, summary, "cPSNR", "baseline")
 
 
 def _leave_signals_to_the_trainer(worker_id: int) -> None:
