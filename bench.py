@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from data import PatchDataset, PatchSampler, load_pairs
+from catalog import load_pairs
+from data import PatchDataset, PatchSampler
 from info import cpu_name
 from model import Upscaler, build_model
 from utils import run_cli
@@ -160,7 +161,7 @@ def bench_layers(args: argparse.Namespace, ceiling: float) -> list[dict]:
 @contextlib.contextmanager
 def quiet_compilation() -> Iterator[None]:
     """Hold back torch.compile's one-time notices (it traces through the lru_cache of the
-    bicubic skip's kernel weights, which data.py marks as constants)."""
+    bicubic skip's kernel weights, which imresize.py marks as constants)."""
     logger = logging.getLogger("torch._dynamo")
     level = logger.level
     logger.setLevel(logging.ERROR)

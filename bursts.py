@@ -20,18 +20,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from data import (
-    SCENE_SETS,
-    canonical_name,
-    dihedral,
-    imresize,
-    load_image,
-    load_pairs,
-    mix_seed,
-    modcrop,
-    resolve_dataset,
-    to_channels,
-)
+from catalog import SCENE_SETS, canonical_name, load_pairs, resolve_dataset
+from data import dihedral, load_image, mix_seed, to_channels
+from imresize import imresize, modcrop
 from utils import DatasetError, ImageError
 
 

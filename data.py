@@ -1,4 +1,5 @@
-"""Images in and out, MATLAB-compatible resizing, degradations, datasets and their download.
+"""Images in and out (BMP/PNG/JPEG/TIFF, 8 and 16 bits), colour conversions, and the
+training patches (random crops with flips/rotations, deterministic per seed and epoch).
 
 Conventions: images are float32 tensors (C, H, W) or (B, C, H, W) with values in [0, 1];
 `hr` is the high-resolution image, `lr` its low-resolution version, `scale` the integer
@@ -7,19 +8,12 @@ factor between them. HR images are cropped to a multiple of the scale before LR 
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import http.client
-import json
 import math
 import os
 import random
-import re
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,11 +21,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from utils import DatasetError, ImageError, UserError, atomic_write
+from utils import DatasetError, ImageError, UserError, atomic_write, first_line
+
+if TYPE_CHECKING:
+    from catalog import ImagePair
 
 IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MAX_PIXELS = 120_000_000  # decoding more than this (about 1.4 GB as float32 RGB) is refused
-DEGRADATIONS = ("bicubic", "bilinear", "nearest")
+
 
 # ---------------------------------------------------------------------------------------
 # Image I/O
@@ -66,16 +63,10 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tuple[T
     except ImageError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError) as err:
-        raise ImageError(f"{path}: not a readable image ({_reason(err)})") from None
+        raise ImageError(f"{path}: not a readable image ({first_line(err)})") from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as err:
-        raise ImageError(f"{path}: corrupt or truncated image ({_reason(err)})") from None
+        raise ImageError(f"{path}: corrupt or truncated image ({first_line(err)})") from None
     return _to_tensor(array, path), 16 if array.dtype == np.uint16 else 8
-
-
-def _reason(err: BaseException) -> str:
-    """The first line of an exception's message, or its type name."""
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
@@ -139,7 +130,7 @@ def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
             _check_pixels(path, page.imagewidth, page.imagelength, max_pixels)
             array = page.asarray()
     except tifffile.TiffFileError as err:
-        raise ImageError(f"{path}: corrupt or not a TIFF ({_reason(err)})") from None
+        raise ImageError(f"{path}: corrupt or not a TIFF ({first_line(err)})") from None
     if array.ndim == 3 and array.shape[-1] == 4:
         array = array[..., :3]
     return array
@@ -246,544 +237,6 @@ def ycbcr_to_rgb(ycbcr: Tensor) -> Tensor:
     return torch.stack([r, g, b], dim=-3)
 
 
-# ---------------------------------------------------------------------------------------
-# MATLAB-compatible resizing
-# ---------------------------------------------------------------------------------------
-
-
-def _cubic(x: Tensor) -> Tensor:
-    """Keys cubic convolution kernel with a = -0.5 (MATLAB's 'bicubic')."""
-    ax = x.abs()
-    ax2, ax3 = ax**2, ax**3
-    near = (1.5 * ax3 - 2.5 * ax2 + 1) * (ax <= 1)
-    far = (-0.5 * ax3 + 2.5 * ax2 - 4 * ax + 2) * ((ax > 1) & (ax <= 2))
-    return near + far
-
-
-def _triangle(x: Tensor) -> Tensor:
-    """Linear interpolation kernel (MATLAB's 'bilinear')."""
-    return (1 - x.abs()).clamp(min=0)
-
-
-def _box(x: Tensor) -> Tensor:
-    """Box kernel (MATLAB's 'nearest')."""
-    return ((x >= -0.5) & (x < 0.5)).to(x.dtype)
-
-
-# name -> (kernel, support width, antialias when shrinking), as in MATLAB's imresize
-_KERNELS: dict[str, tuple[Callable[[Tensor], Tensor], float, bool]] = {
-    "bicubic": (_cubic, 4.0, True),
-    "bilinear": (_triangle, 2.0, True),
-    "nearest": (_box, 1.0, False),
-}
-
-
-def _contributions(in_len: int, out_len: int, scale: float, method: str) -> tuple[Tensor, Tensor]:
-    """Source indices and weights (out_len, P) of one resized axis, as MATLAB computes them."""
-    kernel, width, antialias = _KERNELS[method]
-    shrink = scale < 1 and antialias
-    if shrink:
-        width = width / scale
-    x = torch.arange(1, out_len + 1, dtype=torch.float64)
-    u = x / scale + 0.5 * (1 - 1 / scale)  # output pixel centre in input coordinates (1-based)
-    left = torch.floor(u - width / 2)
-    taps = math.ceil(width) + 2
-    index = left[:, None] + torch.arange(taps, dtype=torch.float64)[None, :]
-    distance = u[:, None] - index
-    weights = scale * kernel(distance * scale) if shrink else kernel(distance)
-    weights = weights / weights.sum(1, keepdim=True)
-    # symmetric border: index i outside [1, in_len] reflects onto the edge pixel included
-    mirror = torch.cat([torch.arange(in_len), torch.arange(in_len - 1, -1, -1)])
-    index = mirror[(index.long() - 1) % (2 * in_len)]
-    return index, weights
-
-
-def _resize_axis(x: Tensor, axis: int, out_len: int, scale: float, method: str) -> Tensor:
-    """Resize one spatial axis (-2 or -1) of x: integer upscaling as a convolution, anything
-    else by gathering one kernel tap at a time (memory ~ 2 outputs)."""
-    in_len = x.shape[axis]
-    factor = out_len // in_len
-    exact = out_len == factor * in_len and scale == factor  # MATLAB weights depend on the scale given
-    if method != "nearest" and factor > 1 and exact and in_len >= 3:
-        return _upsample_axis(x, axis, factor, method)
-    return _resize_axis_gather(x, axis, out_len, scale, method)
-
-
-def _resize_axis_gather(x: Tensor, axis: int, out_len: int, scale: float, method: str) -> Tensor:
-    """The general resize of one axis: weighted sum of gathered input pixels."""
-    in_len = x.shape[axis]
-    index, weights = _contributions(in_len, out_len, scale, method)
-    index, weights = index.to(x.device), weights.to(x.device, x.dtype)
-    shape = (out_len, 1) if axis == -2 else (out_len,)
-    out = x.index_select(axis, index[:, 0]).mul_(weights[:, 0].view(shape))
-    for tap in range(1, index.shape[1]):
-        out.add_(x.index_select(axis, index[:, tap]).mul_(weights[:, tap].view(shape)))
-    return out
-
-
-@functools.lru_cache(maxsize=32)
-@torch.compiler.assume_constant_result  # plain numbers of (factor, method): no graph break
-def _phase_kernels(factor: int, method: str) -> tuple[tuple[float, ...], ...]:
-    """Weights of each output phase on input offsets -2..2 for integer upscaling, as MATLAB
-    computes them (plain numbers, so that traced and exported graphs hold them as constants)."""
-    kernel, _, _ = _KERNELS[method]
-    kernels = []
-    for phase in range(factor):
-        # output pixel s*i + phase sits at input position i + (phase + 0.5) / s - 0.5
-        centre = (phase + 0.5) / factor - 0.5
-        taps = [float(kernel(torch.tensor(centre - offset, dtype=torch.float64))) for offset in range(-2, 3)]
-        total = sum(taps)
-        kernels.append(tuple(t / total for t in taps))
-    return tuple(kernels)
-
-
-def _upsample_axis(x: Tensor, axis: int, factor: int, method: str) -> Tensor:
-    """Integer upscaling of one axis with MATLAB's weights: symmetric padding by 2, one 5-tap
-    convolution per output phase, phases interleaved. Same values as the gather path, a few
-    times faster, and exportable to ONNX with dynamic sizes."""
-    if axis == -1:
-        return _upsample_axis(x.transpose(-1, -2), -2, factor, method).transpose(-1, -2)
-    lead, (height, width) = x.shape[:-2], x.shape[-2:]
-    planes = x.reshape(-1, 1, height, width)
-    padded = torch.cat(
-        [planes[:, :, 1:2], planes[:, :, 0:1], planes, planes[:, :, -1:], planes[:, :, -2:-1]], dim=2
-    )
-    kernels = torch.tensor(_phase_kernels(factor, method), dtype=x.dtype, device=x.device).view(
-        factor, 1, 5, 1
-    )
-    phases = torch.nn.functional.conv2d(padded, kernels)  # (N, factor, H, W)
-    out = phases.permute(0, 2, 1, 3).reshape(*lead, height * factor, width)
-    return out
-
-
-def upscale(x: Tensor, factor: int, method: str = "bicubic") -> Tensor:
-    """`imresize(x, factor)` for an integer factor: the convolution path on both axes, with no
-    float arithmetic on sizes (so it traces and exports with dynamic height and width)."""
-    if factor == 1:
-        return x
-    if min(x.shape[-2:]) < 3 or method == "nearest":
-        return imresize(x, size=(x.shape[-2] * factor, x.shape[-1] * factor), method=method)
-    return _upsample_axis(_upsample_axis(x, -2, factor, method), -1, factor, method)
-
-
-def _out_len(in_len: int, scale: float) -> int:
-    """MATLAB's output length ceil(in * scale), tolerant to float noise (9 * (1/3) -> 3)."""
-    return max(1, math.ceil(in_len * scale - 1e-9))
-
-
-def imresize(
-    x: Tensor,
-    scale: float | None = None,
-    size: tuple[int, int] | None = None,
-    method: str = "bicubic",
-) -> Tensor:
-    """MATLAB `imresize` for (C, H, W) or (B, C, H, W) float tensors; differentiable.
-
-    Give `scale` (any positive number; output size ceil(in * scale)) or `size` (H, W).
-    Keys cubic (a = -0.5), antialiased when shrinking, symmetric borders. Values are not
-    clamped. This is not `F.interpolate(mode="bicubic")`, which uses a = -0.75, no
-    antialiasing and replicated borders.
-    """
-    if method not in _KERNELS:
-        raise ValueError(f"unknown resize method {method!r}; use one of {list(_KERNELS)}")
-    if not x.is_floating_point():
-        raise TypeError(f"imresize needs a float tensor, got {x.dtype}")
-    if x.dim() not in (3, 4):
-        raise ValueError(f"expected (C,H,W) or (B,C,H,W), got {tuple(x.shape)}")
-    in_h, in_w = x.shape[-2:]
-    if size is not None:
-        out_h, out_w = size
-        scale_h, scale_w = out_h / in_h, out_w / in_w
-    elif scale is not None and scale > 0:
-        scale_h = scale_w = float(scale)
-        out_h, out_w = _out_len(in_h, scale), _out_len(in_w, scale)
-    else:
-        raise ValueError(f"give a positive scale or a size, got scale={scale}, size={size}")
-    # MATLAB resizes the axis with the smaller scale first; the result is the same up to
-    # float rounding, and this order keeps the intermediate image small.
-    if scale_h <= scale_w:
-        x = _resize_axis(x, -2, out_h, scale_h, method)
-        return _resize_axis(x, -1, out_w, scale_w, method)
-    x = _resize_axis(x, -1, out_w, scale_w, method)
-    return _resize_axis(x, -2, out_h, scale_h, method)
-
-
-# ---------------------------------------------------------------------------------------
-# Degradations
-# ---------------------------------------------------------------------------------------
-
-
-def modcrop(img: Tensor, scale: int) -> Tensor:
-    """Crop the bottom/right of (..., H, W) so both sides are multiples of `scale`."""
-    h, w = img.shape[-2:]
-    return img[..., : h - h % scale, : w - w % scale]
-
-
-def degrade(hr: Tensor, scale: int, kernel: str = "bicubic", bits: int | None = 8) -> Tensor:
-    """LR image of an HR image already cropped to a multiple of `scale`.
-
-    Downsampling by `kernel` (MATLAB's imresize: bicubic and bilinear antialiased,
-    nearest not), clamped to [0, 1] and rounded to `bits` bits as an LR file would be
-    (None keeps full precision).
-    """
-    if kernel not in DEGRADATIONS:
-        raise ValueError(f"unknown degradation {kernel!r}; use one of {DEGRADATIONS}")
-    h, w = hr.shape[-2:]
-    if h % scale or w % scale:
-        raise ValueError(f"HR {h}x{w} is not a multiple of scale {scale}; modcrop it first")
-    lr = imresize(hr, size=(h // scale, w // scale), method=kernel).clamp(0, 1)
-    if bits is not None:
-        peak = 2**bits - 1
-        lr = torch.round(lr * peak) / peak
-    return lr
-
-
-# ---------------------------------------------------------------------------------------
-# Named datasets: resolution, manifest, download
-# ---------------------------------------------------------------------------------------
-
-BENCHMARKS = ("T91", "BSD200", "Set5", "Set14", "BSD100", "Urban100")
-SAMPLE_SETS = ("sample", "sample-train", "sample-test")
-UNIONS = {"291": ("T91", "BSD200")}  # VDSR's and FSRCNN's training set
-SCENE_SETS = ("PROBAV-sample",)  # multi-frame scenes in the PROBA-V challenge's layout (bursts.py)
-MANIFEST_PATH = Path(__file__).with_name("datasets.json")
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    """One file of a named dataset: where it lives under the set root, and how to get it."""
-
-    path: str
-    url: str
-    size: int
-    sha256: str
-
-
-def manifest_files(name: str, scale: int | None) -> list[RemoteFile]:
-    """Files of a named dataset (for one scale when the set has per-scale folders)."""
-    entry = json.loads(MANIFEST_PATH.read_text())["sets"][name]
-    files = entry.get("files")
-    if files is None:
-        key = f"x{scale}"
-        if key not in entry["files_by_scale"]:
-            have = ", ".join(sorted(entry["files_by_scale"]))
-            raise DatasetError(f"{name} has no scale x{scale} (it has {have})")
-        files = entry["files_by_scale"][key]
-    return [RemoteFile(f["path"], f["url"], f["bytes"], f["sha256"]) for f in files]
-
-
-def canonical_name(name: str) -> str | None:
-    """The benchmark's canonical spelling ('set5' -> 'Set5'), or None for other names."""
-    for known in BENCHMARKS + SCENE_SETS:
-        if name.lower() == known.lower():
-            return known
-    return None
-
-
-def cache_dir() -> Path:
-    """Per-user folder for downloaded datasets ($SR_CACHE_DIR, else the XDG cache)."""
-    if os.environ.get("SR_CACHE_DIR"):
-        return Path(os.environ["SR_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "srkit"
-
-
-def _set_folder(root: Path, name: str, scale: int | None) -> Path:
-    """Where a set's images for `scale` live under a root (T91 has no per-scale folders; a
-    scene set is one folder of scene folders)."""
-    if name in SCENE_SETS:
-        return root / name
-    files = manifest_files(name, scale)
-    return root / Path(files[0].path).parent
-
-
-def _complete(root: Path, files: Sequence[RemoteFile]) -> bool:
-    """True when every file is present under root with its expected size."""
-    return all((root / f.path).is_file() and (root / f.path).stat().st_size == f.size for f in files)
-
-
-def resolve_dataset(
-    name: str,
-    scale: int | None = None,
-    data_root: str | os.PathLike | None = None,
-    download: bool = True,
-    progress: bool = True,
-) -> Path:
-    """Folder holding the images of a dataset given by name or path.
-
-    Order: `name` as an existing folder (with an `x<scale>` subfolder if it has one);
-    `<data_root or $SR_DATA_ROOT>/<name>`; the per-user cache; else a verified download
-    into the cache.
-    """
-    as_path = Path(name).expanduser()
-    if as_path.is_dir():
-        scaled = as_path / f"x{scale}"
-        return scaled if scale is not None and scaled.is_dir() else as_path
-    canonical = canonical_name(name)
-    if canonical is None:
-        known = ", ".join(BENCHMARKS + SCENE_SETS + tuple(UNIONS) + SAMPLE_SETS)
-        raise DatasetError(f"{name}: no such folder, and not a known dataset ({known})")
-    root = data_root or os.environ.get("SR_DATA_ROOT")
-    if root:
-        for folder in (
-            _set_folder(Path(root).expanduser(), canonical, scale),
-            Path(root).expanduser() / canonical,
-        ):
-            if folder.is_dir() and (
-                list_images(folder) or canonical in SCENE_SETS and any(folder.rglob("LR*.png"))
-            ):
-                return folder
-    files = manifest_files(canonical, scale)
-    cache = cache_dir()
-    if _complete(cache, files):
-        return _set_folder(cache, canonical, scale)
-    target = _set_folder(cache, canonical, scale)
-    if not download:
-        raise DatasetError(_missing_message(canonical, root, target))
-    try:
-        fetch_files(files, cache, progress=progress)
-    except DatasetError as err:
-        raise DatasetError(f"{err}. {_missing_message(canonical, root, target)}") from None
-    return target
-
-
-def _missing_message(name: str, root: str | os.PathLike | None, target: Path) -> str:
-    """How to provide a dataset by hand when it cannot be downloaded."""
-    where = f"$SR_DATA_ROOT ({root})" if root else "$SR_DATA_ROOT (unset)"
-    return (
-        f"{name} is not in {where} nor in the cache; put its images in {target} "
-        f"or set SR_DATA_ROOT to a folder holding {name}/ (see README, 'Datasets')"
-    )
-
-
-def fetch_files(files: Sequence[RemoteFile], root: Path, progress: bool = True) -> None:
-    """Download the missing files under root, verifying size and SHA-256 of each."""
-    from tqdm import tqdm
-
-    missing = [
-        f for f in files if not ((root / f.path).is_file() and (root / f.path).stat().st_size == f.size)
-    ]
-    total = sum(f.size for f in missing)
-    with tqdm(total=total, unit="B", unit_scale=True, desc="download", disable=not progress) as bar:
-        for remote in missing:
-            download_file(remote, root / remote.path, bar.update)
-
-
-def download_file(remote: RemoteFile, dest: Path, on_bytes: Callable[[int], object] = lambda n: None) -> Path:
-    """Fetch one file to dest via `dest.part`, resuming a cut transfer; verify, then rename.
-
-    A file only ever appears under its final name after its size and SHA-256 match, so
-    an interrupted or corrupted transfer never passes as complete.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    have = part.stat().st_size if part.exists() else 0
-    if have > remote.size:
-        part.unlink()
-        have = 0
-    if have < remote.size:  # a complete .part (killed before its check) needs no request
-        _transfer(remote.url, part, have, on_bytes)
-    size = part.stat().st_size
-    if size != remote.size:
-        if size > remote.size:
-            part.unlink()
-        raise DatasetError(
-            f"download of {remote.url} incomplete ({size} of {remote.size} bytes); run again to resume"
-        )
-    digest = _sha256(part)
-    if digest != remote.sha256:
-        part.unlink()
-        raise DatasetError(f"download of {remote.url} has SHA-256 {digest}, expected {remote.sha256}")
-    os.replace(part, dest)
-    return dest
-
-
-def _transfer(url: str, part: Path, have: int, on_bytes: Callable[[int], object]) -> None:
-    """Append the rest of `url` to `part` from byte `have` (Range request), or rewrite it whole."""
-    request = urllib.request.Request(url, headers={"User-Agent": "srkit"})
-    if have:
-        request.add_header("Range", f"bytes={have}-")
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            if have and response.status != 206:  # server ignored the range: start over
-                have = 0
-            with open(part, "ab" if have else "wb") as out:
-                for chunk in iter(lambda: response.read(1 << 16), b""):
-                    out.write(chunk)
-                    on_bytes(len(chunk))
-                out.flush()
-                os.fsync(out.fileno())
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
-        raise DatasetError(f"download of {url} failed ({_reason(err)})") from None
-
-
-def _sha256(path: Path) -> str:
-    """Hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------
-# Image pairs
-# ---------------------------------------------------------------------------------------
-
-# The photos that ship inside scikit-image: training data and a held-back test set with
-# no network. The test set has one grayscale image, as Set14 does.
-SAMPLE_IMAGES = {
-    "train": ("astronaut.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "ihc.png"),
-    "test": ("chelsea.png", "camera.png"),
-}
-
-
-@dataclass
-class ImagePair:
-    """An HR image and its LR version(s): one per degradation kernel in use."""
-
-    name: str
-    hr: Tensor
-    lrs: tuple[Tensor, ...]
-
-    @property
-    def lr(self) -> Tensor:
-        """The first (usually only) LR version."""
-        return self.lrs[0]
-
-
-def sample_paths(split: str = "all") -> list[Path]:
-    """Paths of the photos bundled with scikit-image ('train', 'test' or 'all')."""
-    import skimage.data
-
-    folder = Path(skimage.data.__file__).parent
-    names = SAMPLE_IMAGES["train"] + SAMPLE_IMAGES["test"] if split == "all" else SAMPLE_IMAGES[split]
-    paths = [folder / name for name in names]
-    missing = [p.name for p in paths if not p.is_file()]
-    if missing:
-        raise DatasetError(f"scikit-image lacks its bundled photos {missing} in {folder}")
-    return paths
-
-
-def set_names(name: str) -> list[str]:
-    """The sets a training-data name stands for: '291' -> T91, BSD200; 'T91,my/folder' -> both."""
-    if Path(name).expanduser().is_dir():
-        return [name]
-    if name in UNIONS:
-        return list(UNIONS[name])
-    parts = [part.strip() for part in name.split(",")]
-    if len(parts) > 1 and not all(parts):
-        raise DatasetError(f"{name!r}: an empty name in the list")
-    return [each for part in parts for each in set_names(part)] if len(parts) > 1 else parts
-
-
-def dataset_sources(
-    name: str,
-    scale: int,
-    data_root: str | os.PathLike | None = None,
-    download: bool = True,
-    progress: bool = True,
-) -> list[tuple[Path, Path | None]]:
-    """(HR path, given LR path or None) for every image of a named set or folder, or of a
-    union of them ('291', 'T91,BSD200', 'T91,my/folder')."""
-    names = set_names(name)
-    if len(names) > 1:
-        return [
-            source for part in names for source in dataset_sources(part, scale, data_root, download, progress)
-        ]
-    if name in SAMPLE_SETS:
-        split = {"sample": "all", "sample-train": "train", "sample-test": "test"}[name]
-        return [(p, None) for p in sample_paths(split)]
-    folder = resolve_dataset(name, scale, data_root=data_root, download=download, progress=progress)
-    paths = list_images(folder)
-    hr_paths = [p for p in paths if re.search(r"_HR$", p.stem)]
-    if hr_paths:
-        pairs = []
-        for hr in hr_paths:
-            lr = next((p for p in paths if p.stem == hr.stem[:-2] + "LR"), None)
-            if lr is None:
-                raise DatasetError(f"{hr}: no matching *_LR image beside it")
-            pairs.append((hr, lr))
-        return pairs
-    if not paths:
-        raise DatasetError(f"{folder}: holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    return [(p, None) for p in paths]
-
-
-def load_pairs(
-    name: str,
-    scale: int,
-    degradations: Sequence[str] = ("bicubic",),
-    channels: int | None = None,
-    data_root: str | os.PathLike | None = None,
-    download: bool = True,
-    progress: bool = True,
-) -> list[ImagePair]:
-    """Decode a dataset into memory as HR/LR pairs.
-
-    A given LR image (SelfExSR layout) is used for the bicubic degradation; other kernels,
-    and sets without LR images, get LR made from the HR image cropped to a multiple of
-    `scale`. `channels` (1 or 3) converts every image; None keeps each as it is.
-    """
-    for kernel in degradations:
-        if kernel not in DEGRADATIONS:
-            raise DatasetError(f"unknown degradation {kernel!r}; use one of {DEGRADATIONS}")
-    pairs = []
-    for hr_path, lr_path in dataset_sources(name, scale, data_root, download, progress):
-        hr = modcrop(load_image(hr_path), scale)
-        if channels is not None:
-            hr = to_channels(hr, channels)
-        if min(hr.shape[-2:]) < scale:
-            raise DatasetError(f"{hr_path}: too small for scale x{scale}")
-        lrs = []
-        for kernel in degradations:
-            if kernel == "bicubic" and lr_path is not None:
-                lr = load_image(lr_path)
-                lr = to_channels(lr, hr.shape[0])
-                if tuple(lr.shape[-2:]) != (hr.shape[-2] // scale, hr.shape[-1] // scale):
-                    raise DatasetError(
-                        f"{lr_path}: {lr.shape[-1]}x{lr.shape[-2]} is not HR "
-                        f"{hr.shape[-1]}x{hr.shape[-2]} divided by {scale}"
-                    )
-            else:
-                lr = degrade(hr, scale, kernel)
-            lrs.append(lr)
-        pairs.append(ImagePair(hr_path.stem, hr, tuple(lrs)))
-    return pairs
-
-
-def rescaled_pairs(
-    pairs: Sequence[ImagePair],
-    factors: Sequence[float],
-    scale: int,
-    degradations: Sequence[str] = ("bicubic",),
-    min_size: int = 1,
-) -> list[ImagePair]:
-    """Every pair at each factor (1: the pair itself; below 1: the HR image shrunk, with its own LR).
-
-    The scale augmentation of FSRCNN and VDSR: the HR copy is MATLAB-bicubic resized,
-    rounded to 8 bits as a saved image would be (after any conversion to Y, where VDSR
-    rounds in RGB), and cropped to a multiple of `scale`; its LR versions are made with
-    `degradations`. Copies smaller than `min_size` pixels on a side are left out; a factor
-    given twice counts once.
-    """
-    factors = list(dict.fromkeys(float(f) for f in factors))
-    for factor in factors:
-        if not 0 < factor <= 1:
-            raise DatasetError(f"scale-augmentation factor {factor:g} is not in (0, 1]")
-    out = list(pairs) if 1 in factors else []
-    for factor in (f for f in factors if f != 1):
-        for pair in pairs:
-            hr = imresize(pair.hr, float(factor)).clamp(0, 1)
-            hr = modcrop(torch.round(hr * 255) / 255, scale)
-            if min(hr.shape[-2:]) < max(min_size, scale):
-                continue
-            lrs = tuple(degrade(hr, scale, kernel) for kernel in degradations)
-            out.append(ImagePair(f"{pair.name}@{factor:g}", hr, lrs))
-    return out
-
-
-# ---------------------------------------------------------------------------------------
 # Training patches
 # ---------------------------------------------------------------------------------------
 
@@ -952,6 +405,8 @@ def _describe(path: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """`python data.py fetch NAME...` downloads sets; `python data.py show IMAGE...` reads images."""
     import argparse
+
+    from catalog import BENCHMARKS, SCENE_SETS, canonical_name, resolve_dataset
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

@@ -2,7 +2,7 @@
 
 Every model maps an LR batch (B, C, H, W) in [0, 1] to the SR batch (B, C, sH, sW).
 Models that work on a pre-upsampled image do the MATLAB-compatible bicubic upscaling
-inside (`data.imresize`), so callers treat all models alike.
+inside (`imresize.imresize`), so callers treat all models alike.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from data import dihedral, imresize, rgb_to_ycbcr, to_channels, undo_dihedral, upscale, ycbcr_to_rgb
+from data import dihedral, rgb_to_ycbcr, to_channels, undo_dihedral, ycbcr_to_rgb
+from imresize import imresize, upscale
 from utils import CheckpointError, ImageError, UserError, atomic_write
 
 

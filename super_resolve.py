@@ -29,38 +29,31 @@ from bursts import (
     load_probav_scene,
     probav_layout,
 )
-from data import (
-    DEGRADATIONS,
-    IMAGE_SUFFIXES,
-    ImagePair,
-    imresize,
-    list_images,
-    load_pairs,
-    read_image,
-    save_image,
-    to_channels,
-    upscale,
-)
-from model import OnnxModel, Upscaler, load_model
-from utils import (
+from catalog import ImagePair, load_pairs
+from data import IMAGE_SUFFIXES, list_images, read_image, save_image, to_channels
+from imresize import DEGRADATIONS, imresize, upscale
+from metrics import (
     BURST_PROTOCOL,
     FDA_BANDS,
     PROTOCOL,
+    band_energy_ratios,
+    psnr,
+    radial_power_spectrum,
+    scene_scores,
+    ssim,
+    uncertainty_rank_correlation,
+)
+from model import OnnxModel, Upscaler, load_model
+from utils import (
     CheckpointError,
     DatasetError,
     ImageError,
     Parser,
     UserError,
-    band_energy_ratios,
     load_checkpoint,
     new_figure,
-    psnr,
-    radial_power_spectrum,
     run_cli,
     save_figure,
-    scene_scores,
-    ssim,
-    uncertainty_rank_correlation,
 )
 
 MIN_LR_SIDE = 3  # smaller inputs have no meaningful upscaling (and bicubic needs a neighbourhood)

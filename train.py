@@ -37,17 +37,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from bursts import Burst, BurstConfig, burst_evaluation_set, burst_training_set
-from data import (
-    DEGRADATIONS,
-    PatchDataset,
-    PatchSampler,
-    canonical_name,
-    load_pairs,
-    rescaled_pairs,
-    resolve_dataset,
-    set_names,
-    upscale,
-)
+from catalog import canonical_name, load_pairs, rescaled_pairs, resolve_dataset, set_names
+from data import PatchDataset, PatchSampler
+from imresize import DEGRADATIONS, upscale
+from losses import LOSS_NAMES, make_loss, registered_l1, registered_uncertainty_loss
+from metrics import PROTOCOL, psnr, scene_scores, ssim
 from model import (
     MODELS,
     Upscaler,
@@ -60,27 +54,19 @@ from model import (
 )
 from utils import (
     CHECKPOINT_FORMAT,
-    LOSS_NAMES,
-    PROTOCOL,
     CheckpointError,
     DatasetError,
     Parser,
     UserError,
     atomic_write,
     load_checkpoint,
-    make_loss,
     new_figure,
-    psnr,
-    registered_l1,
-    registered_uncertainty_loss,
     rng_state,
     run_cli,
     save_checkpoint,
     save_figure,
-    scene_scores,
     seed_everything,
     set_rng_state,
-    ssim,
 )
 
 # The assignment's defaults (SRCNN x3, Adam, lr 1e-4, batch 128, 100 epochs, MSE, T91 / Set5).

@@ -11,22 +11,17 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from data import (
+from catalog import (
     ImagePair,
-    PatchDataset,
-    PatchSampler,
     dataset_sources,
-    degrade,
-    dihedral,
-    imresize,
     load_pairs,
     manifest_files,
-    modcrop,
     rescaled_pairs,
     resolve_dataset,
     set_names,
-    undo_dihedral,
 )
+from data import PatchDataset, PatchSampler, dihedral, undo_dihedral
+from imresize import degrade, imresize, modcrop
 from utils import DatasetError
 
 

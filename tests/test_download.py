@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import data
-from data import RemoteFile, download_file, fetch_files, resolve_dataset
+import catalog
+from catalog import RemoteFile, download_file, fetch_files, resolve_dataset
 from utils import DatasetError
 
 PAYLOAD = bytes(range(256)) * 400  # 102,400 bytes
@@ -117,7 +117,7 @@ def _manifest(tmp_path: Path, url: str) -> Path:
 
 
 def test_named_set_downloads_into_the_cache(server, tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "MANIFEST_PATH", _manifest(tmp_path, f"{server}/good"))
+    monkeypatch.setattr(catalog, "MANIFEST_PATH", _manifest(tmp_path, f"{server}/good"))
     monkeypatch.setenv("SR_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("SR_DATA_ROOT", raising=False)
     folder = resolve_dataset("set5", 3, progress=False)
@@ -128,7 +128,7 @@ def test_named_set_downloads_into_the_cache(server, tmp_path, monkeypatch):
 
 
 def test_offline_with_nothing_cached_says_which_folder_to_fill(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "MANIFEST_PATH", _manifest(tmp_path, "http://127.0.0.1:9/unreachable"))
+    monkeypatch.setattr(catalog, "MANIFEST_PATH", _manifest(tmp_path, "http://127.0.0.1:9/unreachable"))
     monkeypatch.setenv("SR_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("SR_DATA_ROOT", str(tmp_path / "empty"))
     for download in (True, False):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from conftest import reference_file
 
-from data import _resize_axis_gather, degrade, imresize, modcrop
+from imresize import _resize_axis_gather, degrade, imresize, modcrop
 
 
 def _reference_cases(reference_dir):

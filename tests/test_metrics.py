@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from data import imresize, load_pairs
-from utils import psnr, rgb_to_y, ssim
+from catalog import load_pairs
+from imresize import imresize
+from metrics import psnr, rgb_to_y, ssim
 
 # ../shared/datasets/README.md: bicubic PSNR / SSIM by the MATLAB protocol.
 BASELINES = {

@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 from conftest import SINGLE_IMAGE, SMALL
 
-import utils
+import losses
+import metrics
+from losses import LossError, PerceptualLoss, make_loss
 from model import MODELS, SRCNN, build_model, count_parameters, load_model, model_zoo
-from utils import LossError, PerceptualLoss, make_loss
 
 
 def test_srcnn_is_exactly_the_assignment_network():
@@ -113,14 +114,14 @@ def test_luma_loss_weighs_y_fully_and_chroma_by_its_weight():
     luma = make_loss("luma", torch.device("cpu"))
     torch.manual_seed(0)
     sr, hr = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
-    y_mse = F.mse_loss(utils.rgb_to_y(sr * 255), utils.rgb_to_y(hr * 255)) / 255**2
+    y_mse = F.mse_loss(metrics.rgb_to_y(sr * 255), metrics.rgb_to_y(hr * 255)) / 255**2
     gray = torch.full((1, 3, 4, 4), 0.5)  # a gray offset changes Y only: no chroma term
     offset = torch.tensor([0.0, 0.1, 0.0]).view(1, 3, 1, 1)
     assert luma(gray + 0.1, gray).item() == pytest.approx(
-        (0.1 * 219 / 255) ** 2 / (1 + 2 * utils.CHROMA_WEIGHT), rel=1e-5
+        (0.1 * 219 / 255) ** 2 / (1 + 2 * losses.CHROMA_WEIGHT), rel=1e-5
     )
     assert luma(gray + offset, gray).item() > 0 and luma(sr, sr).item() == 0
-    weights = 1 + 2 * utils.CHROMA_WEIGHT
+    weights = 1 + 2 * losses.CHROMA_WEIGHT
     assert luma(sr, hr).item() > y_mse.item() / weights  # chroma errors count too
     assert luma(sr[:, :1], hr[:, :1]).item() == pytest.approx(F.mse_loss(sr[:, :1], hr[:, :1]).item())
 
@@ -155,7 +156,7 @@ def test_perceptual_loss_without_weights_is_a_clear_error(monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(utils.torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(losses.torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(LossError, match="--perceptual-weights"):
         make_loss("perceptual", torch.device("cpu"))
 

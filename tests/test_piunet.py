@@ -22,9 +22,12 @@ from bursts import (
     load_probav_scene,
     synthetic_bursts,
 )
-from data import load_image, sample_paths, save_image
+from catalog import sample_paths
+from data import load_image, save_image
+from losses import registered_l1, registered_uncertainty_loss
+from metrics import cpsnr, cssim
 from model import PIUnet, TemporalAttention, build_model, piunet_from_official
-from utils import cpsnr, cssim, registered_l1, registered_uncertainty_loss, run_cli
+from utils import run_cli
 
 TINY = {"features": 12, "blocks": 1}
 

@@ -11,7 +11,8 @@ import super_resolve
 import train
 from bursts import bicubic_of_mean, challenge_baseline, load_probav_scene, probav_scenes
 from data import save_image
-from utils import cpsnr, run_cli
+from metrics import cpsnr
+from utils import run_cli
 
 TRAIN_SCENES = ("train/RED/imgset0000", "train/NIR/imgset0594")
 

@@ -14,9 +14,11 @@ from PIL import Image
 
 import super_resolve
 import train
-from data import degrade, dihedral, imresize, load_image, save_image
+from data import dihedral, load_image, save_image
+from imresize import degrade, imresize
+from metrics import psnr, ssim
 from model import Upscaler, build_model, tiled_forward
-from utils import psnr, run_cli, ssim
+from utils import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 

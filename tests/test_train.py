@@ -17,9 +17,11 @@ import torch
 from PIL import Image
 
 import train
-from data import load_pairs
+from catalog import load_pairs
+from losses import LOSSES
+from metrics import psnr
 from model import Upscaler, load_model
-from utils import LOSSES, psnr, run_cli
+from utils import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 

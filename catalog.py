@@ -1,0 +1,370 @@
+"""Named datasets and image pairs: the manifest (datasets.json) with pinned URLs and
+checksums, where each set is found ($SR_DATA_ROOT, the cache, a verified download), and the
+HR/LR pairs of a set, folder or union of sets."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from data import IMAGE_SUFFIXES, list_images, load_image, to_channels
+from imresize import DEGRADATIONS, degrade, imresize, modcrop
+from utils import DatasetError, first_line
+
+# ---------------------------------------------------------------------------------------
+# Named datasets: resolution, manifest, download
+# ---------------------------------------------------------------------------------------
+
+BENCHMARKS = ("T91", "BSD200", "Set5", "Set14", "BSD100", "Urban100")
+SAMPLE_SETS = ("sample", "sample-train", "sample-test")
+UNIONS = {"291": ("T91", "BSD200")}  # VDSR's and FSRCNN's training set
+SCENE_SETS = ("PROBAV-sample",)  # multi-frame scenes in the PROBA-V challenge's layout (bursts.py)
+MANIFEST_PATH = Path(__file__).with_name("datasets.json")
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of a named dataset: where it lives under the set root, and how to get it."""
+
+    path: str
+    url: str
+    size: int
+    sha256: str
+
+
+def manifest_files(name: str, scale: int | None) -> list[RemoteFile]:
+    """Files of a named dataset (for one scale when the set has per-scale folders)."""
+    entry = json.loads(MANIFEST_PATH.read_text())["sets"][name]
+    files = entry.get("files")
+    if files is None:
+        key = f"x{scale}"
+        if key not in entry["files_by_scale"]:
+            have = ", ".join(sorted(entry["files_by_scale"]))
+            raise DatasetError(f"{name} has no scale x{scale} (it has {have})")
+        files = entry["files_by_scale"][key]
+    return [RemoteFile(f["path"], f["url"], f["bytes"], f["sha256"]) for f in files]
+
+
+def canonical_name(name: str) -> str | None:
+    """The benchmark's canonical spelling ('set5' -> 'Set5'), or None for other names."""
+    for known in BENCHMARKS + SCENE_SETS:
+        if name.lower() == known.lower():
+            return known
+    return None
+
+
+def cache_dir() -> Path:
+    """Per-user folder for downloaded datasets ($SR_CACHE_DIR, else the XDG cache)."""
+    if os.environ.get("SR_CACHE_DIR"):
+        return Path(os.environ["SR_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "srkit"
+
+
+def _set_folder(root: Path, name: str, scale: int | None) -> Path:
+    """Where a set's images for `scale` live under a root (T91 has no per-scale folders; a
+    scene set is one folder of scene folders)."""
+    if name in SCENE_SETS:
+        return root / name
+    files = manifest_files(name, scale)
+    return root / Path(files[0].path).parent
+
+
+def _complete(root: Path, files: Sequence[RemoteFile]) -> bool:
+    """True when every file is present under root with its expected size."""
+    return all((root / f.path).is_file() and (root / f.path).stat().st_size == f.size for f in files)
+
+
+def resolve_dataset(
+    name: str,
+    scale: int | None = None,
+    data_root: str | os.PathLike | None = None,
+    download: bool = True,
+    progress: bool = True,
+) -> Path:
+    """Folder holding the images of a dataset given by name or path.
+
+    Order: `name` as an existing folder (with an `x<scale>` subfolder if it has one);
+    `<data_root or $SR_DATA_ROOT>/<name>`; the per-user cache; else a verified download
+    into the cache.
+    """
+    as_path = Path(name).expanduser()
+    if as_path.is_dir():
+        scaled = as_path / f"x{scale}"
+        return scaled if scale is not None and scaled.is_dir() else as_path
+    canonical = canonical_name(name)
+    if canonical is None:
+        known = ", ".join(BENCHMARKS + SCENE_SETS + tuple(UNIONS) + SAMPLE_SETS)
+        raise DatasetError(f"{name}: no such folder, and not a known dataset ({known})")
+    root = data_root or os.environ.get("SR_DATA_ROOT")
+    if root:
+        for folder in (
+            _set_folder(Path(root).expanduser(), canonical, scale),
+            Path(root).expanduser() / canonical,
+        ):
+            if folder.is_dir() and (
+                list_images(folder) or canonical in SCENE_SETS and any(folder.rglob("LR*.png"))
+            ):
+                return folder
+    files = manifest_files(canonical, scale)
+    cache = cache_dir()
+    if _complete(cache, files):
+        return _set_folder(cache, canonical, scale)
+    target = _set_folder(cache, canonical, scale)
+    if not download:
+        raise DatasetError(_missing_message(canonical, root, target))
+    try:
+        fetch_files(files, cache, progress=progress)
+    except DatasetError as err:
+        raise DatasetError(f"{err}. {_missing_message(canonical, root, target)}") from None
+    return target
+
+
+def _missing_message(name: str, root: str | os.PathLike | None, target: Path) -> str:
+    """How to provide a dataset by hand when it cannot be downloaded."""
+    where = f"$SR_DATA_ROOT ({root})" if root else "$SR_DATA_ROOT (unset)"
+    return (
+        f"{name} is not in {where} nor in the cache; put its images in {target} "
+        f"or set SR_DATA_ROOT to a folder holding {name}/ (see README, 'Datasets')"
+    )
+
+
+def fetch_files(files: Sequence[RemoteFile], root: Path, progress: bool = True) -> None:
+    """Download the missing files under root, verifying size and SHA-256 of each."""
+    from tqdm import tqdm
+
+    missing = [
+        f for f in files if not ((root / f.path).is_file() and (root / f.path).stat().st_size == f.size)
+    ]
+    total = sum(f.size for f in missing)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="download", disable=not progress) as bar:
+        for remote in missing:
+            download_file(remote, root / remote.path, bar.update)
+
+
+def download_file(remote: RemoteFile, dest: Path, on_bytes: Callable[[int], object] = lambda n: None) -> Path:
+    """Fetch one file to dest via `dest.part`, resuming a cut transfer; verify, then rename.
+
+    A file only ever appears under its final name after its size and SHA-256 match, so
+    an interrupted or corrupted transfer never passes as complete.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    if have > remote.size:
+        part.unlink()
+        have = 0
+    if have < remote.size:  # a complete .part (killed before its check) needs no request
+        _transfer(remote.url, part, have, on_bytes)
+    size = part.stat().st_size
+    if size != remote.size:
+        if size > remote.size:
+            part.unlink()
+        raise DatasetError(
+            f"download of {remote.url} incomplete ({size} of {remote.size} bytes); run again to resume"
+        )
+    digest = _sha256(part)
+    if digest != remote.sha256:
+        part.unlink()
+        raise DatasetError(f"download of {remote.url} has SHA-256 {digest}, expected {remote.sha256}")
+    os.replace(part, dest)
+    return dest
+
+
+def _transfer(url: str, part: Path, have: int, on_bytes: Callable[[int], object]) -> None:
+    """Append the rest of `url` to `part` from byte `have` (Range request), or rewrite it whole."""
+    request = urllib.request.Request(url, headers={"User-Agent": "srkit"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            if have and response.status != 206:  # server ignored the range: start over
+                have = 0
+            with open(part, "ab" if have else "wb") as out:
+                for chunk in iter(lambda: response.read(1 << 16), b""):
+                    out.write(chunk)
+                    on_bytes(len(chunk))
+                out.flush()
+                os.fsync(out.fileno())
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+        raise DatasetError(f"download of {url} failed ({first_line(err)})") from None
+
+
+def _sha256(path: Path) -> str:
+    """Hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------
+# Image pairs
+# ---------------------------------------------------------------------------------------
+
+# The photos that ship inside scikit-image: training data and a held-back test set with
+# no network. The test set has one grayscale image, as Set14 does.
+SAMPLE_IMAGES = {
+    "train": ("astronaut.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "ihc.png"),
+    "test": ("chelsea.png", "camera.png"),
+}
+
+
+@dataclass
+class ImagePair:
+    """An HR image and its LR version(s): one per degradation kernel in use."""
+
+    name: str
+    hr: Tensor
+    lrs: tuple[Tensor, ...]
+
+    @property
+    def lr(self) -> Tensor:
+        """The first (usually only) LR version."""
+        return self.lrs[0]
+
+
+def sample_paths(split: str = "all") -> list[Path]:
+    """Paths of the photos bundled with scikit-image ('train', 'test' or 'all')."""
+    import skimage.data
+
+    folder = Path(skimage.data.__file__).parent
+    names = SAMPLE_IMAGES["train"] + SAMPLE_IMAGES["test"] if split == "all" else SAMPLE_IMAGES[split]
+    paths = [folder / name for name in names]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise DatasetError(f"scikit-image lacks its bundled photos {missing} in {folder}")
+    return paths
+
+
+def set_names(name: str) -> list[str]:
+    """The sets a training-data name stands for: '291' -> T91, BSD200; 'T91,my/folder' -> both."""
+    if Path(name).expanduser().is_dir():
+        return [name]
+    if name in UNIONS:
+        return list(UNIONS[name])
+    parts = [part.strip() for part in name.split(",")]
+    if len(parts) > 1 and not all(parts):
+        raise DatasetError(f"{name!r}: an empty name in the list")
+    return [each for part in parts for each in set_names(part)] if len(parts) > 1 else parts
+
+
+def dataset_sources(
+    name: str,
+    scale: int,
+    data_root: str | os.PathLike | None = None,
+    download: bool = True,
+    progress: bool = True,
+) -> list[tuple[Path, Path | None]]:
+    """(HR path, given LR path or None) for every image of a named set or folder, or of a
+    union of them ('291', 'T91,BSD200', 'T91,my/folder')."""
+    names = set_names(name)
+    if len(names) > 1:
+        return [
+            source for part in names for source in dataset_sources(part, scale, data_root, download, progress)
+        ]
+    if name in SAMPLE_SETS:
+        split = {"sample": "all", "sample-train": "train", "sample-test": "test"}[name]
+        return [(p, None) for p in sample_paths(split)]
+    folder = resolve_dataset(name, scale, data_root=data_root, download=download, progress=progress)
+    paths = list_images(folder)
+    hr_paths = [p for p in paths if re.search(r"_HR$", p.stem)]
+    if hr_paths:
+        pairs = []
+        for hr in hr_paths:
+            lr = next((p for p in paths if p.stem == hr.stem[:-2] + "LR"), None)
+            if lr is None:
+                raise DatasetError(f"{hr}: no matching *_LR image beside it")
+            pairs.append((hr, lr))
+        return pairs
+    if not paths:
+        raise DatasetError(f"{folder}: holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return [(p, None) for p in paths]
+
+
+def load_pairs(
+    name: str,
+    scale: int,
+    degradations: Sequence[str] = ("bicubic",),
+    channels: int | None = None,
+    data_root: str | os.PathLike | None = None,
+    download: bool = True,
+    progress: bool = True,
+) -> list[ImagePair]:
+    """Decode a dataset into memory as HR/LR pairs.
+
+    A given LR image (SelfExSR layout) is used for the bicubic degradation; other kernels,
+    and sets without LR images, get LR made from the HR image cropped to a multiple of
+    `scale`. `channels` (1 or 3) converts every image; None keeps each as it is.
+    """
+    for kernel in degradations:
+        if kernel not in DEGRADATIONS:
+            raise DatasetError(f"unknown degradation {kernel!r}; use one of {DEGRADATIONS}")
+    pairs = []
+    for hr_path, lr_path in dataset_sources(name, scale, data_root, download, progress):
+        hr = modcrop(load_image(hr_path), scale)
+        if channels is not None:
+            hr = to_channels(hr, channels)
+        if min(hr.shape[-2:]) < scale:
+            raise DatasetError(f"{hr_path}: too small for scale x{scale}")
+        lrs = []
+        for kernel in degradations:
+            if kernel == "bicubic" and lr_path is not None:
+                lr = load_image(lr_path)
+                lr = to_channels(lr, hr.shape[0])
+                if tuple(lr.shape[-2:]) != (hr.shape[-2] // scale, hr.shape[-1] // scale):
+                    raise DatasetError(
+                        f"{lr_path}: {lr.shape[-1]}x{lr.shape[-2]} is not HR "
+                        f"{hr.shape[-1]}x{hr.shape[-2]} divided by {scale}"
+                    )
+            else:
+                lr = degrade(hr, scale, kernel)
+            lrs.append(lr)
+        pairs.append(ImagePair(hr_path.stem, hr, tuple(lrs)))
+    return pairs
+
+
+def rescaled_pairs(
+    pairs: Sequence[ImagePair],
+    factors: Sequence[float],
+    scale: int,
+    degradations: Sequence[str] = ("bicubic",),
+    min_size: int = 1,
+) -> list[ImagePair]:
+    """Every pair at each factor (1: the pair itself; below 1: the HR image shrunk, with its own LR).
+
+    The scale augmentation of FSRCNN and VDSR: the HR copy is MATLAB-bicubic resized,
+    rounded to 8 bits as a saved image would be (after any conversion to Y, where VDSR
+    rounds in RGB), and cropped to a multiple of `scale`; its LR versions are made with
+    `degradations`. Copies smaller than `min_size` pixels on a side are left out; a factor
+    given twice counts once.
+    """
+    factors = list(dict.fromkeys(float(f) for f in factors))
+    for factor in factors:
+        if not 0 < factor <= 1:
+            raise DatasetError(f"scale-augmentation factor {factor:g} is not in (0, 1]")
+    out = list(pairs) if 1 in factors else []
+    for factor in (f for f in factors if f != 1):
+        for pair in pairs:
+            hr = imresize(pair.hr, float(factor)).clamp(0, 1)
+            hr = modcrop(torch.round(hr * 255) / 255, scale)
+            if min(hr.shape[-2:]) < max(min_size, scale):
+                continue
+            lrs = tuple(degrade(hr, scale, kernel) for kernel in degradations)
+            out.append(ImagePair(f"{pair.name}@{factor:g}", hr, lrs))
+    return out
+
+
+# ---------------------------------------------------------------------------------------

@@ -1,0 +1,263 @@
+"""The benchmark protocol: PSNR/SSIM on Y, the frequency bands, PROBA-V's cPSNR/cSSIM.
+
+Benchmark protocol (the MATLAB scripts behind the published SR tables):
+  1. the SR image is clamped to [0, 1] and rounded to 8 bits (so is HR, a no-op for 8-bit files);
+  2. colour images are scored on Y of ITU-R BT.601 as MATLAB's rgb2ycbcr computes it,
+     Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255 with R, G, B in [0, 255], kept as a
+     float (not rounded: the figures of the reference table are computed so; scripts that
+     call rgb2ycbcr on uint8 images round Y, which moves results by about 0.01-0.02 dB);
+     grayscale images are scored on their own gray values;
+  3. `shave` pixels are cropped from every border (by convention shave = scale);
+  4. PSNR with peak 255; SSIM with an 11x11 Gaussian window, sigma 1.5, K1 = 0.01,
+     K2 = 0.03, 'valid' filtering, on the same 0..255 values; float64 throughout.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+PROTOCOL = (
+    "Metrics follow the benchmark protocol: SR rounded to 8 bits, Y channel of BT.601 "
+    "(MATLAB rgb2ycbcr, as a float) for colour images, own values for grayscale, "
+    "a border of `scale` pixels shaved, PSNR with peak 255, SSIM with an 11x11 Gaussian "
+    "window (sigma 1.5)."
+)
+BURST_PROTOCOL = (
+    "Multi-frame metrics follow the PROBA-V challenge: cPSNR is the best PSNR over shifts of up "
+    "to 3 HR pixels of the SR crop, after removing the mean brightness bias, on clear pixels of "
+    "the HR mask; cSSIM is SSIM at that shift and bias. Baseline: MATLAB-compatible bicubic "
+    "upscale of the frames' mean (for PROBA-V scenes the challenge's: of the frames with the most "
+    "clear pixels); score = norm / cPSNR (norm: the baseline's cPSNR, as the challenge's norm.csv; "
+    "1 = baseline, lower is better)."
+)
+
+
+# ---------------------------------------------------------------------------------------
+# Benchmark metrics
+# ---------------------------------------------------------------------------------------
+
+# ITU-R BT.601 luma as MATLAB's rgb2ycbcr, for R, G, B in [0, 255].
+_Y_WEIGHTS = (65.481 / 255.0, 128.553 / 255.0, 24.966 / 255.0)
+_Y_OFFSET = 16.0
+
+
+def rgb_to_y(rgb: Tensor) -> Tensor:
+    """Y of BT.601 (MATLAB rgb2ycbcr) for (..., 3, H, W) in [0, 255]; returns (..., 1, H, W)."""
+    r, g, b = rgb.unbind(-3)
+    y = _Y_OFFSET + _Y_WEIGHTS[0] * r + _Y_WEIGHTS[1] * g + _Y_WEIGHTS[2] * b
+    return y.unsqueeze(-3)
+
+
+def quantize(img: Tensor) -> Tensor:
+    """Image in [0, 1] -> float64 values 0..255 rounded to integers (the 8-bit file it would be)."""
+    return torch.round(img.detach().to(torch.float64).clamp(0.0, 1.0) * 255.0)
+
+
+def _protocol_planes(img: Tensor, shave: int, y_channel: bool) -> Tensor:
+    """The (B, C, H, W) float64 0..255 planes that the protocol scores."""
+    planes = quantize(img)
+    if y_channel and planes.shape[-3] == 3:
+        planes = rgb_to_y(planes)
+    if shave > 0:
+        planes = planes[..., shave:-shave, shave:-shave]
+    return planes
+
+
+def _check_pair(sr: Tensor, hr: Tensor, shave: int) -> tuple[Tensor, Tensor, bool]:
+    """Validate shapes and lift (C, H, W) inputs to a batch of one."""
+    if sr.shape != hr.shape:
+        raise ValueError(f"SR {tuple(sr.shape)} and HR {tuple(hr.shape)} differ in shape")
+    if sr.dim() not in (3, 4):
+        raise ValueError(f"expected (C,H,W) or (B,C,H,W), got {tuple(sr.shape)}")
+    if shave < 0 or 2 * shave >= min(sr.shape[-2:]):
+        raise ValueError(f"shave={shave} leaves nothing of a {sr.shape[-2]}x{sr.shape[-1]} image")
+    single = sr.dim() == 3
+    if single:
+        sr, hr = sr.unsqueeze(0), hr.unsqueeze(0)
+    return sr, hr, single
+
+
+def psnr(sr: Tensor, hr: Tensor, shave: int, y_channel: bool = True) -> Tensor:
+    """PSNR in dB by the benchmark protocol; (B,C,H,W) -> (B,) float64, (C,H,W) -> scalar."""
+    sr, hr, single = _check_pair(sr, hr, shave)
+    a, b = _protocol_planes(sr, shave, y_channel), _protocol_planes(hr, shave, y_channel)
+    mse = (a - b).pow(2).flatten(1).mean(1)
+    out = 10.0 * torch.log10(255.0**2 / mse)
+    return out[0] if single else out
+
+
+def _gaussian_1d(size: int = 11, sigma: float = 1.5) -> Tensor:
+    """Normalised 1-D Gaussian; its outer product is MATLAB's fspecial('gaussian', size, sigma)."""
+    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def _gaussian_blur_valid(x: Tensor, size: int = 11, sigma: float = 1.5) -> Tensor:
+    """'valid' 2-D Gaussian filtering of (B, C, H, W), as two separable 1-D passes."""
+    channels = x.shape[1]
+    g = _gaussian_1d(size, sigma).to(x.device, x.dtype)
+    x = F.conv2d(x, g.view(1, 1, size, 1).expand(channels, 1, size, 1), groups=channels)
+    return F.conv2d(x, g.view(1, 1, 1, size).expand(channels, 1, 1, size), groups=channels)
+
+
+def ssim_map(a: Tensor, b: Tensor, data_range: float) -> Tensor:
+    """Per-pixel SSIM of (B, C, H, W) images ('valid' 11x11 Gaussian window, sigma 1.5)."""
+    if min(a.shape[-2:]) < 11:
+        raise ValueError(f"SSIM needs at least 11x11 pixels, got {tuple(a.shape[-2:])}")
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    moments = _gaussian_blur_valid(torch.cat([a, b, a * a, b * b, a * b], dim=1))
+    mu_a, mu_b, aa, bb, ab = moments.chunk(5, dim=1)
+    var_a, var_b, cov = aa - mu_a**2, bb - mu_b**2, ab - mu_a * mu_b
+    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+
+
+def ssim(sr: Tensor, hr: Tensor, shave: int, y_channel: bool = True) -> Tensor:
+    """SSIM by the benchmark protocol (Wang et al. 2004); mean over channels for RGB."""
+    sr, hr, single = _check_pair(sr, hr, shave)
+    a, b = _protocol_planes(sr, shave, y_channel), _protocol_planes(hr, shave, y_channel)
+    out = ssim_map(a, b, data_range=255.0).flatten(1).mean(1)
+    return out[0] if single else out
+
+
+# ---------------------------------------------------------------------------------------
+# Frequency-domain analysis (as in Michel, Kalinicheva & Inglada 2024, torchsisr)
+# ---------------------------------------------------------------------------------------
+# Radially averaged power spectrum of the luma, on normalised frequency 0..0.5 cycles/pixel,
+# and the energy of SR relative to HR in three bands: low [0, 1/6), mid [1/6, 1/3) and
+# high [1/3, 0.5]. For x3 SR the LR image's own Nyquist limit is 1/6: above it, energy is
+# what the model restored (or invented); a ratio near 1 in the mid and high bands means
+# HR-like detail, far below 1 a blurry result, above 1 over-sharpening or noise.
+
+FDA_BANDS = {"low": (0.0, 1 / 6), "mid": (1 / 6, 1 / 3), "high": (1 / 3, 0.5 + 1e-9)}
+FDA_BINS = 64
+
+
+def _luma(img: Tensor) -> Tensor:
+    """(C, H, W) in [0, 1] -> (H, W) float64: BT.601 Y of RGB, gray as is."""
+    img = img.detach().double()
+    if img.shape[0] == 3:
+        return 0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2]
+    return img.mean(0)
+
+
+def _power_and_radius(img: Tensor) -> tuple[Tensor, Tensor]:
+    """|FFT|^2 of the mean-removed luma (divided by the pixel count), and each frequency's radius."""
+    luma = _luma(img)
+    power = torch.fft.fft2(luma - luma.mean()).abs().pow(2) / luma.numel()
+    fy = torch.fft.fftfreq(luma.shape[0], dtype=torch.float64)[:, None]
+    fx = torch.fft.fftfreq(luma.shape[1], dtype=torch.float64)[None, :]
+    return power, torch.sqrt(fy**2 + fx**2)
+
+
+def radial_power_spectrum(img: Tensor, bins: int = FDA_BINS) -> Tensor:
+    """Mean power in `bins` rings of normalised frequency 0..0.5 (cycles per pixel;
+    frequencies past 0.5, the corners of the spectrum, are left out)."""
+    power, radius = _power_and_radius(img)
+    index = (radius / 0.5 * bins).long()
+    inside = index < bins
+    total = torch.zeros(bins, dtype=torch.float64).index_add_(0, index[inside], power[inside])
+    count = torch.zeros(bins, dtype=torch.float64).index_add_(
+        0, index[inside], torch.ones_like(power[inside])
+    )
+    return total / count.clamp(min=1)
+
+
+def band_energy_ratios(sr: Tensor, hr: Tensor) -> dict[str, float]:
+    """Energy of SR over energy of HR in each band (power summed over the band's frequencies)."""
+    energies = []
+    for img in (sr, hr):
+        power, radius = _power_and_radius(img)
+        energies.append({band: power[(radius >= lo) & (radius < hi)].sum().item()
+                         for band, (lo, hi) in FDA_BANDS.items()})  # fmt: skip
+    return {
+        band: energies[0][band] / energies[1][band] if energies[1][band] > 0 else math.nan
+        for band in FDA_BANDS
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Multi-frame (PROBA-V) losses and metrics: registered, bias-corrected, masked
+# ---------------------------------------------------------------------------------------
+# The HR reference may be misaligned with the reconstruction by up to `border` pixels. The
+# prediction is cropped by `border` on each side and compared with each of the
+# (2 * border + 1)^2 HR crops, after removing the mean brightness difference over the clear
+# pixels of that crop; the best shift counts. All shifts are computed at once on views.
+
+
+def shift_search(
+    pred: Tensor, target: Tensor, mask: Tensor, border: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(pred crop (B,1,1,h,w), target crops (B,S,S,h,w), mask crops, bias (B,S,S,1,1)) for all S*S shifts."""
+    if pred.shape != target.shape or target.shape != mask.shape or pred.shape[1] != 1:
+        raise ValueError(
+            f"expected equal (B, 1, H, W) shapes, got {pred.shape}, {target.shape}, {mask.shape}"
+        )
+    h, w = pred.shape[-2] - 2 * border, pred.shape[-1] - 2 * border
+    crop = pred[:, 0, border : border + h, border : border + w][:, None, None]
+    targets = target[:, 0].unfold(1, h, 1).unfold(2, w, 1)
+    masks = mask[:, 0].to(pred.dtype).unfold(1, h, 1).unfold(2, w, 1)
+    count = masks.sum(dim=(-2, -1), keepdim=True).clamp(min=1)
+    bias = (masks * (targets - crop)).sum(dim=(-2, -1), keepdim=True) / count
+    return crop, targets, masks, bias
+
+
+def cpsnr(sr: Tensor, hr: Tensor, mask: Tensor, border: int = 3) -> Tensor:
+    """cPSNR of the PROBA-V challenge, per image: (B, 1, H, W) in [0, 1] -> (B,) dB.
+
+    cPSNR = -10 log10(min over shifts of the masked mean of (hr - sr - bias)^2). Each image
+    is scored on its own clear pixels, at any batch size.
+    """
+    crop, targets, masks, bias = shift_search(sr.double(), hr.double(), mask, border)
+    count = masks.sum(dim=(-2, -1)).clamp(min=1)
+    cmse = (masks * (targets - crop - bias).pow(2)).sum(dim=(-2, -1)) / count
+    return -10.0 * torch.log10(cmse.flatten(1).min(dim=1).values)
+
+
+def cssim(sr: Tensor, hr: Tensor, mask: Tensor, border: int = 3) -> Tensor:
+    """cSSIM, per image: SSIM between the masked HR crop and the masked, bias-corrected SR
+    crop at the shift that gives the cPSNR. (B, 1, H, W) in [0, 1] -> (B,).
+
+    PIUnet's authors take the best SSIM over all 49 shifts instead; that costs 49 SSIMs per
+    image (seconds for a 500x500 image on a CPU), and picks the same shift wherever the
+    registration is unambiguous.
+    """
+    crop, targets, masks, bias = shift_search(sr.double(), hr.double(), mask, border)
+    count = masks.sum(dim=(-2, -1)).clamp(min=1)
+    cmse = ((masks * (targets - crop - bias).pow(2)).sum(dim=(-2, -1)) / count).flatten(1)
+    best = cmse.argmin(dim=1)
+    rows = torch.arange(targets.shape[0])
+    shift_y, shift_x = best // targets.shape[1], best % targets.shape[1]
+    m = masks[rows, shift_y, shift_x].unsqueeze(1)
+    a = m * targets[rows, shift_y, shift_x].unsqueeze(1)
+    c = m * (crop[:, 0, 0] + bias[rows, shift_y, shift_x]).unsqueeze(1)
+    return ssim_map(a, c, data_range=1.0).flatten(1).mean(1)
+
+
+def uncertainty_rank_correlation(
+    mu: Tensor, log_scale: Tensor, hr: Tensor, mask: Tensor, border: int = 3
+) -> float:
+    """Spearman's rank correlation, over the clear pixels of one (1, H, W) scene, between the
+    predicted scale exp(log_scale) and the actual absolute error |hr - mu - bias| at the shift
+    and bias that give the cPSNR (positive: the model knows where it errs)."""
+    crop, targets, masks, bias = shift_search(mu[None].double(), hr[None].double(), mask[None], border)
+    count = masks.sum(dim=(-2, -1)).clamp(min=1)
+    cmse = ((masks * (targets - crop - bias).pow(2)).sum(dim=(-2, -1)) / count).flatten(1)
+    best = cmse.argmin(dim=1).item()
+    y, x = best // targets.shape[1], best % targets.shape[1]
+    h, w = crop.shape[-2:]
+    error = (targets[0, y, x] - crop[0, 0, 0] - bias[0, y, x]).abs()
+    scale = log_scale[0, border : border + h, border : border + w].double()
+    clear = masks[0, y, x] > 0
+    ranks = [v[clear].argsort().argsort().double() for v in (error, scale)]
+    ranks = [r - r.mean() for r in ranks]
+    return ((ranks[0] * ranks[1]).sum() / (ranks[0].norm() * ranks[1].norm()).clamp(min=1e-12)).item()
+
+
+def scene_scores(sr: Tensor, hr: Tensor, mask: Tensor) -> tuple[float, float]:
+    """cPSNR and cSSIM of one (1, H, W) fused image against its HR image and clear mask."""
+    return cpsnr(sr[None], hr[None], mask[None]).item(), cssim(sr[None], hr[None], mask[None]).item()
