@@ -37,6 +37,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -227,7 +228,8 @@ def _bench_model_inference(name: str, args: argparse.Namespace, ceiling: float) 
 
 
 def _training_setup(name: str, options: list[str], args: argparse.Namespace):
-    """The real train.py task, model, optimizer and loader for a model on the bench data."""
+    """The train module and a real train.py Run (task, model, optimizer, loader) for a model on
+    the bench data."""
     import train
 
     config = dict(train.DEFAULTS)
@@ -251,16 +253,21 @@ def _training_setup(name: str, options: list[str], args: argparse.Namespace):
     task = train.single_image_task(config, model, runtime, show=False)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp_dtype == torch.float16)
+    sampler = PatchSampler(len(task.dataset))
     loader = DataLoader(
         task.dataset,
         batch_size=128,
-        sampler=PatchSampler(len(task.dataset)),
+        sampler=sampler,
         num_workers=args.workers,
         pin_memory=args.cuda,
         drop_last=True,
         persistent_workers=args.workers > 0,
     )
-    return train, task, model, optimizer, scaler, loader, runtime
+    progress, out_dir = train.Progress(), Path("unused")
+    run = train.Run(
+        config, runtime, model, model, optimizer, scaler, task, loader, sampler, progress, None, out_dir
+    )
+    return train, run
 
 
 def bench_training(args: argparse.Namespace, ceiling: float) -> list[dict]:
@@ -273,12 +280,12 @@ TRAINING_MODELS = (("srcnn", []), ("edsr", ["preset=small"]))
 
 def _bench_model_training(name: str, options: list[str], args: argparse.Namespace, ceiling: float) -> dict:
     """The training row of one model."""
-    train, task, model, optimizer, scaler, loader, runtime = _training_setup(name, options, args)
-    batches = iter(loader)
+    train, run = _training_setup(name, options, args)
+    batches = iter(run.loader)
     first = next(batches)
 
     def step(batch: list[torch.Tensor]) -> torch.Tensor:
-        return train.train_step(task, model, model, optimizer, scaler, batch, 1, runtime.device, None)
+        return train.train_step(run, batch, 1)
 
     flops = count_flops(lambda: step(first))
     best = float("inf")
@@ -307,7 +314,7 @@ def _bench_model_training(name: str, options: list[str], args: argparse.Namespac
         "flops_per_step": flops,
         "flops_per_s": flops / best,
         "fraction_of_ceiling": flops / best / ceiling,
-        "amp": str(runtime.amp_dtype),
+        "amp": str(run.runtime.amp_dtype),
     }
 
 

@@ -341,19 +341,12 @@ class Progress:
     best_psnr: float | None = None
 
 
-def make_checkpoint(
-    config: dict,
-    kind: str,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler_state: dict | None,
-    progress: Progress,
-    ema: WeightAverage | None = None,
-) -> dict:
+def make_checkpoint(run: Run) -> dict:
     """Everything needed to rebuild the model and continue training."""
+    config, model, progress, ema = run.config, run.model, run.progress, run.ema
     return {
         "format": CHECKPOINT_FORMAT,
-        "kind": kind,
+        "kind": run.task.kind,
         "model": {
             "name": config["model"],
             "scale": config["scale"],
@@ -362,8 +355,8 @@ def make_checkpoint(
         "params": count_parameters(model),
         "state_dict": model.state_dict(),
         "ema_state_dict": ema.model.state_dict() if ema else None,
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler_state,
+        "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict(),
         "args": dict(config),
         "epoch": progress.epoch,
         "in_epoch": {
@@ -651,6 +644,39 @@ class StopFlag:
         self.signal = signum
 
 
+@dataclass
+class Run:
+    """The training loop's state: what its functions take instead of a dozen parameters."""
+
+    config: dict
+    runtime: Runtime
+    model: nn.Module  # the network whose weights are saved
+    net: nn.Module  # what is called: the model, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    task: Task
+    loader: DataLoader
+    sampler: PatchSampler
+    progress: Progress
+    ema: WeightAverage | None
+    out_dir: Path
+    stop: StopFlag = field(default_factory=StopFlag)
+
+    @property
+    def show(self) -> bool:
+        """Whether this process draws progress bars."""
+        return not self.config["quiet"] and self.runtime.main
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.loader)
+
+    def log(self, text: str) -> None:
+        """Print on the main process only."""
+        if self.runtime.main:
+            print(text)
+
+
 def train(config: dict, checkpoint: dict | None = None) -> int:
     """Train (or continue) the run described by `config`; returns the exit status."""
     check_config(config)
@@ -715,7 +741,8 @@ def train(config: dict, checkpoint: dict | None = None) -> int:
         pin_memory=runtime.device.type == "cuda",
         worker_init_fn=_leave_signals_to_the_trainer,
     )
-    steps_per_epoch = len(loader)
+    run = Run(config, runtime, model, net, optimizer, scaler, task, loader, sampler, progress, ema, out_dir)
+    steps_per_epoch = run.steps_per_epoch
 
     if progress.epoch >= config["num_epoch"]:
         log(
@@ -730,42 +757,20 @@ def train(config: dict, checkpoint: dict | None = None) -> int:
         f"{steps_per_epoch} steps/epoch; writing to {out_dir}"
     )
 
-    stop = StopFlag()
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, run.stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         for epoch in range(progress.epoch + 1, config["num_epoch"] + 1):
-            status = _train_epoch(
-                epoch,
-                config,
-                net,
-                model,
-                optimizer,
-                scaler,
-                task,
-                loader,
-                sampler,
-                steps_per_epoch,
-                progress,
-                runtime,
-                stop,
-                show,
-                ema,
-            )
+            status = _train_epoch(run, epoch)
             if status is not None:  # interrupted: save where we are
                 if runtime.main:
-                    path = save_checkpoint(
-                        make_checkpoint(
-                            config, task.kind, model, optimizer, scaler.state_dict(), progress, ema
-                        ),
-                        out_dir / "last.pth",
-                    )
+                    path = save_checkpoint(make_checkpoint(run), out_dir / "last.pth")
                     log(
                         f"\ninterrupted at epoch {epoch}, "
                         f"after {progress.batches} of {steps_per_epoch} steps; "
                         f"saved {path}\nresume with: python train.py resume {path}"
                     )
                 return status
-            _end_epoch(epoch, config, task, model, optimizer, scaler, progress, runtime, out_dir, log, ema)
+            _end_epoch(run, epoch)
         if runtime.world > 1:
             dist.barrier()  # leave together
     finally:
@@ -776,7 +781,7 @@ def train(config: dict, checkpoint: dict | None = None) -> int:
             # waiting for the GIL to release a tensor: a deadlock (seen under load as a hang
             # after the last epoch). So drop DDP's reducer first (the group outlives it), let
             # the workers take the GIL, then destroy the group.
-            net = None
+            net = run.net = None
             time.sleep(0.2)
             dist.destroy_process_group()
     return 0
@@ -808,52 +813,28 @@ def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device
                 state[key] = value.to(device)
 
 
-def train_step(
-    task: Task,
-    net: nn.Module,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    batch: list[Tensor],
-    epoch: int,
-    device: torch.device,
-    clip: float | None,
-) -> Tensor:
+def train_step(run: Run, batch: list[Tensor], epoch: int) -> Tensor:
     """One optimisation step on a batch from the loader; returns the (detached) loss."""
-    cuda = device.type == "cuda"
-    batch = [tensor.to(device, non_blocking=cuda) for tensor in batch]
-    loss = task.step_loss(net, batch, epoch)
+    device, optimizer, scaler = run.runtime.device, run.optimizer, run.scaler
+    batch = [tensor.to(device, non_blocking=device.type == "cuda") for tensor in batch]
+    loss = run.task.step_loss(run.net, batch, epoch)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    clip = run.config["grad_clip"] or (15.0 if run.task.kind == "multi-frame" else None)  # PIUnet's 15
     if clip:
         scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(model.parameters(), clip)
+        nn.utils.clip_grad_norm_(run.model.parameters(), clip)
     scaler.step(optimizer)
     scaler.update()
     return loss.detach()
 
 
-def _train_epoch(
-    epoch: int,
-    config: dict,
-    net: nn.Module,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    task: Task,
-    loader: DataLoader,
-    sampler: PatchSampler,
-    steps_per_epoch: int,
-    progress: Progress,
-    runtime: Runtime,
-    stop: StopFlag,
-    show: bool,
-    ema: WeightAverage | None = None,
-) -> int | None:
+def _train_epoch(run: Run, epoch: int) -> int | None:
     """One epoch (or its rest, after an interrupt); returns an exit status if stopped by a signal."""
     from tqdm import tqdm
 
-    sampler.set_epoch(epoch, start=progress.samples)
+    config, progress, runtime, steps_per_epoch = run.config, run.progress, run.runtime, run.steps_per_epoch
+    run.sampler.set_epoch(epoch, start=progress.samples)
     if progress.samples == 0:
         progress.loss_sum, progress.batches, progress.seconds = 0.0, 0, 0.0
     cuda = runtime.device.type == "cuda"
@@ -864,28 +845,27 @@ def _train_epoch(
         total=steps_per_epoch,
         initial=progress.batches,
         desc=f"epoch {epoch}/{config['num_epoch']}",
-        disable=not show,
+        disable=not run.show,
         leave=False,
         unit="step",
         dynamic_ncols=True,
     )
-    net.train()
-    clip = config["grad_clip"] or (15.0 if task.kind == "multi-frame" else None)  # the PIUnet paper's 15
+    run.net.train()
     rate = learning_rate(config, epoch - 1 + progress.batches / steps_per_epoch)
-    for batch in loader:
+    for batch in run.loader:
         step = progress.batches + 1
         rate = learning_rate(config, epoch - 1 + step / steps_per_epoch)  # the rate at the step's end
-        for group in optimizer.param_groups:
+        for group in run.optimizer.param_groups:
             group["lr"] = rate
-        loss = train_step(task, net, model, optimizer, scaler, batch, epoch, runtime.device, clip)
-        if ema is not None:
-            ema.update(model)
+        loss = train_step(run, batch, epoch)
+        if run.ema is not None:
+            run.ema.update(run.model)
         pending.append(loss)
         progress.batches = step
         progress.samples += batch[0].shape[0]
-        stopping = _agreed(stop.signal is not None, runtime)
+        stopping = _agreed(run.stop.signal is not None, runtime)
         if len(pending) >= check_every or step == steps_per_epoch or stopping:
-            _account(pending, progress, epoch, step, rate, config, runtime)
+            _account(run, pending, (epoch, step), rate)
             elapsed = progress.seconds + time.perf_counter() - started
             bar.set_postfix(
                 loss=f"{progress.loss_sum / step:.5f}",
@@ -895,8 +875,8 @@ def _train_epoch(
         if stopping:
             progress.seconds += time.perf_counter() - started
             bar.close()
-            return 128 + (stop.signal or signal.SIGTERM)
-    _account(pending, progress, epoch, progress.batches, rate, config, runtime)
+            return 128 + (run.stop.signal or signal.SIGTERM)
+    _account(run, pending, (epoch, progress.batches), rate)
     bar.close()
     progress.seconds += time.perf_counter() - started
     return None
@@ -911,46 +891,29 @@ def _agreed(flag: bool, runtime: Runtime) -> bool:
     return bool(value.item())
 
 
-def _account(
-    pending: list[Tensor],
-    progress: Progress,
-    epoch: int,
-    step: int,
-    rate: float,
-    config: dict,
-    runtime: Runtime,
-) -> None:
-    """Add the pending losses to the epoch's sum; stop every rank at the first non-finite one."""
+def _account(run: Run, pending: list[Tensor], position: tuple[int, int], rate: float) -> None:
+    """Add the pending losses (up to (epoch, step)) to the epoch's sum; stop every rank at the
+    first non-finite one."""
+    (epoch, step), progress = position, run.progress
     if not pending:
         return
     values = torch.stack(pending).tolist()
     pending.clear()
     bad = next((i for i, value in enumerate(values) if not math.isfinite(value)), None)
-    if _agreed(bad is not None, runtime):
+    if _agreed(bad is not None, run.runtime):
         where = f"epoch {epoch}, step {step - len(values) + bad + 1}" if bad is not None else f"epoch {epoch}"
         value = values[bad] if bad is not None else "non-finite on another rank"
         raise TrainingStopped(
             f"loss is {value} at {where} (lr {rate:.3g}); stopped. The last good checkpoint is "
-            f"{Path(config['out_dir']) / 'last.pth'} (epoch {progress.epoch}); "
+            f"{run.out_dir / 'last.pth'} (epoch {progress.epoch}); "
             "try a lower --lr or --grad-clip"
         )
     progress.loss_sum += sum(values)
 
 
-def _end_epoch(
-    epoch: int,
-    config: dict,
-    task: Task,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    progress: Progress,
-    runtime: Runtime,
-    out_dir: Path,
-    log,
-    ema: WeightAverage | None = None,
-) -> None:
+def _end_epoch(run: Run, epoch: int) -> None:
     """Validate (the weight average when there is one), record the epoch, write the checkpoints (rank 0)."""
+    config, task, progress, runtime, out_dir = run.config, run.task, run.progress, run.runtime, run.out_dir
     loss = progress.loss_sum / max(progress.batches, 1)
     if runtime.world > 1:
         totals = torch.tensor([progress.loss_sum, float(progress.batches)], dtype=torch.float64,
@@ -958,7 +921,7 @@ def _end_epoch(
         dist.all_reduce(totals)
         loss = (totals[0] / totals[1]).item()
     due = epoch % config["val_freq"] == 0 or epoch == config["num_epoch"]
-    score = task.validate(ema.model if ema else model) if due and runtime.main else None
+    score = task.validate(run.ema.model if run.ema else run.model) if due and runtime.main else None
     bicubic = task.baseline
     samples = progress.samples * runtime.world
     row = {
@@ -979,7 +942,7 @@ def _end_epoch(
     if new_best:
         progress.best_psnr = score[0]
     if runtime.main:
-        checkpoint = make_checkpoint(config, task.kind, model, optimizer, scaler.state_dict(), progress, ema)
+        checkpoint = make_checkpoint(run)
         save_checkpoint(checkpoint, out_dir / "last.pth")
         if epoch % config["save_freq"] == 0:
             save_checkpoint(checkpoint, out_dir / f"epoch-{epoch:04d}.pth")
@@ -993,7 +956,7 @@ def _end_epoch(
             if score
             else "no validation"
         )
-        log(
+        run.log(
             f"epoch {epoch}/{config['num_epoch']}  loss {loss:.6f}  {val}  lr {row['lr']:.3g}  "
             f"{row['seconds']:.1f}s  {row['patches_per_s']:,.0f} patches/s"
         )
