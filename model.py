@@ -561,6 +561,18 @@ def piunet_from_official(state_dict: dict[str, Tensor]) -> PIUnet:
 
 
 # name -> (class, one-line description); the registry is a plain dict.
+# The two kinds of model, as checkpoints record them: one LR image in, or a burst of frames.
+SINGLE_IMAGE, MULTI_FRAME = "single-image", "multi-frame"
+KINDS = (SINGLE_IMAGE, MULTI_FRAME)
+
+
+def model_kind(model: nn.Module | type | str) -> str:
+    """SINGLE_IMAGE or MULTI_FRAME, for a network, its class or its registry name."""
+    if isinstance(model, str):
+        model = MODELS[model][0]
+    return MULTI_FRAME if getattr(model, "multi_frame", False) else SINGLE_IMAGE
+
+
 MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "srcnn": (SRCNN, "SRCNN 9-1-5 on the bicubic-upscaled image (Dong et al. 2014), as the assignment"),
     "basic": (basic, "10 conv blocks on the bilinear-upscaled image (the exercise report)"),
@@ -592,8 +604,7 @@ def multiply_adds_per_pixel(model: nn.Module, scale: int, in_channels: int = 3, 
     products, as torch's flop counter sees them on a side x side LR input (PIUnet: 9 frames)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    multi_frame = getattr(model, "multi_frame", False)
-    shape = (1, 9, side, side) if multi_frame else (1, in_channels, side, side)
+    shape = (1, 9, side, side) if model_kind(model) == MULTI_FRAME else (1, in_channels, side, side)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.rand(shape))
     return counter.get_total_flops() / 2 / (side * scale) ** 2

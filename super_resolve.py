@@ -43,7 +43,7 @@ from metrics import (
     ssim,
     uncertainty_rank_correlation,
 )
-from model import OnnxModel, Upscaler, load_model
+from model import MULTI_FRAME, SINGLE_IMAGE, OnnxModel, Upscaler, load_model, model_kind
 from utils import (
     CheckpointError,
     DatasetError,
@@ -548,7 +548,7 @@ def load_fusion_model(args: argparse.Namespace, checkpoint: dict, device: torch.
         if getattr(args, option):
             raise UserError(f"--{option.replace('_', '-')} is for single-image checkpoints")
     model = load_model(checkpoint).to(device)
-    if not getattr(model, "multi_frame", False):
+    if model_kind(model) != MULTI_FRAME:
         raise CheckpointError(
             f"{args.checkpoint}: marked multi-frame, but {checkpoint['model']['name']} is not"
         )
@@ -683,12 +683,12 @@ def main(argv: list[str] | None = None) -> int:
                             self_ensemble=args.self_ensemble)  # fmt: skip
     else:
         checkpoint = load_checkpoint(args.checkpoint)
-        kind = checkpoint.get("kind", "single-image")
-        if kind == "multi-frame" and args.self_ensemble:
+        kind = checkpoint.get("kind", SINGLE_IMAGE)
+        if kind == MULTI_FRAME and args.self_ensemble:
             raise UserError("--self-ensemble is for single-image models; this checkpoint fuses bursts")
-        if kind == "multi-frame":
+        if kind == MULTI_FRAME:
             return (run_burst_dataset if args.dataset else run_scene)(args, checkpoint, device)
-        if kind != "single-image":
+        if kind != SINGLE_IMAGE:
             raise CheckpointError(f"{args.checkpoint}: unknown kind of checkpoint {kind!r}")
         upscaler = Upscaler.from_checkpoint(
             checkpoint, device, args.tile, args.tile_overlap, args.amp, args.self_ensemble

@@ -43,17 +43,22 @@ from imresize import DEGRADATIONS, upscale
 from losses import LOSS_NAMES, make_loss, registered_l1, registered_uncertainty_loss
 from metrics import PROTOCOL, psnr, scene_scores, ssim
 from model import (
+    KINDS,
     MODELS,
+    MULTI_FRAME,
+    SINGLE_IMAGE,
     Upscaler,
     build_model,
     checkpoint_weights,
     count_parameters,
     export_onnx,
     load_model,
+    model_kind,
     model_zoo,
 )
 from utils import (
     CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
     CheckpointError,
     DatasetError,
     Parser,
@@ -314,7 +319,7 @@ def check_config(config: dict) -> None:
         raise UserError(f"--patch-size {config['patch_size']} is not a multiple of --scale {config['scale']}")
     if config["cuda"] and not torch.cuda.is_available():
         raise UserError("--cuda given, but CUDA is not available here (no GPU, or a CPU-only torch)")
-    if getattr(MODELS[config["model"]][0], "multi_frame", False):
+    if model_kind(config["model"]) == MULTI_FRAME:
         for key in ("train_scales", "grid_stride", "degradation"):
             if config[key] != DEFAULTS[key]:
                 flag = f"--{key.replace('_', '-')}"
@@ -346,6 +351,7 @@ def make_checkpoint(run: Run) -> dict:
     config, model, progress, ema = run.config, run.model, run.progress, run.ema
     return {
         "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
         "kind": run.task.kind,
         "model": {
             "name": config["model"],
@@ -482,7 +488,7 @@ def setup_runtime(config: dict) -> Runtime:
 class Task:
     """What differs between single-image and multi-frame training: data, loss, validation."""
 
-    kind: str  # "single-image" or "multi-frame", as stored in checkpoints
+    kind: str  # model.SINGLE_IMAGE or model.MULTI_FRAME, as stored in checkpoints
     dataset: Dataset
     step_loss: Callable[[nn.Module, list[Tensor], int], Tensor]  # (net, batch, epoch) -> loss
     validate: Callable[[nn.Module], tuple[float, float]]  # a network's (PSNR, SSIM) or (cPSNR, cSSIM)
@@ -543,7 +549,7 @@ def single_image_task(config: dict, model: nn.Module, runtime: Runtime, show: bo
         f"{len(train_pairs)} images, {len(dataset)} patches/epoch, loss {config['loss']}; validation "
         f"PSNR on {config['val_data']} (bicubic {baseline[0]:.2f} dB)"
     )
-    return Task("single-image", dataset, step_loss, validate, baseline, summary)
+    return Task(SINGLE_IMAGE, dataset, step_loss, validate, baseline, summary)
 
 
 def multi_frame_task(config: dict, model: nn.Module, runtime: Runtime, show: bool) -> Task:
@@ -593,7 +599,7 @@ def multi_frame_task(config: dict, model: nn.Module, runtime: Runtime, show: boo
         f"(baseline {baseline[0]:.2f} dB: bicubic of the frames' mean; for PROBA-V-like and real scenes "
         "of the clearest frames')"
     )
-    return Task("multi-frame", dataset, step_loss, validate, baseline, summary, "cPSNR", "baseline")
+    return Task(MULTI_FRAME, dataset, step_loss, validate, baseline, summary, "cPSNR", "baseline")
 
 
 def _leave_signals_to_the_trainer(worker_id: int) -> None:
@@ -715,7 +721,7 @@ def train(config: dict, checkpoint: dict | None = None) -> int:
         net = nn.parallel.DistributedDataParallel(
             model,
             device_ids=[runtime.device] if config["cuda"] else None,
-            find_unused_parameters=getattr(model, "multi_frame", False),  # sigma head idle in epoch 1
+            find_unused_parameters=model_kind(model) == MULTI_FRAME,  # sigma head idle in epoch 1
         )
 
     saved_world = ((checkpoint or {}).get("in_epoch") or {}).get("world", runtime.world)
@@ -729,7 +735,7 @@ def train(config: dict, checkpoint: dict | None = None) -> int:
                 if canonical_name(name):
                     resolve_dataset(name, config["scale"], progress=show)
         dist.barrier()
-    make_task = multi_frame_task if getattr(model, "multi_frame", False) else single_image_task
+    make_task = multi_frame_task if model_kind(model) == MULTI_FRAME else single_image_task
     task = make_task(config, model, runtime, show)
     sampler = PatchSampler(len(task.dataset), seed=config["seed"], rank=runtime.rank, world=runtime.world)
     loader = DataLoader(
@@ -820,7 +826,7 @@ def train_step(run: Run, batch: list[Tensor], epoch: int) -> Tensor:
     loss = run.task.step_loss(run.net, batch, epoch)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
-    clip = run.config["grad_clip"] or (15.0 if run.task.kind == "multi-frame" else None)  # PIUnet's 15
+    clip = run.config["grad_clip"] or (15.0 if run.task.kind == MULTI_FRAME else None)  # PIUnet's 15
     if clip:
         scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(run.model.parameters(), clip)
@@ -981,7 +987,7 @@ def command_train(args: argparse.Namespace) -> int:
 def command_resume(args: argparse.Namespace) -> int:
     """`resume`: the saved arguments, overridden by the flags given now."""
     checkpoint = load_checkpoint(args.checkpoint)
-    if checkpoint.get("kind") not in ("single-image", "multi-frame") or "args" not in checkpoint:
+    if checkpoint.get("kind") not in KINDS or "args" not in checkpoint:
         raise CheckpointError(f"{args.checkpoint}: not a training checkpoint written by train.py")
     config = {**DEFAULTS, **checkpoint["args"]}
     given = {key: getattr(args, key) for key in DEFAULTS if hasattr(args, key)}
@@ -1065,7 +1071,7 @@ def command_inspect(args: argparse.Namespace) -> int:
 def command_export(args: argparse.Namespace) -> int:
     """`export`: the checkpoint's model as ONNX, run by `super_resolve.py --onnx`."""
     checkpoint = load_checkpoint(args.checkpoint)
-    if checkpoint.get("kind", "single-image") != "single-image":
+    if checkpoint.get("kind", SINGLE_IMAGE) != SINGLE_IMAGE:
         raise CheckpointError(f"{args.checkpoint}: ONNX export supports single-image models, not this "
                               f"{checkpoint.get('kind')} one")  # fmt: skip
     spec = checkpoint["model"]

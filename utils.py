@@ -120,6 +120,16 @@ def atomic_write(path: str | os.PathLike, what: str = "file") -> Iterator[Path]:
 # ---------------------------------------------------------------------------------------
 
 CHECKPOINT_FORMAT = "srkit-checkpoint"
+CHECKPOINT_VERSION = 1  # bumped when the layout changes; files from before versions are version 1
+_FILE_SIGNATURES = {  # what a file that is not a checkpoint most likely is, by its first bytes
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"BM": "a BMP image",
+    b"II*\x00": "a TIFF image",
+    b"MM\x00*": "a TIFF image",
+    b"<": "an HTML/XML page",
+    b"{": "a JSON file",
+}
 
 
 def save_checkpoint(checkpoint: dict, path: str | os.PathLike) -> Path:
@@ -151,6 +161,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    _check_container(path)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -166,7 +177,26 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(
             f"{path}: not a checkpoint of this toolkit (a bare state_dict or another program's file?)"
         )
+    version = checkpoint.get("version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version!r}; this toolkit reads versions 1 to "
+            f"{CHECKPOINT_VERSION} (a newer toolkit wrote it?)"
+        )
     return checkpoint
+
+
+def _check_container(path: Path) -> None:
+    """Refuse a file that is not a torch.save file at all (a zip archive, or a legacy pickle
+    starting with protocol 2+), naming what it looks like."""
+    with path.open("rb") as f:
+        head = f.read(8)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return
+    if not head:
+        raise CheckpointError(f"{path}: empty file, not a checkpoint")
+    looks = next((what for magic, what in _FILE_SIGNATURES.items() if head.startswith(magic)), None)
+    raise CheckpointError(f"{path}: not a checkpoint file{f' (it looks like {looks})' if looks else ''}")
 
 
 def first_line(err: BaseException) -> str:

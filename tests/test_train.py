@@ -18,6 +18,7 @@ from PIL import Image
 
 import train
 from catalog import load_pairs
+from data import save_image
 from losses import LOSSES
 from metrics import psnr
 from model import Upscaler, load_model
@@ -467,3 +468,25 @@ def test_init_from_takes_the_matching_weights_of_another_scale(data, tmp_path, c
     assert (
         _run(["train", *_args(data, tmp_path / "gone", *x3, "--init-from", str(tmp_path / "none.pth"))]) == 2
     )
+
+
+def test_checkpoints_carry_a_format_version_checked_on_load(data, tmp_path, capsys):
+    from utils import CHECKPOINT_VERSION, load_checkpoint
+
+    out = tmp_path / "run"
+    assert _run(["train", *_args(data, out, "--num-epoch", "1")]) == 0
+    checkpoint = _load(out / "last.pth")
+    assert checkpoint["version"] == CHECKPOINT_VERSION
+    unversioned = {k: v for k, v in checkpoint.items() if k != "version"}  # files from before versions
+    torch.save(unversioned, tmp_path / "old.pth")
+    assert load_checkpoint(tmp_path / "old.pth")["epoch"] == 1
+    torch.save({**checkpoint, "version": CHECKPOINT_VERSION + 1}, tmp_path / "future.pth")
+    png = tmp_path / "photo.pth"
+    save_image(torch.rand(3, 8, 8), tmp_path / "photo.png")
+    png.write_bytes((tmp_path / "photo.png").read_bytes())
+    (tmp_path / "empty.pth").write_bytes(b"")
+    for name, words in (("future.pth", "format version 2"), ("photo.pth", "not a checkpoint file (it looks "
+                        "like a PNG image)"), ("empty.pth", "empty file")):  # fmt: skip
+        assert _run(["inspect", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and words in err, err
