@@ -68,7 +68,8 @@ class LossError(UserError):
 class PerceptualLoss(nn.Module):
     """L1 between VGG16 features (relu1_2, relu2_2, relu3_3) of SR and HR, plus a small pixel L1.
 
-    As in the DIY project (Johnson et al. 2016), the pixel term keeps colours and
+    As in Johnson et al. 2016 ("Perceptual losses for real-time style transfer and
+    super-resolution"); the pixel term keeps colours and
     brightness, to which the classifier's features are insensitive. The network is frozen.
     """
 

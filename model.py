@@ -28,7 +28,7 @@ from utils import CheckpointError, ImageError, UserError, atomic_write
 
 
 class SRCNN(nn.Module):
-    """SRCNN (Dong et al. 2014) as the assignment specifies it: 9-1-5, 64/32 filters, RGB.
+    """SRCNN (Dong et al. 2014) in its classic training set-up: 9-1-5, 64/32 filters, RGB.
 
     Input: the LR image, upscaled inside by bicubic. `f2` = 5 or 3 gives the paper's
     9-5-5 / 9-3-5 variants; `in_channels=1` the paper's Y-channel model.
@@ -64,7 +64,7 @@ def _upscale(lr: Tensor, scale: int, method: str) -> Tensor:
 
 
 def _normal_init(module: nn.Module, std: float) -> None:
-    """The exercise report's initialisation: every conv weight ~ N(0, std), biases 0."""
+    """Every conv weight ~ N(0, std), biases 0 (std 0.05: the plain CNNs' small-init option)."""
     for layer in module.modules():
         if isinstance(layer, nn.Conv2d):
             nn.init.normal_(layer.weight, std=std)
@@ -72,11 +72,11 @@ def _normal_init(module: nn.Module, std: float) -> None:
 
 
 class PlainCNN(nn.Module):
-    """The exercise report's networks: `depth` 3x3 conv blocks on the upscaled image.
+    """Plain CNN baselines: `depth` 3x3 conv blocks on the upscaled image.
 
-    `global_residual` adds the upscaled image to the output (the report's `residual`
-    model); `upsample` is "bilinear" as in the report, or "bicubic"; `init_std` = 0.05
-    gives the report's initialisation (default: PyTorch's).
+    `global_residual` adds the upscaled image to the output (the `residual` model, the
+    global residual learning of VDSR, Kim et al. 2016); `upsample` is "bilinear" or
+    "bicubic"; `init_std` draws every conv weight from N(0, init_std) (default: PyTorch's).
     """
 
     def __init__(
@@ -106,12 +106,12 @@ class PlainCNN(nn.Module):
 
 
 def basic(scale: int = 3, **options: Any) -> PlainCNN:
-    """The report's basic model: 10 conv blocks on the bilinear-upscaled image."""
+    """The basic plain CNN: 10 conv blocks on the bilinear-upscaled image."""
     return PlainCNN(scale, **options)
 
 
 def residual(scale: int = 3, **options: Any) -> PlainCNN:
-    """The report's residual model: the basic model plus the upscaled image (global residual)."""
+    """The basic model plus the upscaled image (global residual)."""
     return PlainCNN(scale, global_residual=True, **options)
 
 
@@ -574,12 +574,12 @@ def model_kind(model: nn.Module | type | str) -> str:
 
 
 MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
-    "srcnn": (SRCNN, "SRCNN 9-1-5 on the bicubic-upscaled image (Dong et al. 2014), as the assignment"),
-    "basic": (basic, "10 conv blocks on the bilinear-upscaled image (the exercise report)"),
-    "residual": (residual, "the basic model plus a global residual (the exercise report)"),
+    "srcnn": (SRCNN, "SRCNN 9-1-5 on the bicubic-upscaled image (Dong et al. 2014), RGB"),
+    "basic": (basic, "plain CNN: 10 conv blocks on the bilinear-upscaled image"),
+    "residual": (residual, "the basic model plus a global residual (as VDSR, Kim et al. 2016)"),
     "vdsr": (vdsr, "VDSR: 20 conv layers, global residual on bicubic (Kim et al. 2016)"),
     "edsr": (EDSR, "EDSR: residual blocks on LR, pixel shuffle (Lim et al. 2017); presets tiny..paper"),
-    "unet": (UNet, "U-Net feature extractor on bicubic with residual output (the DIY project)"),
+    "unet": (UNet, "U-Net (Ronneberger et al. 2015) feature extractor on bicubic, residual output"),
     "piunet": (
         PIUnet,
         "PIUnet: multi-frame fusion with uncertainty, permutation-invariant (Valsesia & Magli 2022)",

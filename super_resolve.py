@@ -431,7 +431,7 @@ def report(
 
 def run_robustness(args: argparse.Namespace, upscaler: Upscaler) -> int:
     """--dataset with --degradation: the model against bicubic and bilinear upscaling when the
-    LR images are made by each kernel (the exercise report's study)."""
+    LR images are made by each kernel (the degradation-robustness study; README, 'Studies')."""
     kernels = [k.strip() for k in args.degradation.split(",") if k.strip()]
     unknown = [k for k in kernels if k not in DEGRADATIONS]
     if unknown or not kernels:

@@ -13,7 +13,7 @@ from losses import LossError, PerceptualLoss, make_loss
 from model import MODELS, SRCNN, build_model, count_parameters, load_model, model_zoo
 
 
-def test_srcnn_is_exactly_the_assignment_network():
+def test_srcnn_is_exactly_the_9_1_5_rgb_network():
     model = SRCNN()
     shapes = [(name, tuple(p.shape)) for name, p in model.named_parameters()]
     assert shapes == [
