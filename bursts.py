@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from catalog import SCENE_SETS, canonical_name, load_pairs, resolve_dataset
 from data import dihedral, load_image, mix_seed, to_channels
-from imresize import imresize, modcrop
+from imresize import gaussian_filter, imresize, modcrop
 from utils import DatasetError, ImageError
 
 
@@ -75,22 +75,6 @@ class BurstConfig:
         )
 
 
-def gaussian_blur(img: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of (N, C, H, W) with symmetric borders."""
-    radius = max(1, math.ceil(3 * sigma))
-    coords = torch.arange(-radius, radius + 1, dtype=img.dtype, device=img.device)
-    kernel = torch.exp(-(coords**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    channels = img.shape[1]
-    padded = torch.nn.functional.pad(img, (radius, radius, radius, radius), mode="reflect")
-    out = torch.nn.functional.conv2d(
-        padded, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels
-    )
-    return torch.nn.functional.conv2d(
-        out, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels
-    )
-
-
 def synthesize_burst(hr: Tensor, config: BurstConfig, rng: random.Random, name: str = "burst") -> Burst:
     """A synthetic burst of one (1, H + 2m, W + 2m) HR image (m = max_shift; H, W multiples
     of the scale): every frame sees the scene shifted by a random whole number of HR pixels
@@ -105,7 +89,7 @@ def synthesize_burst(hr: Tensor, config: BurstConfig, rng: random.Random, name: 
         crops.append(hr[:, m + dy : m + dy + height, m + dx : m + dx + width])
     stack = torch.stack(crops)  # (T, 1, H, W)
     if config.blur > 0:
-        stack = gaussian_blur(stack, config.blur)
+        stack = gaussian_filter(stack, config.blur)
     frames = imresize(stack, size=(height // s, width // s))[:, 0]
     generator = torch.Generator().manual_seed(rng.getrandbits(63))
     frames = frames + config.noise * torch.randn(frames.shape, generator=generator)
@@ -141,7 +125,7 @@ def smooth_field(shape: tuple[int, int], sigma: float, generator: torch.Generato
     """A (h, w) random field of zero mean and unit std, Gaussian-smoothed by `sigma` pixels
     (at most a third of the shorter side)."""
     sigma = min(sigma, (min(shape) - 1) / 3)
-    field = gaussian_blur(torch.randn(1, 1, *shape, generator=generator), sigma)[0, 0]
+    field = gaussian_filter(torch.randn(1, 1, *shape, generator=generator), sigma)[0, 0]
     return (field - field.mean()) / field.std().clamp(min=1e-8)
 
 
@@ -170,7 +154,7 @@ def synthesize_probav_burst(
     stack = torch.stack(crops)
     sigma = rng.uniform(0.0, config.blur)
     if sigma > 0.05:
-        stack = gaussian_blur(stack, sigma)
+        stack = gaussian_filter(stack, sigma)
     frames = imresize(stack, size=(height // s, width // s))[:, 0]
     noise = rng.uniform(config.noise / 5, config.noise) * contrast * mean
     clear = torch.ones_like(frames)

@@ -215,15 +215,21 @@ def to_channels(img: Tensor, channels: int) -> Tensor:
     if have == 1 and channels == 3:
         return img.expand(*img.shape[:-3], 3, *img.shape[-2:]).contiguous()
     if have == 3 and channels == 1:
-        r, g, b = img.unbind(-3)
-        return (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(-3)
+        return luma(img)
     raise ValueError(f"cannot convert {have} channels to {channels}")
+
+
+def luma(rgb: Tensor) -> Tensor:
+    """Full-range BT.601 luma Y = 0.299 R + 0.587 G + 0.114 B of (..., 3, H, W), as (..., 1, H, W).
+    (The benchmark's Y is MATLAB's studio-range rgb2ycbcr: metrics.rgb_to_y.)"""
+    r, g, b = rgb.unbind(-3)
+    return (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(-3)
 
 
 def rgb_to_ycbcr(rgb: Tensor) -> Tensor:
     """Full-range BT.601 YCbCr (JPEG's) of (..., 3, H, W) in [0, 1]; Y as `to_channels(.., 1)`."""
     r, g, b = rgb.unbind(-3)
-    y = 0.299 * r + 0.587 * g + 0.114 * b
+    y = luma(rgb)[..., 0, :, :]
     return torch.stack([y, 0.5 + 0.564 * (b - y), 0.5 + 0.713 * (r - y)], dim=-3)
 
 

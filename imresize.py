@@ -207,3 +207,28 @@ def degrade(hr: Tensor, scale: int, kernel: str = "bicubic", bits: int | None = 
         peak = 2**bits - 1
         lr = torch.round(lr * peak) / peak
     return lr
+
+
+def gaussian_window(size: int, sigma: float, dtype: torch.dtype = torch.float64) -> Tensor:
+    """Normalised 1-D Gaussian of `size` taps; its outer product is MATLAB's
+    fspecial('gaussian', size, sigma)."""
+    coords = torch.arange(size, dtype=dtype) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def gaussian_filter(img: Tensor, sigma: float, size: int | None = None, borders: str = "reflect") -> Tensor:
+    """Separable Gaussian filtering of (N, C, H, W) with `size` taps (default 2 ceil(3 sigma) + 1):
+    borders mirrored ("reflect", same size out) or dropped ("valid", as SSIM filters)."""
+    size = size or 2 * max(1, math.ceil(3 * sigma)) + 1
+    g = gaussian_window(size, sigma, img.dtype).to(img.device)
+    if borders == "reflect":
+        r = size // 2
+        img = torch.nn.functional.pad(img, (r, r, r, r), mode="reflect")
+    elif borders != "valid":
+        raise ValueError(f"borders must be reflect or valid, not {borders!r}")
+    channels = img.shape[1]
+    img = torch.nn.functional.conv2d(img, g.view(1, 1, size, 1).expand(channels, 1, size, 1), groups=channels)
+    return torch.nn.functional.conv2d(
+        img, g.view(1, 1, 1, size).expand(channels, 1, 1, size), groups=channels
+    )

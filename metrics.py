@@ -17,8 +17,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from data import luma
+from imresize import gaussian_filter
 
 PROTOCOL = (
     "Metrics follow the benchmark protocol: SR rounded to 8 bits, Y channel of BT.601 "
@@ -90,27 +92,12 @@ def psnr(sr: Tensor, hr: Tensor, shave: int, y_channel: bool = True) -> Tensor:
     return out[0] if single else out
 
 
-def _gaussian_1d(size: int = 11, sigma: float = 1.5) -> Tensor:
-    """Normalised 1-D Gaussian; its outer product is MATLAB's fspecial('gaussian', size, sigma)."""
-    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(coords**2) / (2 * sigma**2))
-    return g / g.sum()
-
-
-def _gaussian_blur_valid(x: Tensor, size: int = 11, sigma: float = 1.5) -> Tensor:
-    """'valid' 2-D Gaussian filtering of (B, C, H, W), as two separable 1-D passes."""
-    channels = x.shape[1]
-    g = _gaussian_1d(size, sigma).to(x.device, x.dtype)
-    x = F.conv2d(x, g.view(1, 1, size, 1).expand(channels, 1, size, 1), groups=channels)
-    return F.conv2d(x, g.view(1, 1, 1, size).expand(channels, 1, 1, size), groups=channels)
-
-
 def ssim_map(a: Tensor, b: Tensor, data_range: float) -> Tensor:
     """Per-pixel SSIM of (B, C, H, W) images ('valid' 11x11 Gaussian window, sigma 1.5)."""
     if min(a.shape[-2:]) < 11:
         raise ValueError(f"SSIM needs at least 11x11 pixels, got {tuple(a.shape[-2:])}")
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    moments = _gaussian_blur_valid(torch.cat([a, b, a * a, b * b, a * b], dim=1))
+    moments = gaussian_filter(torch.cat([a, b, a * a, b * b, a * b], dim=1), 1.5, size=11, borders="valid")
     mu_a, mu_b, aa, bb, ab = moments.chunk(5, dim=1)
     var_a, var_b, cov = aa - mu_a**2, bb - mu_b**2, ab - mu_a * mu_b
     return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
@@ -140,9 +127,7 @@ FDA_BINS = 64
 def _luma(img: Tensor) -> Tensor:
     """(C, H, W) in [0, 1] -> (H, W) float64: BT.601 Y of RGB, gray as is."""
     img = img.detach().double()
-    if img.shape[0] == 3:
-        return 0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2]
-    return img.mean(0)
+    return luma(img)[0] if img.shape[0] == 3 else img.mean(0)
 
 
 def _power_and_radius(img: Tensor) -> tuple[Tensor, Tensor]:
