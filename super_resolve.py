@@ -50,6 +50,7 @@ from utils import (
     ImageError,
     Parser,
     UserError,
+    ensure_folder,
     load_checkpoint,
     new_figure,
     run_cli,
@@ -214,14 +215,11 @@ def output_paths(lr_path: Path, out_dir: str | None, model_name: str, scale: int
     return folder / f"{stem}_{model_name}_x{scale}.png", folder / f"{stem}_bicubic_x{scale}.png"
 
 
-def ensure_folder(folder: str | Path) -> Path:
-    """Create an output folder, or fail with one line."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"{folder}: cannot create output folder ({err.strerror or err})") from None
-    return folder
+def image_row(name: str, sr: Tensor, bic: Tensor, hr: Tensor, scale: int) -> dict:
+    """PSNR/SSIM of the model's and of bicubic's upscale of one image, by the benchmark protocol."""
+    (model_psnr, model_ssim), (bicubic_psnr, bicubic_ssim) = score(sr, hr, scale), score(bic, hr, scale)
+    return {"name": name, "model_psnr": model_psnr, "model_ssim": model_ssim,
+            "bicubic_psnr": bicubic_psnr, "bicubic_ssim": bicubic_ssim}  # fmt: skip
 
 
 def print_table(rows: list[dict], model_name: str, title: str, metric: str = "psnr") -> None:
@@ -363,14 +361,7 @@ def run_dataset(args: argparse.Namespace, upscaler: Upscaler) -> int:
         check_size(pair.lr, pair.name)
         check_scorable(pair.hr, pair.name, upscaler.scale)
         sr, bic = upscaler(pair.lr), bicubic(pair.lr, upscaler.scale)
-        model_score, bicubic_score = score(sr, pair.hr, upscaler.scale), score(bic, pair.hr, upscaler.scale)
-        row = {
-            "name": pair.name,
-            "model_psnr": model_score[0],
-            "model_ssim": model_score[1],
-            "bicubic_psnr": bicubic_score[0],
-            "bicubic_ssim": bicubic_score[1],
-        }
+        row = image_row(pair.name, sr, bic, pair.hr, upscaler.scale)
         for who, image in (("model", sr), ("bicubic", bic)):
             for band, ratio in band_energy_ratios(image, pair.hr).items():
                 row[f"{who}_energy_{band}"] = ratio
@@ -513,14 +504,7 @@ def run_inputs(args: argparse.Namespace, upscaler: Upscaler) -> int:
         row = None
         if gt is not None:
             gt = check_gt(gt, sr, gt_path, lr_path, upscaler.scale)
-            model_score, bicubic_score = score(sr, gt, upscaler.scale), score(bic, gt, upscaler.scale)
-            row = {
-                "name": lr_path.stem,
-                "model_psnr": model_score[0],
-                "model_ssim": model_score[1],
-                "bicubic_psnr": bicubic_score[0],
-                "bicubic_ssim": bicubic_score[1],
-            }
+            row = image_row(lr_path.stem, sr, bic, gt, upscaler.scale)
             rows.append(row)
         sr_path, bic_path = output_paths(lr_path, args.out_dir, upscaler.name, upscaler.scale)
         save_image(sr, sr_path, bits=bits)

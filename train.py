@@ -64,6 +64,7 @@ from utils import (
     Parser,
     UserError,
     atomic_write,
+    ensure_folder,
     load_checkpoint,
     new_figure,
     rng_state,
@@ -416,17 +417,6 @@ def write_history_csv(history: list[dict], path: Path) -> None:
         tmp.write_text(buffer.getvalue())
 
 
-def ensure_writable(folder: Path) -> None:
-    """Create the output folder and prove a file can be written there."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test.{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(f"{folder}: output folder is not writable ({err.strerror or err})") from None
-
-
 # ---------------------------------------------------------------------------------------
 # Learning rate, devices, distributed
 # ---------------------------------------------------------------------------------------
@@ -689,7 +679,7 @@ def train(config: dict, checkpoint: dict | None = None) -> int:
     runtime = setup_runtime(config)
     out_dir = Path(config["out_dir"])
     if runtime.main:
-        ensure_writable(out_dir)
+        ensure_folder(out_dir)
     log = print if runtime.main else (lambda *a, **k: None)
     options = parse_model_options(config["model_option"])
 

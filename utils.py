@@ -115,6 +115,19 @@ def atomic_write(path: str | os.PathLike, what: str = "file") -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def ensure_folder(folder: str | os.PathLike) -> Path:
+    """Create an output folder and prove a file can be written there, or fail with one line."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"{folder}: cannot write to this output folder ({err.strerror or err})") from None
+    return folder
+
+
 # ---------------------------------------------------------------------------------------
 # Checkpoints: atomic writes, safe loads
 # ---------------------------------------------------------------------------------------
