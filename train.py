@@ -388,31 +388,51 @@ def progress_from(checkpoint: dict) -> Progress:
         loss_sum=in_epoch.get("loss_sum", 0.0),
         batches=in_epoch.get("batches", 0),
         seconds=in_epoch.get("seconds", 0.0),
-        history=list(checkpoint.get("history", [])),
+        history=named_history(checkpoint),
         best_psnr=checkpoint.get("best_psnr"),
     )
 
 
-HISTORY_FIELDS = (
-    "epoch",
-    "train_loss",
-    "psnr",
-    "ssim",
-    "bicubic_psnr",
-    "bicubic_ssim",
-    "lr",
-    "seconds",
-    "patches_per_s",
-)
+# The validation columns of a history row, by kind of model: the score, its similarity
+# index, and the same for the baseline (bicubic; for bursts the multi-frame baseline).
+VALIDATION_KEYS = {
+    SINGLE_IMAGE: ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim"),
+    MULTI_FRAME: ("cpsnr", "cssim", "baseline_cpsnr", "baseline_cssim"),
+}
 
 
-def write_history_csv(history: list[dict], path: Path) -> None:
+def history_fields(kind: str) -> tuple[str, ...]:
+    """The columns of a history row (and of history.csv) for a kind of model."""
+    return ("epoch", "train_loss", *VALIDATION_KEYS[kind], "lr", "seconds", "patches_per_s")
+
+
+def validation_of(row: dict) -> tuple[float | None, ...]:
+    """(score, similarity, baseline score, baseline similarity) of a history row of either kind."""
+    keys = VALIDATION_KEYS[MULTI_FRAME if "cpsnr" in row else SINGLE_IMAGE]
+    return tuple(row.get(key) for key in keys)
+
+
+def named_history(checkpoint: dict) -> list[dict]:
+    """A checkpoint's history with its validation columns named for its kind (multi-frame
+    runs written before the cPSNR columns had them as psnr, ssim, bicubic_psnr, bicubic_ssim)."""
+    history = [dict(row) for row in checkpoint.get("history", [])]
+    if checkpoint.get("kind") == MULTI_FRAME:
+        old, new = VALIDATION_KEYS[SINGLE_IMAGE], VALIDATION_KEYS[MULTI_FRAME]
+        for row in history:
+            for a, b in zip(old, new):
+                if a in row:
+                    row[b] = row.pop(a)
+    return history
+
+
+def write_history_csv(history: list[dict], path: Path, kind: str) -> None:
     """history.csv, written atomically."""
+    fields = history_fields(kind)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     for row in history:
-        writer.writerow({k: "" if row.get(k) is None else row[k] for k in HISTORY_FIELDS})
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in fields})
     with atomic_write(path, "history") as tmp:
         tmp.write_text(buffer.getvalue())
 
@@ -920,17 +940,9 @@ def _end_epoch(run: Run, epoch: int) -> None:
     score = task.validate(run.ema.model if run.ema else run.model) if due and runtime.main else None
     bicubic = task.baseline
     samples = progress.samples * runtime.world
-    row = {
-        "epoch": epoch,
-        "train_loss": loss,
-        "psnr": score[0] if score else None,
-        "ssim": score[1] if score else None,
-        "bicubic_psnr": bicubic[0],
-        "bicubic_ssim": bicubic[1],
-        "lr": learning_rate(config, epoch - 1e-9),
-        "seconds": progress.seconds,
-        "patches_per_s": samples / max(progress.seconds, 1e-9),
-    }
+    values = (epoch, loss, *(score or (None, None)), *bicubic, learning_rate(config, epoch - 1e-9),
+              progress.seconds, samples / max(progress.seconds, 1e-9))  # fmt: skip
+    row = dict(zip(history_fields(task.kind), values, strict=True))
     progress.history.append(row)
     progress.epoch = epoch
     progress.samples, progress.loss_sum, progress.batches, progress.seconds = 0, 0.0, 0, 0.0
@@ -944,7 +956,7 @@ def _end_epoch(run: Run, epoch: int) -> None:
             save_checkpoint(checkpoint, out_dir / f"epoch-{epoch:04d}.pth")
         if new_best:
             save_checkpoint(checkpoint, out_dir / "best.pth")
-        write_history_csv(progress.history, out_dir / "history.csv")
+        write_history_csv(progress.history, out_dir / "history.csv", task.kind)
         similarity = task.metric.replace("PSNR", "SSIM")
         val = (
             f"{config['val_data']} {task.metric} {score[0]:.2f} dB {similarity} {score[1]:.4f} "
@@ -1014,7 +1026,7 @@ def describe(checkpoint: dict) -> dict:
         "in_epoch": checkpoint.get("in_epoch"),
         "best_psnr": checkpoint.get("best_psnr"),
         "args": checkpoint["args"],
-        "history": checkpoint.get("history", []),
+        "history": named_history(checkpoint),
     }
 
 
@@ -1036,22 +1048,25 @@ def command_inspect(args: argparse.Namespace) -> int:
         f"epoch      {info['epoch']} of {info['args'].get('num_epoch')}"
         f"{f' (+{partial} steps of the next, interrupted)' if partial else ''}"
     )
-    best = info["best_psnr"]
-    print(f"best PSNR  {'-' if best is None else f'{best:.3f} dB'} on {info['args'].get('val_data')}")
+    best, metric = info["best_psnr"], "cPSNR" if info["kind"] == MULTI_FRAME else "PSNR"
+    print(f"best {metric:5} {'-' if best is None else f'{best:.3f} dB'} on {info['args'].get('val_data')}")
     if info["args"].get("ema"):
         print(f"weights    moving average, decay {info['args']['ema']} (validated, used by super_resolve.py)")
     print("arguments  " + "  ".join(f"{k}={v}" for k, v in sorted(info["args"].items())))
     if info["history"]:
-        print(f"\n{'epoch':>5} {'loss':>10} {'PSNR':>7} {'SSIM':>7} {'bicubic':>8} {'lr':>9} {'seconds':>8}")
+        similarity, baseline = metric.replace("PSNR", "SSIM"), "baseline" if metric == "cPSNR" else "bicubic"
+        print(
+            f"\n{'epoch':>5} {'loss':>10} {metric:>7} {similarity:>7} {baseline:>8} {'lr':>9} {'seconds':>8}"
+        )
+
+        def fmt(value: float | None, spec: str) -> str:
+            return f"{'-':>{spec.split('.')[0]}}" if value is None else format(value, spec)
+
         for row in info["history"]:
-
-            def fmt(value, spec):
-                return "-" if value is None else format(value, spec)
-
+            score, similar, base, _ = validation_of(row)
             print(
-                f"{row['epoch']:>5} {row['train_loss']:>10.6f} {fmt(row['psnr'], '7.3f')} "
-                f"{fmt(row['ssim'], '7.4f')} {row['bicubic_psnr']:>8.3f} {row['lr']:>9.3g} "
-                f"{row['seconds']:>8.1f}"
+                f"{row['epoch']:>5} {row['train_loss']:>10.6f} {fmt(score, '7.3f')} {fmt(similar, '7.4f')} "
+                f"{fmt(base, '8.3f')} {row['lr']:>9.3g} {row['seconds']:>8.1f}"
             )
     if args.plot:
         print(f"\nplot written to {args.plot}")
@@ -1084,17 +1099,22 @@ def plot_history(info: dict, path: Path) -> None:
     ax_loss.set(
         xlabel="epoch",
         ylabel=f"training loss ({info['args'].get('loss')})",
-        yscale="log",
+        yscale="log" if all(row["train_loss"] > 0 for row in history) else "linear",  # NLL < 0
         title="training loss",
     )
-    validated = [row for row in history if row["psnr"] is not None]
+    validated = [row for row in history if validation_of(row)[0] is not None]
     ax_psnr.plot(
-        [r["epoch"] for r in validated], [r["psnr"] for r in validated], marker=".", label=info["model"]
+        [r["epoch"] for r in validated],
+        [validation_of(r)[0] for r in validated],
+        marker=".",
+        label=info["model"],
     )
-    ax_psnr.plot(epochs, [row["bicubic_psnr"] for row in history], linestyle="--", label="bicubic")
+    multi = info["kind"] == MULTI_FRAME
+    baseline = [validation_of(row)[2] for row in history]
+    ax_psnr.plot(epochs, baseline, linestyle="--", label="baseline" if multi else "bicubic")
     ax_psnr.set(
         xlabel="epoch",
-        ylabel="PSNR (dB, Y, shave = scale)",
+        ylabel="cPSNR (dB, PROBA-V challenge)" if multi else "PSNR (dB, Y, shave = scale)",
         title=f"validation on {info['args'].get('val_data')} x{info['scale']}",
     )
     ax_psnr.legend()

@@ -268,7 +268,7 @@ def test_training_on_probav_scenes(tmp_path, capsys):
     assert run_cli(train.main, argv) == 0
     assert "cPSNR" in capsys.readouterr().out
     checkpoint = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
-    assert checkpoint["kind"] == "multi-frame" and checkpoint["history"][-1]["psnr"] is not None
+    assert checkpoint["kind"] == "multi-frame" and checkpoint["history"][-1]["cpsnr"] is not None
 
 
 @pytest.fixture(scope="module")
@@ -313,7 +313,7 @@ def trained(tmp_path_factory):
 
 def test_short_training_beats_bicubic_of_mean_on_held_out_scenes(trained):
     history = torch.load(trained / "last.pth", weights_only=True)["history"]
-    assert history[-1]["psnr"] > history[-1]["bicubic_psnr"], history[-1]  # cPSNR, held-out scenes
+    assert history[-1]["cpsnr"] > history[-1]["baseline_cpsnr"], history[-1]  # held-out scenes
 
 
 def test_super_resolve_fuses_a_folder_of_frames(trained, tmp_path, capsys):
@@ -364,8 +364,8 @@ def test_dataset_scores_bursts_as_training_validated_them(trained, capsys):
     assert result["model"] == "piunet" and "cPSNR" in result["protocol"]
     assert len(result["images"]) == len(sample_paths("test"))
     # the same fixed bursts and the same network: the figures training logged at its last validation
-    assert result["mean"]["model_cpsnr"] == pytest.approx(history["psnr"], abs=1e-6)
-    assert result["mean"]["bicubic_cpsnr"] == pytest.approx(history["bicubic_psnr"], abs=1e-6)
+    assert result["mean"]["model_cpsnr"] == pytest.approx(history["cpsnr"], abs=1e-6)
+    assert result["mean"]["bicubic_cpsnr"] == pytest.approx(history["baseline_cpsnr"], abs=1e-6)
     assert run_cli(super_resolve.main, [*argv, "--quiet"]) == 0
     table = capsys.readouterr().out
     assert "piunet CPSNR" in table and "baseline CPSNR" in table and "mean" in table
@@ -403,3 +403,21 @@ def test_frame_weights_choose_the_global_residual():
         uniform, _ = model(frames)
     torch.testing.assert_close(mu[0], bicubic_of_mean(frames[0, :2], 3))
     torch.testing.assert_close(uniform[0], bicubic_of_mean(frames[0], 3))
+
+
+def test_multi_frame_history_names_its_columns_and_old_runs_read_the_same(trained, tmp_path, capsys):
+    checkpoint = torch.load(trained / "last.pth", weights_only=True)
+    header = (trained / "history.csv").read_text().splitlines()[0].split(",")
+    assert header[2:6] == ["cpsnr", "cssim", "baseline_cpsnr", "baseline_cssim"]
+    old = dict(checkpoint)  # as written before the columns were named for cPSNR
+    old["history"] = [
+        {("psnr" if k == "cpsnr" else "ssim" if k == "cssim" else k.replace("baseline_c", "bicubic_")): v
+         for k, v in row.items()}
+        for row in checkpoint["history"]
+    ]  # fmt: skip
+    torch.save(old, tmp_path / "old.pth")
+    texts = []
+    for path in (trained / "last.pth", tmp_path / "old.pth"):
+        assert run_cli(train.main, ["inspect", str(path)]) == 0
+        texts.append(capsys.readouterr().out.split("arguments")[1].split("\n", 1)[1])
+    assert texts[0] == texts[1] and "cPSNR" in texts[0] and "baseline" in texts[0]

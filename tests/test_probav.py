@@ -127,4 +127,4 @@ def test_training_on_probav_like_bursts(tmp_path, capsys):
             "--out-dir", str(tmp_path / "run")]  # fmt: skip
     assert run_cli(train.main, argv) == 0
     checkpoint = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
-    assert checkpoint["args"]["burst_style"] == "probav" and checkpoint["history"][-1]["psnr"] > 20
+    assert checkpoint["args"]["burst_style"] == "probav" and checkpoint["history"][-1]["cpsnr"] > 20
