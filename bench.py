@@ -253,20 +253,17 @@ def _training_setup(name: str, options: list[str], args: argparse.Namespace):
     task = train.single_image_task(config, model, runtime, show=False)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp_dtype == torch.float16)
-    sampler = PatchSampler(len(task.dataset))
     loader = DataLoader(
         task.dataset,
         batch_size=128,
-        sampler=sampler,
+        sampler=PatchSampler(len(task.dataset)),
         num_workers=args.workers,
         pin_memory=args.cuda,
         drop_last=True,
         persistent_workers=args.workers > 0,
     )
     progress, out_dir = train.Progress(), Path("unused")
-    run = train.Run(
-        config, runtime, model, model, optimizer, scaler, task, loader, sampler, progress, None, out_dir
-    )
+    run = train.Run(config, runtime, model, model, optimizer, scaler, task, loader, progress, None, out_dir)
     return train, run
 
 

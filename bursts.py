@@ -171,13 +171,9 @@ def synthesize_probav_burst(
             frame.copy_(torch.where(cloud, level, frame))
             clear[i] = (~cloud).float()
     frames = (frames.clamp(0, 16383 / PROBAV_LEVELS) * PROBAV_LEVELS).round() / PROBAV_LEVELS
-    order = clearest(clear, config.frames)
-    baseline = challenge_baseline(frames, clear, s)
-    counts = clear.flatten(1).sum(1)
-    weights = (counts[order] == counts.max()).float()
+    chosen, weights, baseline = challenge_frames(frames, clear, config.frames, s)
     target = scene[:, m : m + height, m : m + width]
-    return Burst(name, fill_concealed(frames[order], clear[order]), target, torch.ones_like(target),
-                 baseline, None, weights)  # fmt: skip
+    return Burst(name, chosen, target, torch.ones_like(target), baseline, None, weights)
 
 
 def synthesize(hr: Tensor, config: BurstConfig, rng: random.Random, name: str = "burst") -> Burst:
@@ -199,7 +195,7 @@ def fill_concealed(frames: Tensor, clear: Tensor) -> Tensor:
 class BurstDataset(Dataset):
     """Synthetic training bursts cut from in-memory HR images, deterministic for a seed.
 
-    Items are (frames (T, p/s, p/s), hr (1, p, p), mask (1, p, p)) for `patch_size` p in HR
+    Items are (frames (T, p/s, p/s), weights (T,), hr (1, p, p), mask (1, p, p)) for `patch_size` p in HR
     pixels, each from a random crop with a random flip/rotation; keyed by (epoch, index)
     like `PatchDataset`.
     """
@@ -261,14 +257,10 @@ def load_probav_scene(folder: str | os.PathLike, frames: int = 9) -> Burst:
         raise DatasetError(f"{folder}: no LR*.png frames (PROBA-V scene layout expected)")
     stack = torch.cat([load_image(p) for p in lr_paths])
     clear = torch.stack([_quality_mask(folder / p.name.replace("LR", "QM"), stack[0]) for p in lr_paths])
-    order = clearest(clear, frames)
+    chosen, weights, baseline = challenge_frames(stack, clear, frames, PROBAV_SCALE)
     hr = load_image(folder / "HR.png") if (folder / "HR.png").exists() else torch.empty(0)
     sm = folder / "SM.png"
     mask = (load_image(sm) > 0.5).float() if sm.exists() else torch.ones_like(hr)
-    baseline = challenge_baseline(stack, clear, PROBAV_SCALE)
-    counts = clear.flatten(1).sum(1)
-    weights = (counts[order] == counts.max()).float()
-    chosen = fill_concealed(stack[order], clear[order])
     return Burst(folder.name, chosen, hr, mask, baseline, challenge_norm(folder), weights)
 
 
@@ -285,11 +277,25 @@ def clearest(clear: Tensor, frames: int) -> list[int]:
     return (order * math.ceil(frames / len(order)))[:frames]
 
 
+def most_clear(clear: Tensor) -> Tensor:
+    """(T,) True for the frames that have the most clear pixels (every one tied at the maximum)."""
+    counts = clear.flatten(1).sum(1)
+    return counts == counts.max()
+
+
 def challenge_baseline(frames: Tensor, clear: Tensor, scale: int) -> Tensor:
     """The PROBA-V challenge's baseline: MATLAB-compatible bicubic upscale of the mean of the
-    frames that have the most clear pixels (every frame tied at the maximum count), (1, sh, sw)."""
-    counts = clear.flatten(1).sum(1)
-    return bicubic_of_mean(frames[counts == counts.max()], scale)
+    frames that have the most clear pixels, (1, sh, sw)."""
+    return bicubic_of_mean(frames[most_clear(clear)], scale)
+
+
+def challenge_frames(stack: Tensor, clear: Tensor, frames: int, scale: int) -> tuple[Tensor, Tensor, Tensor]:
+    """What a model gets of a scene's (T, h, w) frames and clear masks, as the challenge chose
+    frames: the `frames` clearest with their concealed pixels filled, their weights (1 on those
+    tied at the most clear pixels) and the challenge's baseline."""
+    order = clearest(clear, frames)
+    chosen = fill_concealed(stack[order], clear[order])
+    return chosen, most_clear(clear)[order].float(), challenge_baseline(stack, clear, scale)
 
 
 def challenge_norm(folder: Path) -> float | None:
@@ -316,7 +322,7 @@ def load_frames(paths: Sequence[Path]) -> Tensor:
 
 
 class SceneDataset(Dataset):
-    """Aligned random patches of real multi-frame scenes (PROBA-V): (frames, hr, mask) items,
+    """Aligned random patches of real multi-frame scenes (PROBA-V): (frames, weights, hr, mask) items,
     `patch_size` in HR pixels, keyed by (epoch, index) like `PatchDataset`."""
 
     def __init__(

@@ -671,8 +671,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     task: Task
-    loader: DataLoader
-    sampler: PatchSampler
+    loader: DataLoader  # its sampler is a PatchSampler
     progress: Progress
     ema: WeightAverage | None
     out_dir: Path
@@ -747,17 +746,16 @@ def train(config: dict, checkpoint: dict | None = None) -> int:
         dist.barrier()
     make_task = multi_frame_task if model_kind(model) == MULTI_FRAME else single_image_task
     task = make_task(config, model, runtime, show)
-    sampler = PatchSampler(len(task.dataset), seed=config["seed"], rank=runtime.rank, world=runtime.world)
     loader = DataLoader(
         task.dataset,
         batch_size=config["batch_size"],
-        sampler=sampler,
+        sampler=PatchSampler(len(task.dataset), seed=config["seed"], rank=runtime.rank, world=runtime.world),
         num_workers=config["workers"],
         persistent_workers=config["workers"] > 0,
         pin_memory=runtime.device.type == "cuda",
         worker_init_fn=_leave_signals_to_the_trainer,
     )
-    run = Run(config, runtime, model, net, optimizer, scaler, task, loader, sampler, progress, ema, out_dir)
+    run = Run(config, runtime, model, net, optimizer, scaler, task, loader, progress, ema, out_dir)
     steps_per_epoch = run.steps_per_epoch
 
     if progress.epoch >= config["num_epoch"]:
@@ -850,7 +848,7 @@ def _train_epoch(run: Run, epoch: int) -> int | None:
     from tqdm import tqdm
 
     config, progress, runtime, steps_per_epoch = run.config, run.progress, run.runtime, run.steps_per_epoch
-    run.sampler.set_epoch(epoch, start=progress.samples)
+    run.loader.sampler.set_epoch(epoch, start=progress.samples)
     if progress.samples == 0:
         progress.loss_sum, progress.batches, progress.seconds = 0.0, 0, 0.0
     cuda = runtime.device.type == "cuda"
