@@ -32,10 +32,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -74,6 +76,18 @@ def main(argv: list[str] | None = None) -> int:
         "--resume",
         metavar="CKPT",
         help="the closing run continues this checkpoint (stopped at an epoch's end) instead of a new run",
+    )
+    run.add_argument(
+        "--run-option",
+        metavar="ARGS",
+        help='more train.py arguments for the closing run, in one string (e.g. "--lr 1e-4")',
+    )
+    run.add_argument(
+        "--also",
+        action="append",
+        metavar="ARGS",
+        help="another training run beside the closing one, sharing the GPU: train.py arguments in one "
+        'string (e.g. "train --scale 3 --init-from CKPT ..."); its checkpoint returns as gpu_runN_last.pth',
     )
     run.add_argument(PIUNET_WORKER, nargs=4, metavar=("B", "H", "W", "DEVICE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -264,8 +278,10 @@ class Visit:
         return result
 
     def check_tests(self) -> dict:
-        """Every CUDA-marked test and CPU/GPU equality test."""
+        """Every CUDA-marked test and CPU/GPU equality test (not this script's own tests: CPU dry
+        runs that would use up the step's time, as they did on the second visit)."""
         selection = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cuda or gpu", "tests"]
+        selection += ["--ignore", "tests/test_gpu_check.py"]
         if self.dry:  # the tests skip on a CPU; collecting them is what can rot
             selection.append("--collect-only")
         status, output = self.sh(selection, 180)
@@ -357,36 +373,84 @@ class Visit:
         return result
 
     def training_run(self) -> dict:
-        """Train until the budget is spent, then SIGTERM (train.py saves its place); return the checkpoint."""
-        run = self.work / "run"
+        """Train until the budget is spent, then SIGTERM (train.py saves its place); return the
+        checkpoints. The --also runs share the GPU with the closing run, each its own process."""
         if self.args.resume:  # the data folder differs from the one it was trained on: an epoch's end
-            command = ["train.py", "resume", self.args.resume, *self.cuda, "--quiet", "--num-epoch", "10000"]
+            main = ["resume", self.args.resume, "--num-epoch", "10000"]
         else:
-            command = ["train.py", "train", *RUN_MODEL, *RUN_OPTIONS, *self.cuda, "--quiet"]
-        command += ["--train-data", self.run_data, "--val-data", self.val_data, "--out-dir", str(run)]
-        command += ["--workers", "0" if self.dry else str(min(8, os.cpu_count() or 1))]
-        if self.dry and not self.args.resume:
-            command += [
-                "--model-option",
-                "blocks=1",
-                "--model-option",
-                "features=8",
-                "--patches-per-image",
-                "1",
-            ]
-            command += ["--num-epoch", "1", "--batch-size", "4", "--patch-size", "48"]
-        status, _ = self.sh(command, self.left() - 25, stop_signal=signal.SIGTERM)
-        checkpoint = run / "last.pth"
-        if not checkpoint.is_file():
-            return {"passed": False, "status": status}
-        history = self.json_of(["train.py", "inspect", str(checkpoint), "--json"], 60)
-        parts = _copy_in_parts(checkpoint, self.out / "gpu_run_last.pth")
-        return {
-            "passed": status in (0, 128 + signal.SIGTERM),
-            "status": status,
-            "files": parts,
-            **_history_figures(history),
-        }
+            main = ["train", *RUN_MODEL, *RUN_OPTIONS]
+        runs = [main + shlex.split(self.args.run_option or "")]
+        runs += [shlex.split(extra) for extra in self.args.also or []]
+        workers = "0" if self.dry else str(max(1, min(8, (os.cpu_count() or 1) // len(runs) - 1)))
+        commands, folders = [], []
+        for index, arguments in enumerate(runs):
+            folders.append(self.work / ("run" if index == 0 else f"run{index + 1}"))
+            command = ["train.py", *arguments, *self.cuda, "--quiet", "--train-data", self.run_data]
+            command += ["--val-data", self.val_data, "--out-dir", str(folders[-1]), "--workers", workers]
+            if self.dry and arguments[0] == "train":
+                command += ["--model-option", "blocks=1", "--model-option", "features=8"]
+                command += ["--patches-per-image", "1", "--num-epoch", "1", "--batch-size", "4"]
+                command += ["--patch-size", "48"]
+            commands.append(command)
+        statuses = self.sh_together(commands, self.left() - 25 * len(runs), stop_signal=signal.SIGTERM)
+        result: dict[str, Any] = {"passed": True}
+        for index, (folder, status) in enumerate(zip(folders, statuses, strict=True)):
+            name = "gpu_run" if index == 0 else f"gpu_run{index + 1}"
+            figures: dict[str, Any] = {"status": status, "args": " ".join(runs[index])}
+            checkpoint = folder / "last.pth"
+            if checkpoint.is_file():
+                history = self.json_of(["train.py", "inspect", str(checkpoint), "--json"], 60)
+                figures.update(files=_copy_in_parts(checkpoint, self.out / f"{name}_last.pth"))
+                figures.update(_history_figures(history))
+            figures["passed"] = checkpoint.is_file() and status in (0, 128 + signal.SIGTERM)
+            result["passed"] &= figures["passed"]
+            if index == 0:
+                result.update(figures)
+            else:
+                result[name] = figures
+        return result
+
+    def sh_together(self, commands: list[list[str]], limit: float, stop_signal: int) -> list[int]:
+        """Run commands side by side under one time limit, then stop those still running;
+        their statuses (each command's output goes to the log)."""
+        limit = max(1.0, min(limit, self.left()))
+        processes = []
+        for command in commands:
+            command = [sys.executable, *command]
+            self.say("$ " + " ".join(command) + f"   [limit {limit:.0f} s, side by side]")
+            pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+            processes.append(subprocess.Popen(command, cwd=HERE, env=self.env, **pipes))
+        outputs = [Collector(process) for process in processes]
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline and any(process.poll() is None for process in processes):
+            time.sleep(1)
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(stop_signal)
+        for process in processes:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for command, output, process in zip(commands, outputs, processes, strict=True):
+            self.log.write(f"$ {' '.join(command)}\n{output.text()}\n[exit {process.returncode}]\n")
+        self.log.flush()
+        return [process.returncode for process in processes]
+
+
+class Collector:
+    """A process's output, read on a thread so that its pipe never fills."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=lambda: self.lines.extend(process.stdout), daemon=True)
+        self.thread.start()
+
+    def text(self) -> str:
+        """Everything read so far."""
+        self.thread.join(timeout=5)
+        return "".join(self.lines)
 
 
 # ---------------------------------------------------------------------------------------

@@ -26,6 +26,18 @@ def _photo_folder(folder: Path, count: int, size: int, seed: int) -> Path:
     return folder
 
 
+def _inspect(checkpoint: Path) -> str:
+    """`train.py inspect --json` of a checkpoint (it must succeed)."""
+    info = subprocess.run(
+        [sys.executable, "train.py", "inspect", str(checkpoint), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert info.returncode == 0, info.stderr
+    return info.stdout
+
+
 def _gpu_check(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(ROOT / "gpu_check.py"), "run", "--dry-run", *args],
@@ -55,6 +67,9 @@ def test_dry_run_passes_every_step_and_writes_its_summary(dry_run):
     assert list(summary["checks"]) == list(gpu_check.STEPS)
     checks = summary["checks"]
     assert checks["tests"]["tests collected"] > 0  # the CUDA tests are found by the selection
+    log = (out / "gpu_check.log").read_text()
+    assert "tests/test_model.py::test_cuda_matches_cpu" in log
+    assert "tests/test_gpu_check.py::" not in log  # its own dry runs would eat the step's time
     assert checks["train"]["amp"]["epochs"] == checks["train"]["no-amp"]["epochs"] == 4
     assert checks["sr"]["gpu_fp32"]["max_level_diff"] == 0  # on the CPU the "GPU" run is the same run
     assert {row["section"] for row in checks["bench"]["rows"]} >= {"ceiling", "inference", "training"}
@@ -71,26 +86,24 @@ def test_returned_checkpoint_resumes_on_the_cpu(dry_run, tmp_path):
     _, out = dry_run
     checkpoint = tmp_path / "last.pth"
     checkpoint.write_bytes((out / "gpu_run_last.pth").read_bytes())
-    info = subprocess.run(
-        [sys.executable, "train.py", "inspect", str(checkpoint), "--json"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    assert info.returncode == 0, info.stderr
-    assert json.loads(info.stdout)["model"] == "edsr"
+    assert json.loads(_inspect(checkpoint))["model"] == "edsr"
 
 
 def test_the_closing_run_can_continue_a_checkpoint_until_the_budget_is_spent(dry_run, tmp_path):
     _, out = dry_run
     train = _photo_folder(tmp_path / "train", 4, 66, seed=2)
     done = _gpu_check(
-        "--out", str(tmp_path / "out"), "--steps", "run", "--budget", "45",
+        "--out", str(tmp_path / "out"), "--steps", "run", "--budget", "70",
         "--resume", str(out / "gpu_run_last.pth"), "--run-data", str(train), "--val-data", str(train),
+        "--run-option", "--lr 1e-4", "--also", "train --model edsr --scale 3",
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:]
     run = json.loads((tmp_path / "out" / "summary.json").read_text())["checks"]["run"]
     assert run["status"] in (0, 143) and run["epochs"] > 1  # went on past the returned epoch 1
+    assert "override lr: 0.0003 -> 0.0001" in (tmp_path / "out" / "gpu_check.log").read_text()
+    beside = run["gpu_run2"]  # the --also run, trained side by side and returned
+    assert beside["passed"] and beside["files"] == ["gpu_run2_last.pth"]
+    assert json.loads(_inspect(tmp_path / "out" / "gpu_run2_last.pth"))["scale"] == 3
 
 
 def test_a_failing_step_fails_the_visit_and_is_named(tmp_path):
