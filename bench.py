@@ -228,11 +228,14 @@ def _bench_model_inference(name: str, args: argparse.Namespace, ceiling: float) 
 
 
 def _training_setup(name: str, options: list[str], args: argparse.Namespace):
-    """The train module and a real train.py Run (task, model, optimizer, loader) for a model on
+    """The trainer module and a real training Run (task, model, optimizer, loader) for a model on
     the bench data."""
-    import train
+    import trainer
+    from model import parse_model_options
+    from runtime import setup_runtime
+    from validation import single_image_task
 
-    config = dict(train.DEFAULTS)
+    config = dict(trainer.DEFAULTS)
     config.update(
         model=name,
         model_option=options,
@@ -246,11 +249,11 @@ def _training_setup(name: str, options: list[str], args: argparse.Namespace):
         out_dir="unused",
         amp=None,
     )
-    runtime = train.setup_runtime(config)
+    runtime = setup_runtime(config)
     torch.manual_seed(0)
-    model = build_model(name, 3, **train.parse_model_options(options))
+    model = build_model(name, 3, **parse_model_options(options))
     model.to(runtime.device, memory_format=torch.channels_last)
-    task = train.single_image_task(config, model, runtime, show=False)
+    task = single_image_task(config, model, runtime, show=False)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp_dtype == torch.float16)
     loader = DataLoader(
@@ -262,13 +265,13 @@ def _training_setup(name: str, options: list[str], args: argparse.Namespace):
         drop_last=True,
         persistent_workers=args.workers > 0,
     )
-    progress, out_dir = train.Progress(), Path("unused")
-    run = train.Run(config, runtime, model, model, optimizer, scaler, task, loader, progress, None, out_dir)
-    return train, run
+    progress, out_dir = trainer.Progress(), Path("unused")
+    run = trainer.Run(config, runtime, model, model, optimizer, scaler, task, loader, progress, None, out_dir)
+    return trainer, run
 
 
 def bench_training(args: argparse.Namespace, ceiling: float) -> list[dict]:
-    """Patches/s of train.py's step with its data pipeline, and the FLOPs it achieves."""
+    """Patches/s of the training step (trainer.train_step) with its data pipeline, and the FLOPs it achieves."""
     return [_bench_model_training(name, options, args, ceiling) for name, options in TRAINING_MODELS]
 
 
@@ -277,12 +280,12 @@ TRAINING_MODELS = (("srcnn", []), ("edsr", ["preset=small"]))
 
 def _bench_model_training(name: str, options: list[str], args: argparse.Namespace, ceiling: float) -> dict:
     """The training row of one model."""
-    train, run = _training_setup(name, options, args)
+    trainer, run = _training_setup(name, options, args)
     batches = iter(run.loader)
     first = next(batches)
 
     def step(batch: list[torch.Tensor]) -> torch.Tensor:
-        return train.train_step(run, batch, 1)
+        return trainer.train_step(run, batch, 1)
 
     flops = count_flops(lambda: step(first))
     best = float("inf")

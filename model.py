@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import re
 import warnings
@@ -585,6 +586,20 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
         "PIUnet: multi-frame fusion with uncertainty, permutation-invariant (Valsesia & Magli 2022)",
     ),
 }
+
+
+def parse_model_options(items: list[str]) -> dict[str, Any]:
+    """['f2=5', 'in_channels=1'] -> {'f2': 5, 'in_channels': 1} (values parsed as JSON if they parse)."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--model-option {item!r}: expected KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
 
 
 def build_model(name: str, scale: int = 3, **options: Any) -> nn.Module:

@@ -1,0 +1,547 @@
+"""The training loop: its state (`Run`), steps, epochs and the checkpoints it writes as it goes.
+
+A checkpoint holds everything to continue as if never stopped: model name and options,
+weights, optimizer state, the arguments, the epoch (and position inside it when
+interrupted), the history, the best PSNR and every RNG state. It is written atomically
+and loads with torch.load(weights_only=True). Under `torchrun` the same loop trains with
+DistributedDataParallel; only rank 0 logs and writes. `train.py` is its command line.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from catalog import canonical_name, resolve_dataset, set_names
+from data import PatchSampler
+from model import (
+    MULTI_FRAME,
+    build_model,
+    checkpoint_weights,
+    count_parameters,
+    model_kind,
+    parse_model_options,
+)
+from runtime import Runtime, agreed, setup_runtime
+from utils import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    UserError,
+    ensure_folder,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+from validation import (
+    Task,
+    history_fields,
+    multi_frame_task,
+    named_history,
+    single_image_task,
+    write_history_csv,
+)
+
+# Defaults: SRCNN's classic set-up (x3, Adam, lr 1e-4, batch 128, 100 epochs, MSE, T91 / Set5).
+DEFAULTS: dict[str, Any] = {
+    "model": "srcnn",
+    "model_option": [],
+    "scale": 3,
+    "lr": 1e-4,
+    "batch_size": 128,
+    "num_epoch": 100,
+    "save_freq": 10,
+    "loss": "mse",
+    "perceptual_weights": None,
+    "train_data": "T91",
+    "val_data": "Set5",
+    "degradation": "bicubic",
+    "patch_size": 33,
+    "patches_per_image": 256,
+    "grid_stride": None,
+    "train_scales": [1.0],
+    "workers": min(4, max(0, (os.cpu_count() or 1) - 2)),
+    "seed": 0,
+    "out_dir": None,
+    "val_freq": 1,
+    "schedule": "constant",
+    "lr_step": 30,
+    "lr_gamma": 0.5,
+    "warmup_epochs": 0,
+    "grad_clip": None,
+    "ema": None,
+    "init_from": None,
+    "frames": 9,
+    "burst_shift": 2,
+    "burst_noise": 0.01,
+    "burst_blur": 0.0,
+    "burst_occlusion": 0.3,
+    "burst_style": "plain",
+    "amp": None,
+    "cuda": False,
+    "quiet": False,
+}
+
+
+SCHEDULES = ("constant", "step", "cosine")
+
+
+class TrainingStopped(Exception):
+    """Training cannot go on (non-finite loss); the last good checkpoint is kept."""
+
+
+def check_config(config: dict) -> None:
+    """Reject settings that cannot train, before anything is loaded or written."""
+    for key in (
+        "batch_size",
+        "num_epoch",
+        "save_freq",
+        "val_freq",
+        "patch_size",
+        "patches_per_image",
+        "lr_step",
+    ):
+        if config[key] < 1:
+            raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {config[key]}")
+    if config["workers"] < 0:
+        raise UserError(f"--workers must be 0 or more, got {config['workers']}")
+    if not config["lr"] > 0:
+        raise UserError(f"--lr must be positive, got {config['lr']}")
+    if config["ema"] is not None and not 0 < config["ema"] < 1:
+        raise UserError(f"--ema must be between 0 and 1 (e.g. 0.999), got {config['ema']}")
+    if config["grid_stride"] is not None and config["grid_stride"] < 1:
+        raise UserError(f"--grid-stride must be at least 1, got {config['grid_stride']}")
+    if config["patch_size"] % config["scale"]:
+        raise UserError(f"--patch-size {config['patch_size']} is not a multiple of --scale {config['scale']}")
+    if config["cuda"] and not torch.cuda.is_available():
+        raise UserError("--cuda given, but CUDA is not available here (no GPU, or a CPU-only torch)")
+    if model_kind(config["model"]) == MULTI_FRAME:
+        for key in ("train_scales", "grid_stride", "degradation"):
+            if config[key] != DEFAULTS[key]:
+                flag = f"--{key.replace('_', '-')}"
+                raise UserError(
+                    f"{flag} is for single-image models; {config['model']} trains on bursts (--burst-*)"
+                )
+
+
+@dataclass
+class Progress:
+    """Where training stands: completed epochs, and the position inside an interrupted one."""
+
+    epoch: int = 0
+    samples: int = 0  # samples of epoch + 1 already trained on (this rank), after an interrupt
+    loss_sum: float = 0.0
+    batches: int = 0
+    seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)
+    best_psnr: float | None = None
+
+
+def make_checkpoint(run: Run) -> dict:
+    """Everything needed to rebuild the model and continue training."""
+    config, model, progress, ema = run.config, run.model, run.progress, run.ema
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "kind": run.task.kind,
+        "model": {
+            "name": config["model"],
+            "scale": config["scale"],
+            "options": parse_model_options(config["model_option"]),
+        },
+        "params": count_parameters(model),
+        "state_dict": model.state_dict(),
+        "ema_state_dict": ema.model.state_dict() if ema else None,
+        "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "args": dict(config),
+        "epoch": progress.epoch,
+        "in_epoch": {
+            "world": int(os.environ.get("WORLD_SIZE", "1")),
+            "samples": progress.samples,
+            "loss_sum": progress.loss_sum,
+            "batches": progress.batches,
+            "seconds": progress.seconds,
+        },
+        "history": progress.history,
+        "best_psnr": progress.best_psnr,
+        "rng": rng_state(),
+    }
+
+
+def progress_from(checkpoint: dict) -> Progress:
+    """The Progress saved in a checkpoint."""
+    in_epoch = checkpoint.get("in_epoch") or {}
+    return Progress(
+        epoch=checkpoint["epoch"],
+        samples=in_epoch.get("samples", 0),
+        loss_sum=in_epoch.get("loss_sum", 0.0),
+        batches=in_epoch.get("batches", 0),
+        seconds=in_epoch.get("seconds", 0.0),
+        history=named_history(checkpoint),
+        best_psnr=checkpoint.get("best_psnr"),
+    )
+
+
+def learning_rate(config: dict, progress: float) -> float:
+    """Learning rate at a point of training, `progress` in epochs (a pure function)."""
+    peak = config["lr"]
+    if config["warmup_epochs"] and progress < config["warmup_epochs"]:
+        return peak * progress / config["warmup_epochs"]
+    if config["schedule"] == "step":
+        return peak * config["lr_gamma"] ** int(progress // config["lr_step"])
+    if config["schedule"] == "cosine":
+        return 0.5 * peak * (1 + math.cos(math.pi * min(progress / config["num_epoch"], 1.0)))
+    return peak
+
+
+def _leave_signals_to_the_trainer(worker_id: int) -> None:
+    """DataLoader workers ignore SIGINT/SIGTERM: a signal to the whole process group (Ctrl-C,
+    `kill -- -PGID`, `pkill -f train.py`, a scheduler) reaches the main process, which saves
+    its place and stops them; a worker killed first made the main process die unsaved."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class WeightAverage:
+    """Exponential moving average of a model's weights (BasicSR's params_ema); buffers copied."""
+
+    def __init__(self, model: nn.Module, decay: float, state_dict: dict | None = None) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        if state_dict is not None:
+            self.model.load_state_dict(state_dict)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Move the average a step towards the model's current weights."""
+        for average, weight in zip(self.model.parameters(), model.parameters()):
+            average.lerp_(weight.detach(), 1 - self.decay)
+        for average, buffer in zip(self.model.buffers(), model.buffers()):
+            average.copy_(buffer)
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the loop finishes its step, saves and exits."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.signal = signum
+
+
+@dataclass
+class Run:
+    """The training loop's state: what its functions take instead of a dozen parameters."""
+
+    config: dict
+    runtime: Runtime
+    model: nn.Module  # the network whose weights are saved
+    net: nn.Module  # what is called: the model, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    task: Task
+    loader: DataLoader  # its sampler is a PatchSampler
+    progress: Progress
+    ema: WeightAverage | None
+    out_dir: Path
+    stop: StopFlag = field(default_factory=StopFlag)
+
+    @property
+    def show(self) -> bool:
+        """Whether this process draws progress bars."""
+        return not self.config["quiet"] and self.runtime.main
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.loader)
+
+    def log(self, text: str) -> None:
+        """Print on the main process only."""
+        self.runtime.log(text)
+
+
+def train(config: dict, checkpoint: dict | None = None) -> int:
+    """Train (or continue) the run described by `config`; returns the exit status."""
+    check_config(config)
+    run = build_run(config, checkpoint)
+    progress, runtime, log = run.progress, run.runtime, run.log
+    if progress.epoch >= config["num_epoch"]:
+        log(
+            f"nothing to do: the checkpoint is at epoch {progress.epoch} "
+            f"and --num-epoch is {config['num_epoch']}"
+        )
+        return 0
+    log(
+        f"training {config['model']} x{config['scale']} ({count_parameters(run.model):,} parameters) on "
+        f"{runtime.device}{f' x{runtime.world} processes' if runtime.world > 1 else ''}"
+        f"{f', {runtime.amp_dtype} autocast' if runtime.amp_dtype else ''}: {run.task.summary}; "
+        f"{run.steps_per_epoch} steps/epoch; writing to {run.out_dir}"
+    )
+
+    previous = {s: signal.signal(s, run.stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for epoch in range(progress.epoch + 1, config["num_epoch"] + 1):
+            status = _train_epoch(run, epoch)
+            if status is not None:  # interrupted: save where we are
+                if runtime.main:
+                    path = save_checkpoint(make_checkpoint(run), run.out_dir / "last.pth")
+                    log(
+                        f"\ninterrupted at epoch {epoch}, "
+                        f"after {progress.batches} of {run.steps_per_epoch} steps; "
+                        f"saved {path}\nresume with: python train.py resume {path}"
+                    )
+                return status
+            _end_epoch(run, epoch)
+        if runtime.world > 1:
+            dist.barrier()  # leave together
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if dist.is_initialized():
+            # Gloo's destructor joins its worker threads with the GIL held, and a worker may be
+            # waiting for the GIL to release a tensor: a deadlock (seen under load as a hang
+            # after the last epoch). So drop DDP's reducer first (the group outlives it), let
+            # the workers take the GIL, then destroy the group.
+            run.net = None
+            time.sleep(0.2)
+            dist.destroy_process_group()
+    return 0
+
+
+def build_run(config: dict, checkpoint: dict | None) -> Run:
+    """Model, optimizer, data and validation of a run, restored from the checkpoint if given."""
+    runtime = setup_runtime(config)
+    out_dir = Path(config["out_dir"])
+    if runtime.main:
+        ensure_folder(out_dir)
+    log = runtime.log
+    options = parse_model_options(config["model_option"])
+
+    seed_everything(config["seed"] + runtime.rank)
+    try:
+        model = build_model(config["model"], scale=config["scale"], **options)
+    except TypeError as err:
+        raise UserError(f"model {config['model']}: bad --model-option ({err})") from None
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
+    progress = Progress()
+    if checkpoint is None and config["init_from"]:
+        log(initialise_from(model, config["init_from"]))
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["state_dict"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        progress = progress_from(checkpoint)
+        set_rng_state(checkpoint["rng"])
+    # channels_last: faster convolutions on GPUs and on CPUs alike (bench.py measures it)
+    model.to(runtime.device, memory_format=torch.channels_last)
+    _move_optimizer_state(optimizer, runtime.device)
+    ema = None
+    if config["ema"] is not None:  # from the saved average when there is one, else from the weights
+        ema = WeightAverage(model, config["ema"], (checkpoint or {}).get("ema_state_dict"))
+    scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp_dtype == torch.float16)
+    if checkpoint is not None and checkpoint.get("scaler"):
+        scaler.load_state_dict(checkpoint["scaler"])
+    net = model
+    if runtime.world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[runtime.device] if config["cuda"] else None,
+            find_unused_parameters=model_kind(model) == MULTI_FRAME,  # sigma head idle in epoch 1
+        )
+
+    saved_world = ((checkpoint or {}).get("in_epoch") or {}).get("world", runtime.world)
+    if progress.samples and saved_world != runtime.world:
+        raise UserError(f"the checkpoint stopped inside an epoch with {saved_world} processes; "
+                        f"resume it with {saved_world}, not {runtime.world}")  # fmt: skip
+    show = not config["quiet"] and runtime.main
+    if runtime.world > 1:  # one process downloads missing sets, the others wait for it
+        if runtime.main:
+            for name in (*set_names(config["train_data"]), config["val_data"]):
+                if canonical_name(name):
+                    resolve_dataset(name, config["scale"], progress=show)
+        dist.barrier()
+    make_task = multi_frame_task if model_kind(model) == MULTI_FRAME else single_image_task
+    task = make_task(config, model, runtime, show)
+    loader = DataLoader(
+        task.dataset,
+        batch_size=config["batch_size"],
+        sampler=PatchSampler(len(task.dataset), seed=config["seed"], rank=runtime.rank, world=runtime.world),
+        num_workers=config["workers"],
+        persistent_workers=config["workers"] > 0,
+        pin_memory=runtime.device.type == "cuda",
+        worker_init_fn=_leave_signals_to_the_trainer,
+    )
+    return Run(config, runtime, model, net, optimizer, scaler, task, loader, progress, ema, out_dir)
+
+
+def initialise_from(model: nn.Module, path: str) -> str:
+    """Copy a checkpoint's weights (their average if kept) into the model where name and shape
+    match; returns what was taken, for the log."""
+    source = load_checkpoint(path)
+    weights = checkpoint_weights(source)
+    own = model.state_dict()
+    taken = {name: value for name, value in weights.items() if name in own and own[name].shape == value.shape}
+    if not taken:
+        raise UserError(
+            f"--init-from {path}: no weight of {source['model']['name']} fits {type(model).__name__}"
+        )
+    model.load_state_dict(taken, strict=False)
+    left = sorted({name.split(".")[0] for name in own if name not in taken})
+    origin = f"{source['model']['name']} x{source['model']['scale']}"
+    fresh = f"; new: {', '.join(left)}" if left else ""
+    return f"initialised {len(taken)} of {len(own)} tensors from {path} ({origin}){fresh}"
+
+
+def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Put loaded optimizer moments on the training device (Adam's step count stays on CPU)."""
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if isinstance(value, Tensor) and key != "step":
+                state[key] = value.to(device)
+
+
+def train_step(run: Run, batch: list[Tensor], epoch: int) -> Tensor:
+    """One optimisation step on a batch from the loader; returns the (detached) loss."""
+    device, optimizer, scaler = run.runtime.device, run.optimizer, run.scaler
+    batch = [tensor.to(device, non_blocking=device.type == "cuda") for tensor in batch]
+    loss = run.task.step_loss(run.net, batch, epoch)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    clip = run.config["grad_clip"] or (15.0 if run.task.kind == MULTI_FRAME else None)  # PIUnet's 15
+    if clip:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(run.model.parameters(), clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
+def _train_epoch(run: Run, epoch: int) -> int | None:
+    """One epoch (or its rest, after an interrupt); returns an exit status if stopped by a signal."""
+    from tqdm import tqdm
+
+    config, progress, runtime, steps_per_epoch = run.config, run.progress, run.runtime, run.steps_per_epoch
+    run.loader.sampler.set_epoch(epoch, start=progress.samples)
+    if progress.samples == 0:
+        progress.loss_sum, progress.batches, progress.seconds = 0.0, 0, 0.0
+    cuda = runtime.device.type == "cuda"
+    check_every = 16 if cuda else 1  # reading the loss syncs the GPU; check in groups there
+    pending: list[Tensor] = []
+    started = time.perf_counter()
+    bar = tqdm(
+        total=steps_per_epoch,
+        initial=progress.batches,
+        desc=f"epoch {epoch}/{config['num_epoch']}",
+        disable=not run.show,
+        leave=False,
+        unit="step",
+        dynamic_ncols=True,
+    )
+    run.net.train()
+    rate = learning_rate(config, epoch - 1 + progress.batches / steps_per_epoch)
+    for batch in run.loader:
+        step = progress.batches + 1
+        rate = learning_rate(config, epoch - 1 + step / steps_per_epoch)  # the rate at the step's end
+        for group in run.optimizer.param_groups:
+            group["lr"] = rate
+        loss = train_step(run, batch, epoch)
+        if run.ema is not None:
+            run.ema.update(run.model)
+        pending.append(loss)
+        progress.batches = step
+        progress.samples += batch[0].shape[0]
+        stopping = agreed(run.stop.signal is not None, runtime)
+        if len(pending) >= check_every or step == steps_per_epoch or stopping:
+            _account(run, pending, (epoch, step), rate)
+            elapsed = progress.seconds + time.perf_counter() - started
+            bar.set_postfix(
+                loss=f"{progress.loss_sum / step:.5f}",
+                patches_s=f"{progress.samples * runtime.world / max(elapsed, 1e-9):,.0f}",
+            )
+        bar.update(1)
+        if stopping:
+            progress.seconds += time.perf_counter() - started
+            bar.close()
+            return 128 + (run.stop.signal or signal.SIGTERM)
+    _account(run, pending, (epoch, progress.batches), rate)
+    bar.close()
+    progress.seconds += time.perf_counter() - started
+    return None
+
+
+def _account(run: Run, pending: list[Tensor], position: tuple[int, int], rate: float) -> None:
+    """Add the pending losses (up to (epoch, step)) to the epoch's sum; stop every rank at the
+    first non-finite one."""
+    (epoch, step), progress = position, run.progress
+    if not pending:
+        return
+    values = torch.stack(pending).tolist()
+    pending.clear()
+    bad = next((i for i, value in enumerate(values) if not math.isfinite(value)), None)
+    if agreed(bad is not None, run.runtime):
+        where = f"epoch {epoch}, step {step - len(values) + bad + 1}" if bad is not None else f"epoch {epoch}"
+        value = values[bad] if bad is not None else "non-finite on another rank"
+        raise TrainingStopped(
+            f"loss is {value} at {where} (lr {rate:.3g}); stopped. The last good checkpoint is "
+            f"{run.out_dir / 'last.pth'} (epoch {progress.epoch}); "
+            "try a lower --lr or --grad-clip"
+        )
+    progress.loss_sum += sum(values)
+
+
+def _end_epoch(run: Run, epoch: int) -> None:
+    """Validate (the weight average when there is one), record the epoch, write the checkpoints (rank 0)."""
+    config, task, progress, runtime, out_dir = run.config, run.task, run.progress, run.runtime, run.out_dir
+    loss = progress.loss_sum / max(progress.batches, 1)
+    if runtime.world > 1:
+        totals = torch.tensor([progress.loss_sum, float(progress.batches)], dtype=torch.float64,
+                              device=runtime.device)  # fmt: skip
+        dist.all_reduce(totals)
+        loss = (totals[0] / totals[1]).item()
+    due = epoch % config["val_freq"] == 0 or epoch == config["num_epoch"]
+    score = task.validate(run.ema.model if run.ema else run.model) if due and runtime.main else None
+    bicubic = task.baseline
+    samples = progress.samples * runtime.world
+    values = (epoch, loss, *(score or (None, None)), *bicubic, learning_rate(config, epoch - 1e-9),
+              progress.seconds, samples / max(progress.seconds, 1e-9))  # fmt: skip
+    row = dict(zip(history_fields(task.kind), values, strict=True))
+    progress.history.append(row)
+    progress.epoch = epoch
+    progress.samples, progress.loss_sum, progress.batches, progress.seconds = 0, 0.0, 0, 0.0
+    new_best = score is not None and (progress.best_psnr is None or score[0] > progress.best_psnr)
+    if new_best:
+        progress.best_psnr = score[0]
+    if runtime.main:
+        checkpoint = make_checkpoint(run)
+        save_checkpoint(checkpoint, out_dir / "last.pth")
+        if epoch % config["save_freq"] == 0:
+            save_checkpoint(checkpoint, out_dir / f"epoch-{epoch:04d}.pth")
+        if new_best:
+            save_checkpoint(checkpoint, out_dir / "best.pth")
+        write_history_csv(progress.history, out_dir / "history.csv", task.kind)
+        similarity = task.metric.replace("PSNR", "SSIM")
+        val = (
+            f"{config['val_data']} {task.metric} {score[0]:.2f} dB {similarity} {score[1]:.4f} "
+            f"({task.baseline_name} {bicubic[0]:.2f} / {bicubic[1]:.4f}){' best' if new_best else ''}"
+            if score
+            else "no validation"
+        )
+        run.log(
+            f"epoch {epoch}/{config['num_epoch']}  loss {loss:.6f}  {val}  lr {row['lr']:.3g}  "
+            f"{row['seconds']:.1f}s  {row['patches_per_s']:,.0f} patches/s"
+        )
+    if runtime.world > 1:
+        dist.barrier()

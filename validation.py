@@ -1,0 +1,193 @@
+"""Validation during training: the validation set and its scoring for each kind of model, and
+the history columns that record it."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from bursts import Burst, BurstConfig, burst_evaluation_set, burst_training_set
+from catalog import load_pairs, rescaled_pairs
+from data import PatchDataset
+from imresize import DEGRADATIONS, upscale
+from losses import make_loss, registered_l1, registered_uncertainty_loss
+from metrics import psnr, scene_scores, ssim
+from model import (
+    MULTI_FRAME,
+    SINGLE_IMAGE,
+    Upscaler,
+    parse_model_options,
+)
+from runtime import Runtime, autocast
+from utils import (
+    DatasetError,
+    atomic_write,
+)
+
+# The validation columns of a history row, by kind of model: the score, its similarity
+# index, and the same for the baseline (bicubic; for bursts the multi-frame baseline).
+VALIDATION_KEYS = {
+    SINGLE_IMAGE: ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim"),
+    MULTI_FRAME: ("cpsnr", "cssim", "baseline_cpsnr", "baseline_cssim"),
+}
+
+
+def history_fields(kind: str) -> tuple[str, ...]:
+    """The columns of a history row (and of history.csv) for a kind of model."""
+    return ("epoch", "train_loss", *VALIDATION_KEYS[kind], "lr", "seconds", "patches_per_s")
+
+
+def validation_of(row: dict) -> tuple[float | None, ...]:
+    """(score, similarity, baseline score, baseline similarity) of a history row of either kind."""
+    keys = VALIDATION_KEYS[MULTI_FRAME if "cpsnr" in row else SINGLE_IMAGE]
+    return tuple(row.get(key) for key in keys)
+
+
+def named_history(checkpoint: dict) -> list[dict]:
+    """A checkpoint's history with its validation columns named for its kind (multi-frame
+    runs written before the cPSNR columns had them as psnr, ssim, bicubic_psnr, bicubic_ssim)."""
+    history = [dict(row) for row in checkpoint.get("history", [])]
+    if checkpoint.get("kind") == MULTI_FRAME:
+        old, new = VALIDATION_KEYS[SINGLE_IMAGE], VALIDATION_KEYS[MULTI_FRAME]
+        for row in history:
+            for a, b in zip(old, new):
+                if a in row:
+                    row[b] = row.pop(a)
+    return history
+
+
+def write_history_csv(history: list[dict], path: Path, kind: str) -> None:
+    """history.csv, written atomically."""
+    fields = history_fields(kind)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in fields})
+    with atomic_write(path, "history") as tmp:
+        tmp.write_text(buffer.getvalue())
+
+
+@dataclass
+class Task:
+    """What differs between single-image and multi-frame training: data, loss, validation."""
+
+    kind: str  # model.SINGLE_IMAGE or model.MULTI_FRAME, as stored in checkpoints
+    dataset: Dataset
+    step_loss: Callable[[nn.Module, list[Tensor], int], Tensor]  # (net, batch, epoch) -> loss
+    validate: Callable[[nn.Module], tuple[float, float]]  # a network's (PSNR, SSIM) or (cPSNR, cSSIM)
+    baseline: tuple[float, float]  # the same for the interpolation baseline
+    summary: str  # one line for the start-up message
+    metric: str = "PSNR"  # what validate() measures, for the log
+    baseline_name: str = "bicubic"
+
+
+def single_image_task(config: dict, model: nn.Module, runtime: Runtime, show: bool) -> Task:
+    """LR/HR patches, the chosen loss, PSNR/SSIM of full validation images against bicubic."""
+    options = parse_model_options(config["model_option"])
+    channels = options.get("in_channels", 3)
+    kernels = DEGRADATIONS if config["degradation"] == "random" else tuple(config["degradation"].split(","))
+    train_pairs = load_pairs(config["train_data"], config["scale"], kernels, channels=channels, progress=show)
+    train_pairs = rescaled_pairs(
+        train_pairs, config["train_scales"], config["scale"], kernels, min_size=config["patch_size"]
+    )
+    # validation images keep their own channels: gray ones are scored on gray, as in the tables
+    val_pairs = load_pairs(config["val_data"], config["scale"], progress=show)
+    dataset = PatchDataset(
+        train_pairs,
+        config["scale"],
+        config["patch_size"],
+        config["patches_per_image"],
+        seed=config["seed"],
+        grid_stride=config["grid_stride"],
+    )
+    loss_fn = make_loss(config["loss"], runtime.device, config["perceptual_weights"])
+    scale = config["scale"]
+
+    def step_loss(net: nn.Module, batch: list[Tensor], epoch: int) -> Tensor:
+        lr, hr = batch
+        with autocast(runtime):
+            sr = net(lr.contiguous(memory_format=torch.channels_last))
+        return loss_fn(sr.float(), hr)
+
+    def scores(upscale: Callable[[Tensor], Tensor]) -> tuple[float, float]:
+        results = [
+            (psnr(sr, p.hr, shave=scale).item(), ssim(sr, p.hr, shave=scale).item())
+            for p in val_pairs
+            for sr in [upscale(p.lr)]
+        ]
+        return sum(r[0] for r in results) / len(results), sum(r[1] for r in results) / len(results)
+
+    def validate(net: nn.Module) -> tuple[float, float]:
+        mode = net.training
+        upscaler = Upscaler(
+            net.eval(), config["model"], scale, channels, runtime.device, tile=256, overlap=16
+        )
+        try:
+            return scores(upscaler)
+        finally:
+            net.train(mode)
+
+    baseline = scores(lambda lr: upscale(lr, scale))
+    summary = (
+        f"{len(train_pairs)} images, {len(dataset)} patches/epoch, loss {config['loss']}; validation "
+        f"PSNR on {config['val_data']} (bicubic {baseline[0]:.2f} dB)"
+    )
+    return Task(SINGLE_IMAGE, dataset, step_loss, validate, baseline, summary)
+
+
+def multi_frame_task(config: dict, model: nn.Module, runtime: Runtime, show: bool) -> Task:
+    """Bursts (synthetic from any image set, or PROBA-V scenes), the paper's registered loss
+    schedule, cPSNR/cSSIM of held-out scenes against the bicubic upscale of the frames' mean."""
+    burst = BurstConfig.from_options(config)
+    dataset = burst_training_set(
+        config["train_data"], burst, config["patch_size"], config["patches_per_image"], config["seed"], show
+    )
+    val_bursts = burst_evaluation_set(config["val_data"], burst, show)
+    if not val_bursts:
+        raise DatasetError(f"{config['val_data']}: no validation scene with an HR image")
+
+    def step_loss(net: nn.Module, batch: list[Tensor], epoch: int) -> Tensor:
+        frames, weights, hr, mask = batch
+        with autocast(runtime):
+            mu, sigma = net(frames, weights)
+        if epoch == 1:  # the paper: registered L1 first, then the uncertainty loss
+            return registered_l1(mu.float(), hr, mask)
+        return registered_uncertainty_loss(mu.float(), sigma.float(), hr, mask)
+
+    def scores(fuse: Callable[[Burst], Tensor]) -> tuple[float, float]:
+        results = [scene_scores(fuse(b).clamp(0, 1), b.hr, b.mask) for b in val_bursts]
+        return sum(r[0] for r in results) / len(results), sum(r[1] for r in results) / len(results)
+
+    def validate(net: nn.Module) -> tuple[float, float]:
+        mode = net.training
+        net.eval()
+
+        @torch.inference_mode()
+        def fuse(burst: Burst) -> Tensor:
+            frames, weights = (
+                burst.frames[None].to(runtime.device),
+                burst.frame_weights()[None].to(runtime.device),
+            )
+            return net(frames, weights)[0][0].float().cpu()
+
+        try:
+            return scores(fuse)
+        finally:
+            net.train(mode)
+
+    baseline = scores(lambda burst: burst.baseline_image(config["scale"]))
+    summary = (
+        f"{len(dataset)} bursts/epoch of {config['frames']} frames, registered L1 (epoch 1) then "
+        f"registered Laplace NLL; validation cPSNR on {len(val_bursts)} {config['val_data']} scenes "
+        f"(baseline {baseline[0]:.2f} dB: bicubic of the frames' mean; for PROBA-V-like and real scenes "
+        "of the clearest frames')"
+    )
+    return Task(MULTI_FRAME, dataset, step_loss, validate, baseline, summary, "cPSNR", "baseline")
