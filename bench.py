@@ -46,8 +46,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from catalog import load_pairs
 from data import PatchDataset, PatchSampler
+from inference import Upscaler
 from info import cpu_name
-from model import Upscaler, build_model
+from model import build_model
 from utils import run_cli
 
 INFERENCE_MODELS = {
@@ -271,7 +272,7 @@ def _training_setup(name: str, options: list[str], args: argparse.Namespace):
 
 
 def bench_training(args: argparse.Namespace, ceiling: float) -> list[dict]:
-    """Patches/s of the training step (trainer.train_step) with its data pipeline, and the FLOPs it achieves."""
+    """Patches/s of the training step (`trainer.train_step`) with its data pipeline, and its FLOPs."""
     return [_bench_model_training(name, options, args, ceiling) for name, options in TRAINING_MODELS]
 
 
@@ -393,7 +394,7 @@ def bench_data(args: argparse.Namespace) -> list[dict]:
     decode_s = time.perf_counter() - start
     rows = []
     for mode, options in {"random": {"patches_per_image": 128}, "grid": {"grid_stride": 14}}.items():
-        dataset = PatchDataset(pairs, 3, 33, seed=0, **options)
+        dataset = PatchDataset(pairs, 33, seed=0, **options)
         for workers in (0, 2):
             loader = DataLoader(
                 dataset,

@@ -235,6 +235,11 @@ class ImagePair:
         """The first (usually only) LR version."""
         return self.lrs[0]
 
+    @property
+    def scale(self) -> int:
+        """The SR factor between the HR image and its LR versions."""
+        return self.hr.shape[-1] // self.lrs[0].shape[-1]
+
 
 def sample_paths(split: str = "all") -> list[Path]:
     """Paths of the photos bundled with scikit-image ('train', 'test' or 'all')."""
@@ -299,7 +304,6 @@ def load_pairs(
     scale: int,
     degradations: Sequence[str] = ("bicubic",),
     channels: int | None = None,
-    data_root: str | os.PathLike | None = None,
     download: bool = True,
     progress: bool = True,
 ) -> list[ImagePair]:
@@ -313,7 +317,7 @@ def load_pairs(
         if kernel not in DEGRADATIONS:
             raise DatasetError(f"unknown degradation {kernel!r}; use one of {DEGRADATIONS}")
     pairs = []
-    for hr_path, lr_path in dataset_sources(name, scale, data_root, download, progress):
+    for hr_path, lr_path in dataset_sources(name, scale, None, download, progress):
         hr = modcrop(load_image(hr_path), scale)
         if channels is not None:
             hr = to_channels(hr, channels)

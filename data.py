@@ -266,7 +266,8 @@ class PatchDataset(Dataset):
     Random mode: `patches_per_image` random crops per image per epoch, each with a random
     flip/rotation when `augment`. Grid mode (`grid_stride`): the SRCNN paper's fixed
     sub-images, every `grid_stride` HR pixels (snapped down to a multiple of the scale so
-    LR and HR stay aligned). Patch size is in HR pixels and must be a multiple of the scale.
+    LR and HR stay aligned). Patch size is in HR pixels and must be a multiple of the scale,
+    which the pairs give (all the same).
 
     Items are indexed by (epoch, index), as `PatchSampler` yields them, so the crops of an
     epoch do not depend on DataLoader workers; a plain int index means epoch 0.
@@ -275,20 +276,23 @@ class PatchDataset(Dataset):
     def __init__(
         self,
         pairs: Sequence[ImagePair],
-        scale: int,
         patch_size: int,
         patches_per_image: int = 1,
         augment: bool = True,
         seed: int = 0,
         grid_stride: int | None = None,
     ) -> None:
+        if not pairs:
+            raise DatasetError("no images to cut patches from")
+        scales = {pair.scale for pair in pairs}
+        if len(scales) > 1:
+            raise DatasetError(f"image pairs of different scales ({sorted(scales)}) in one dataset")
+        scale = scales.pop()
         if patch_size % scale:
             raise DatasetError(f"patch size {patch_size} is not a multiple of scale {scale}")
         small = [p.name for p in pairs if min(p.hr.shape[-2:]) < patch_size]
         if small:
             raise DatasetError(f"images smaller than the {patch_size}px patch: {', '.join(small[:5])}")
-        if not pairs:
-            raise DatasetError("no images to cut patches from")
         self.pairs = list(pairs)
         self.scale, self.patch_size = scale, patch_size
         self.patches_per_image = patches_per_image

@@ -7,25 +7,17 @@ inside (`imresize.imresize`), so callers treat all models alike.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 import re
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from data import dihedral, rgb_to_ycbcr, to_channels, undo_dihedral, ycbcr_to_rgb
-from imresize import imresize, upscale
-from utils import CheckpointError, ImageError, UserError, atomic_write
+from imresize import upscale
+from utils import CheckpointError, UserError
 
 
 class SRCNN(nn.Module):
@@ -648,180 +640,3 @@ def load_model(checkpoint: dict) -> nn.Module:
             f"cannot rebuild model {spec.get('name')!r} from the checkpoint ({reason})"
         ) from None
     return model.eval()
-
-
-MIN_TILE = 8  # LR pixels: exported models need at least 3, and slivers waste work
-
-
-def tiled_forward(
-    model: nn.Module,
-    lr: Tensor,
-    scale: int,
-    tile: int = 256,
-    overlap: int = 16,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """Run `model` on (B, C, H, W) `lr` in overlapping tiles of `tile` LR pixels; output on lr's device.
-
-    Each tile is extended by `overlap` pixels on every side that has a neighbour, and only
-    its centre is kept, so seams are invisible: where the model's receptive field fits in
-    the overlap, the result equals the whole-image output. Memory for activations stays
-    bounded by the tile size whatever the image size. `device` runs the tiles elsewhere.
-    """
-    device = torch.device(device) if device is not None else lr.device
-    height, width = lr.shape[-2:]
-    if height <= tile and width <= tile:
-        return model(lr.to(device)).to(lr.device)
-    out = None
-    for top in range(0, height, tile):
-        for left in range(0, width, tile):
-            bottom, right = min(top + tile, height), min(left + tile, width)
-            t0, l0 = max(top - overlap, 0), max(left - overlap, 0)
-            b0, r0 = min(bottom + overlap, height), min(right + overlap, width)
-            t0, l0 = max(0, min(t0, b0 - MIN_TILE)), max(0, min(l0, r0 - MIN_TILE))  # no sliver tiles
-            sr = model(lr[..., t0:b0, l0:r0].to(device)).to(lr.device)
-            if out is None:
-                out = lr.new_empty(*sr.shape[:-2], height * scale, width * scale, dtype=sr.dtype)
-            y, x = (top - t0) * scale, (left - l0) * scale
-            out[..., top * scale : bottom * scale, left * scale : right * scale] = sr[
-                ..., y : y + (bottom - top) * scale, x : x + (right - left) * scale
-            ]
-    return out
-
-
-@dataclass
-class Upscaler:
-    """A model with what is needed to apply it to any image: tiles, device, channel handling."""
-
-    model: nn.Module
-    name: str
-    scale: int
-    channels: int
-    device: torch.device
-    tile: int
-    overlap: int
-    amp_dtype: torch.dtype | None = None  # autocast dtype of the forward (bf16 on GPUs by default)
-    self_ensemble: bool = False  # average the 8 flips/rotations (EDSR's "+"; 8x the time)
-
-    @classmethod
-    def from_checkpoint(
-        cls,
-        checkpoint: dict,
-        device: torch.device,
-        tile: int = 256,
-        overlap: int = 16,
-        amp: bool | None = None,
-        self_ensemble: bool = False,
-    ) -> Upscaler:
-        """The checkpoint's model on `device`, ready for inference; `amp` None means bf16
-        autocast on a GPU that supports it, float32 elsewhere."""
-        model = load_model(checkpoint).to(device, memory_format=torch.channels_last)
-        spec = checkpoint["model"]
-        if amp is None:
-            amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        amp_dtype = torch.bfloat16 if amp else None
-        channels = spec["options"].get("in_channels", 3)
-        return cls(
-            model, spec["name"], spec["scale"], channels, device, tile, overlap, amp_dtype, self_ensemble
-        )
-
-    @torch.inference_mode()
-    def __call__(self, lr: Tensor) -> Tensor:
-        """SR of a (C, H, W) image in [0, 1]; keeps C (gray in, gray out), clamped to [0, 1]."""
-        have = lr.shape[0]
-        if have == self.channels:
-            return self._run(lr)
-        if self.channels == 3 and have == 1:  # RGB model on gray: replicate, then back to gray
-            return to_channels(self._run(to_channels(lr, 3)), 1).clamp(0, 1)
-        if self.channels == 1 and have == 3:  # Y model on RGB: Y by the model, Cb/Cr by bicubic
-            ycbcr = rgb_to_ycbcr(lr)
-            y = self._run(ycbcr[:1])
-            cbcr = imresize(ycbcr[1:], size=tuple(y.shape[-2:]))
-            return ycbcr_to_rgb(torch.cat([y, cbcr])).clamp(0, 1)
-        raise ImageError(f"the model takes {self.channels}-channel images, this one has {have}")
-
-    def _run(self, lr: Tensor) -> Tensor:
-        if not self.self_ensemble:
-            return self._forward(lr).clamp(0, 1)
-        sr = sum(undo_dihedral(self._forward(dihedral(lr, k)), k) for k in range(8))
-        return (sr / 8).clamp(0, 1)
-
-    def _forward(self, lr: Tensor) -> Tensor:
-        with torch.autocast(
-            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
-        ):
-            sr = tiled_forward(self.model, lr.unsqueeze(0), self.scale, self.tile, self.overlap, self.device)
-        return sr[0].float()
-
-
-# ---------------------------------------------------------------------------------------
-# ONNX: export single-image models, run them with onnxruntime
-# ---------------------------------------------------------------------------------------
-
-ONNX_HINT = "pip install -r requirements-onnx.txt"
-
-
-def export_onnx(model: nn.Module, path: str | Path, metadata: dict[str, str]) -> Path:
-    """Export a single-image model to ONNX with dynamic batch, height and width (at least 3
-    LR pixels), input `lr` and output `sr`; `metadata` is stored in the file. Atomic."""
-    try:
-        import onnx
-        import onnxscript  # noqa: F401  (torch's exporter needs it)
-    except ImportError:
-        raise UserError(f"ONNX export needs onnx and onnxscript: {ONNX_HINT}") from None
-    path = Path(path)
-    channels = int(metadata["in_channels"])
-    example = torch.rand(2, channels, 24, 24)
-    dims = {"lr": {0: torch.export.Dim("batch"), 2: torch.export.Dim("height", min=3),
-                   3: torch.export.Dim("width", min=3)}}  # fmt: skip
-    chatter = io.StringIO()  # the exporter's progress lines and warnings, shown only on failure
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with atomic_write(path, "ONNX model") as tmp:
-            with contextlib.redirect_stdout(chatter), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                program = torch.onnx.export(
-                    model.eval(), (example,), dynamo=True, dynamic_shapes=dims,
-                    input_names=["lr"], output_names=["sr"], verbose=False,
-                )  # fmt: skip
-                program.save(str(tmp))
-            proto = onnx.load(str(tmp))
-            for key, value in metadata.items():
-                entry = proto.metadata_props.add()
-                entry.key, entry.value = key, str(value)
-            onnx.save(proto, str(tmp))
-    except UserError:
-        raise
-    except Exception as err:
-        raise RuntimeError(f"ONNX export failed: {err}\n{chatter.getvalue()}") from err
-    finally:
-        logger.setLevel(level)
-    return path
-
-
-class OnnxModel(nn.Module):
-    """An exported model run by onnxruntime, usable wherever a model is (tiles, channels)."""
-
-    def __init__(self, path: str | Path) -> None:
-        super().__init__()
-        try:
-            import onnxruntime
-        except ImportError:
-            raise UserError(f"running ONNX models needs onnxruntime: {ONNX_HINT}") from None
-        try:
-            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as err:  # onnxruntime raises its own exception types
-            raise CheckpointError(
-                f"{path}: not a loadable ONNX model ({str(err).strip().splitlines()[0]})"
-            ) from None
-        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        if not {"model", "scale", "in_channels"} <= set(self.metadata):
-            raise CheckpointError(
-                f"{path}: an ONNX model not exported by `train.py export` (no srkit metadata)"
-            )
-
-    def forward(self, lr: Tensor) -> Tensor:
-        array = np.ascontiguousarray(lr.detach().float().cpu().numpy())
-        return torch.from_numpy(self.session.run(["sr"], {"lr": array})[0]).to(lr.device)

@@ -31,7 +31,9 @@ from bursts import (
 )
 from catalog import ImagePair, load_pairs
 from data import IMAGE_SUFFIXES, list_images, read_image, save_image, to_channels
+from figures import panel_images, save_panel, save_spectra_plot
 from imresize import DEGRADATIONS, imresize, upscale
+from inference import OnnxModel, Upscaler
 from metrics import (
     BURST_PROTOCOL,
     FDA_BANDS,
@@ -43,7 +45,7 @@ from metrics import (
     ssim,
     uncertainty_rank_correlation,
 )
-from model import MULTI_FRAME, SINGLE_IMAGE, OnnxModel, Upscaler, load_model, model_kind
+from model import MULTI_FRAME, SINGLE_IMAGE, load_model, model_kind
 from utils import (
     CheckpointError,
     DatasetError,
@@ -52,9 +54,7 @@ from utils import (
     UserError,
     ensure_folder,
     load_checkpoint,
-    new_figure,
     run_cli,
-    save_figure,
 )
 
 MIN_LR_SIDE = 3  # smaller inputs have no meaningful upscaling (and bicubic needs a neighbourhood)
@@ -259,86 +259,6 @@ def mean_row(rows: list[dict]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------
-# Comparison panel
-# ---------------------------------------------------------------------------------------
-
-
-def zoom_box(reference: Tensor, size: int) -> tuple[int, int]:
-    """Top-left of the size x size window with the most detail (gradient energy) of an image."""
-    gray = reference.mean(0, keepdim=True)
-    energy = (gray[:, 1:, :-1] - gray[:, :-1, :-1]).abs() + (gray[:, :-1, 1:] - gray[:, :-1, :-1]).abs()
-    pooled = torch.nn.functional.avg_pool2d(energy.unsqueeze(0), size, stride=max(1, size // 4))[0, 0]
-    index = int(pooled.flatten().argmax())
-    stride = max(1, size // 4)
-    return (index // pooled.shape[1]) * stride, (index % pooled.shape[1]) * stride
-
-
-def save_panel(path: Path, title: str, panels: list[tuple[str, Tensor]]) -> Path:
-    """A PNG with each image (top) and the same zoomed region of each, boxed (bottom)."""
-    from matplotlib.patches import Rectangle
-
-    height, width = panels[-1][1].shape[-2:]
-    size = max(8, min(height, width) // 4)
-    top, left = zoom_box(panels[-1][1], size)
-    fig, axes = new_figure(2, len(panels), figsize=(3.6 * len(panels), 7.4), squeeze=False)
-    for column, (label, img) in enumerate(panels):
-        array = img.clamp(0, 1).permute(1, 2, 0).numpy()
-        gray = array.shape[-1] == 1
-        shown = array[..., 0] if gray else array
-        options = {"cmap": "gray", "vmin": 0, "vmax": 1} if gray else {}
-        axes[0, column].imshow(shown, **options)
-        axes[0, column].add_patch(
-            Rectangle((left, top), size, size, fill=False, edgecolor="red", linewidth=1.5)
-        )
-        axes[0, column].set_title(label, fontsize=10)
-        axes[1, column].imshow(
-            shown[top : top + size, left : left + size], interpolation="nearest", **options
-        )
-        for ax in axes[:, column]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fig.suptitle(title, fontsize=11)
-    return save_figure(fig, path)
-
-
-def panel_images(
-    lr: Tensor, bic: Tensor, sr: Tensor, hr: Tensor | None, row: dict | None, name: str, scale: int
-) -> list[tuple[str, Tensor]]:
-    """The labelled images of a comparison panel: LR (nearest), bicubic, model, GT."""
-    nearest = lr.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
-
-    def label(what: str, key: str) -> str:
-        return f"{what}\n{row[key + '_psnr']:.2f} dB / {row[key + '_ssim']:.4f}" if row else what
-
-    panels = [
-        (f"LR x{scale} (nearest)", nearest),
-        (label("bicubic", "bicubic"), bic),
-        (label(name, "model"), sr),
-    ]
-    if hr is not None:
-        panels.append(("ground truth", hr))
-    return panels
-
-
-def save_spectra_plot(path: Path, spectra: dict[str, list[Tensor]], title: str, model_name: str) -> Path:
-    """Mean radially averaged power spectra (log scale) of SR, bicubic and HR, as a PNG."""
-    fig, ax = new_figure(figsize=(7, 4.5))
-    for who, label, style in (("HR", "HR", "-"), ("model", model_name, "-"), ("bicubic", "bicubic", "--")):
-        mean = torch.stack(spectra[who]).mean(0)
-        frequency = (torch.arange(len(mean), dtype=torch.float64) + 0.5) * 0.5 / len(mean)
-        ax.semilogy(frequency.numpy(), mean.clamp(min=1e-12).numpy(), style, label=label)
-    for edge in (1 / 6, 1 / 3):
-        ax.axvline(edge, color="gray", linewidth=0.8, linestyle=":")
-    ax.set(
-        xlabel="normalised frequency (cycles/pixel); bands: low | mid | high",
-        ylabel="mean power (luma)",
-        title=f"radially averaged power spectra, {title}",
-    )
-    ax.legend()
-    return save_figure(fig, path)
-
-
-# ---------------------------------------------------------------------------------------
 # Modes
 # ---------------------------------------------------------------------------------------
 
@@ -371,7 +291,7 @@ def run_dataset(args: argparse.Namespace, upscaler: Upscaler) -> int:
         if out_dir is not None:
             save_image(sr, out_dir / f"{pair.name}_{upscaler.name}_x{upscaler.scale}.png")
         if panel_dir is not None:
-            panels = panel_images(pair.lr, bic, sr, pair.hr, row, upscaler.name, upscaler.scale)
+            panels = panel_images(pair.lr, bic, sr, pair.hr, row, upscaler.name)
             save_panel(panel_dir / f"{pair.name}_compare.png", f"{pair.name} x{upscaler.scale}", panels)
     report(args, upscaler.name, upscaler.scale, rows, f"{args.dataset} x{upscaler.scale}")
     if args.fda_plot:
@@ -517,7 +437,7 @@ def run_inputs(args: argparse.Namespace, upscaler: Upscaler) -> int:
             else (panel_dir / f"{lr_path.stem}_compare.png" if panel_dir else None)
         )
         if panel_path is not None:
-            panels = panel_images(lr, bic, sr, gt, row, upscaler.name, upscaler.scale)
+            panels = panel_images(lr, bic, sr, gt, row, upscaler.name)
             save_panel(panel_path, f"{lr_path.name} x{upscaler.scale}", panels)
             if not args.json:
                 print(f"comparison panel: {panel_path}")

@@ -22,27 +22,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from figures import plot_history
 from imresize import DEGRADATIONS
+from inference import export_onnx
 from losses import LOSS_NAMES
 from metrics import PROTOCOL
-from model import (
-    KINDS,
-    MODELS,
-    MULTI_FRAME,
-    SINGLE_IMAGE,
-    export_onnx,
-    load_model,
-    model_zoo,
-)
+from model import KINDS, MODELS, MULTI_FRAME, SINGLE_IMAGE, load_model, model_zoo
 from trainer import DEFAULTS, SCHEDULES, TrainingStopped, train
 from utils import (
     CheckpointError,
     Parser,
     UserError,
     load_checkpoint,
-    new_figure,
     run_cli,
-    save_figure,
 )
 from validation import named_history, validation_of
 
@@ -322,39 +314,6 @@ def command_export(args: argparse.Namespace) -> int:
     path = export_onnx(load_model(checkpoint), args.output, metadata)
     print(f"exported {spec['name']} x{spec['scale']} to {path} (input lr: N x C x H x W, any N, H, W >= 3)")
     return 0
-
-
-def plot_history(info: dict, path: Path) -> None:
-    """Training loss and validation PSNR (model vs bicubic) against epoch, as a PNG."""
-    history = info["history"]
-    if not history:
-        raise UserError("the checkpoint has no history to plot yet")
-    epochs = [row["epoch"] for row in history]
-    fig, (ax_loss, ax_psnr) = new_figure(1, 2, figsize=(11, 4))
-    ax_loss.plot(epochs, [row["train_loss"] for row in history], marker=".")
-    ax_loss.set(
-        xlabel="epoch",
-        ylabel=f"training loss ({info['args'].get('loss')})",
-        yscale="log" if all(row["train_loss"] > 0 for row in history) else "linear",  # NLL < 0
-        title="training loss",
-    )
-    validated = [row for row in history if validation_of(row)[0] is not None]
-    ax_psnr.plot(
-        [r["epoch"] for r in validated],
-        [validation_of(r)[0] for r in validated],
-        marker=".",
-        label=info["model"],
-    )
-    multi = info["kind"] == MULTI_FRAME
-    baseline = [validation_of(row)[2] for row in history]
-    ax_psnr.plot(epochs, baseline, linestyle="--", label="baseline" if multi else "bicubic")
-    ax_psnr.set(
-        xlabel="epoch",
-        ylabel="cPSNR (dB, PROBA-V challenge)" if multi else "PSNR (dB, Y, shave = scale)",
-        title=f"validation on {info['args'].get('val_data')} x{info['scale']}",
-    )
-    ax_psnr.legend()
-    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Plumbing shared by the scripts: error types, command lines, figures, atomic writes,
+"""Plumbing shared by the scripts: error types, command lines, atomic writes,
 checkpoint files, random state."""
 
 from __future__ import annotations
@@ -33,34 +33,6 @@ class DatasetError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, corrupt, unsafe or of the wrong kind."""
-
-
-# ---------------------------------------------------------------------------------------
-# Figures
-# ---------------------------------------------------------------------------------------
-
-
-def new_figure(*args, **kwargs):
-    """A matplotlib figure and axes from the headless backend (`plt.subplots` arguments)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(*args, **kwargs)
-
-
-def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
-    """Write a figure as PNG atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    try:
-        with atomic_write(path, "figure") as tmp:
-            fig.tight_layout()
-            fig.savefig(tmp, dpi=dpi, format="png")
-    finally:
-        plt.close(fig)
-    return Path(path)
 
 
 # ---------------------------------------------------------------------------------------

@@ -17,14 +17,10 @@ from bursts import Burst, BurstConfig, burst_evaluation_set, burst_training_set
 from catalog import load_pairs, rescaled_pairs
 from data import PatchDataset
 from imresize import DEGRADATIONS, upscale
+from inference import Upscaler
 from losses import make_loss, registered_l1, registered_uncertainty_loss
 from metrics import psnr, scene_scores, ssim
-from model import (
-    MULTI_FRAME,
-    SINGLE_IMAGE,
-    Upscaler,
-    parse_model_options,
-)
+from model import MULTI_FRAME, SINGLE_IMAGE, parse_model_options
 from runtime import Runtime, autocast
 from utils import (
     DatasetError,
@@ -102,7 +98,6 @@ def single_image_task(config: dict, model: nn.Module, runtime: Runtime, show: bo
     val_pairs = load_pairs(config["val_data"], config["scale"], progress=show)
     dataset = PatchDataset(
         train_pairs,
-        config["scale"],
         config["patch_size"],
         config["patches_per_image"],
         seed=config["seed"],

@@ -36,7 +36,8 @@ def test_named_set_resolves_under_data_root(data_root, monkeypatch, tmp_path):
     monkeypatch.setenv("SR_CACHE_DIR", str(tmp_path / "cache"))
     folder = resolve_dataset("set5", 3, data_root=data_root, download=False)
     assert folder == data_root / "Set5" / "x3"
-    pairs = load_pairs("Set5", 3, data_root=data_root, download=False)
+    monkeypatch.setenv("SR_DATA_ROOT", str(data_root))
+    pairs = load_pairs("Set5", 3, download=False)
     assert [p.name for p in pairs][:2] == ["img_001_SRF_3_HR", "img_002_SRF_3_HR"]
     for pair in pairs:  # the given LR images are used, and they are HR / 3
         assert pair.lr.shape[-2] * 3 == pair.hr.shape[-2] and pair.lr.shape[-1] * 3 == pair.hr.shape[-1]
@@ -123,7 +124,7 @@ def _pairs(n=3, size=(36, 45), scale=3, kernels=("nearest",)):
 
 
 def test_patches_are_aligned_and_augmented_consistently():
-    dataset = PatchDataset(_pairs(), scale=3, patch_size=12, patches_per_image=20, seed=1)
+    dataset = PatchDataset(_pairs(), patch_size=12, patches_per_image=20, seed=1)
     assert len(dataset) == 60
     seen = set()
     for index in range(len(dataset)):
@@ -149,7 +150,7 @@ def test_undo_dihedral_inverts_each_transform():
 
 def test_grid_mode_is_the_fixed_srcnn_grid():
     pairs = _pairs(n=1, size=(60, 60))
-    dataset = PatchDataset(pairs, scale=3, patch_size=33, grid_stride=14, augment=False)
+    dataset = PatchDataset(pairs, patch_size=33, grid_stride=14, augment=False)
     assert len(dataset) == 2 * 2  # positions 0 and 14 on each axis (snapped to 0, 12)
     lr, hr = dataset[3]
     torch.testing.assert_close(hr, pairs[0].hr[:, 12:45, 12:45])
@@ -158,7 +159,7 @@ def test_grid_mode_is_the_fixed_srcnn_grid():
 
 def test_random_degradation_mix_uses_every_kernel():
     pairs = _pairs(n=1, kernels=("bicubic", "bilinear", "nearest"))
-    dataset = PatchDataset(pairs, scale=3, patch_size=12, patches_per_image=60, augment=False)
+    dataset = PatchDataset(pairs, patch_size=12, patches_per_image=60, augment=False)
     nearest = sum(torch.equal(lr, hr[:, 1::3, 1::3]) for lr, hr in (dataset[i] for i in range(60)))
     assert 5 < nearest < 55
 
@@ -171,7 +172,7 @@ def _batches(dataset, workers, epoch, seed=0):
 
 
 def test_pipeline_is_deterministic_with_and_without_workers():
-    dataset = PatchDataset(_pairs(), scale=3, patch_size=12, patches_per_image=10, seed=7)
+    dataset = PatchDataset(_pairs(), patch_size=12, patches_per_image=10, seed=7)
     plain = _batches(dataset, 0, epoch=2)
     torch.testing.assert_close(_batches(dataset, 0, epoch=2), plain, rtol=0, atol=0)
     torch.testing.assert_close(_batches(dataset, 2, epoch=2), plain, rtol=0, atol=0)
@@ -187,15 +188,15 @@ def test_sampler_splits_an_epoch_across_ranks():
 
 def test_patch_size_must_fit_and_divide():
     with pytest.raises(DatasetError, match="multiple of scale"):
-        PatchDataset(_pairs(), scale=3, patch_size=10)
+        PatchDataset(_pairs(), patch_size=10)
     with pytest.raises(DatasetError, match="smaller than"):
-        PatchDataset(_pairs(size=(21, 21)), scale=3, patch_size=33)
+        PatchDataset(_pairs(size=(21, 21)), patch_size=33)
+    with pytest.raises(DatasetError, match="different scales"):
+        PatchDataset(_pairs(size=(36, 48), scale=2) + _pairs(size=(36, 48)), patch_size=12)
 
 
 def test_batched_fetch_equals_item_by_item():
-    dataset = PatchDataset(
-        _pairs(kernels=("bicubic", "nearest")), scale=3, patch_size=12, patches_per_image=30
-    )
+    dataset = PatchDataset(_pairs(kernels=("bicubic", "nearest")), patch_size=12, patches_per_image=30)
     keys = [(4, i) for i in range(len(dataset))]
     for (lr_a, hr_a), (lr_b, hr_b) in zip(dataset.__getitems__(keys), [dataset[k] for k in keys]):
         assert torch.equal(lr_a, lr_b) and torch.equal(hr_a, hr_b)

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from conftest import SINGLE_IMAGE, SMALL
 
 import bench
-from model import Upscaler, build_model
+from inference import Upscaler
+from model import build_model
 
 
 @pytest.mark.parametrize("name", SINGLE_IMAGE)

@@ -23,8 +23,9 @@ BASELINES = {
 
 
 @pytest.mark.parametrize(("name", "scale"), list(BASELINES))
-def test_bicubic_baseline_matches_published_table(data_root, name, scale):
-    pairs = load_pairs(name, scale, data_root=data_root, download=False, progress=False)
+def test_bicubic_baseline_matches_published_table(data_root, monkeypatch, name, scale):
+    monkeypatch.setenv("SR_DATA_ROOT", str(data_root))
+    pairs = load_pairs(name, scale, download=False, progress=False)
     assert len(pairs) == {"Set5": 5, "Set14": 14}[name]
     psnrs, ssims = [], []
     for pair in pairs:

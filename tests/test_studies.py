@@ -13,8 +13,9 @@ from PIL import Image
 import super_resolve
 import train
 from data import save_image
+from inference import OnnxModel
 from metrics import band_energy_ratios, radial_power_spectrum
-from model import OnnxModel, build_model, load_model
+from model import build_model, load_model
 from utils import run_cli
 
 

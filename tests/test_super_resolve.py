@@ -16,8 +16,9 @@ import super_resolve
 import train
 from data import dihedral, load_image, save_image
 from imresize import degrade, imresize
+from inference import Upscaler, tiled_forward
 from metrics import psnr, ssim
-from model import Upscaler, build_model, tiled_forward
+from model import build_model
 from utils import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,9 +19,10 @@ from PIL import Image
 import train
 from catalog import load_pairs
 from data import save_image
+from inference import Upscaler
 from losses import LOSSES
 from metrics import psnr
-from model import Upscaler, load_model
+from model import load_model
 from utils import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
