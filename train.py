@@ -125,7 +125,11 @@ def _add_training_options(parser: argparse.ArgumentParser, resume: bool) -> None
     )
     add("--workers", type=int, help="DataLoader worker processes")
     add("--seed", type=int, help="seed of initialisation, data order, crops and augmentation")
-    add("--out-dir", help="folder for checkpoints and history.csv (default runs/<model>_x<scale>)")
+    add(
+        "--out-dir",
+        help="folder for checkpoints and history.csv (default runs/<model>_x<scale>; on resume, "
+        "the checkpoint's folder)",
+    )
     add("--val-freq", type=int, help="validate every this many epochs (and at the last)")
     add(
         "--schedule",
@@ -220,6 +224,9 @@ def command_resume(args: argparse.Namespace) -> int:
     if checkpoint.get("kind") not in KINDS or "args" not in checkpoint:
         raise CheckpointError(f"{args.checkpoint}: not a training checkpoint written by train.py")
     config = {**DEFAULTS, **checkpoint["args"]}
+    # the run goes on beside the file it resumes, not in the folder recorded inside it (a copied
+    # run must not write into the original, nor a checkpoint from elsewhere choose where to write)
+    config["out_dir"] = str(Path(args.checkpoint).parent)
     given = {key: getattr(args, key) for key in DEFAULTS if hasattr(args, key)}
     rank0 = int(os.environ.get("RANK", "0")) == 0
     mid_epoch = (checkpoint.get("in_epoch") or {}).get("samples", 0) > 0

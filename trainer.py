@@ -37,7 +37,9 @@ from runtime import Runtime, agreed, setup_runtime
 from utils import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
+    FolderLock,
     UserError,
+    clear_stale_temporaries,
     ensure_folder,
     load_checkpoint,
     rng_state,
@@ -102,6 +104,14 @@ class TrainingStopped(Exception):
     """Training cannot go on (non-finite loss); the last good checkpoint is kept."""
 
 
+# Every numeric option's finite range, inclusive (zero and sign are checked below where open).
+RANGES = (
+    ("scale", 2, 8), ("workers", 0, 256), ("lr", 0, 1), ("grad_clip", 0, 1e6), ("warmup_epochs", 0, 10**6),
+    ("lr_gamma", 0, 1), ("frames", 1, 64), ("burst_shift", 0, 64), ("burst_noise", 0, 1),
+    ("burst_blur", 0, 16), ("burst_occlusion", 0, 1), ("train_scales", 0, 1),
+)  # fmt: skip
+
+
 def check_config(config: dict) -> None:
     """Reject settings that cannot train, before anything is loaded or written."""
     for key in (
@@ -115,10 +125,19 @@ def check_config(config: dict) -> None:
     ):
         if config[key] < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {config[key]}")
-    if config["workers"] < 0:
-        raise UserError(f"--workers must be 0 or more, got {config['workers']}")
+    for key, low, high in RANGES:
+        value = config[key]
+        values = value if isinstance(value, list) else [value]
+        if value is not None and not all(math.isfinite(v) and low <= v <= high for v in values):
+            raise UserError(f"--{key.replace('_', '-')} must be in [{low}, {high}], got {value}")
     if not config["lr"] > 0:
         raise UserError(f"--lr must be positive, got {config['lr']}")
+    if not config["lr_gamma"] > 0:
+        raise UserError(f"--lr-gamma must be positive (the factor of each step), got {config['lr_gamma']}")
+    if config["grad_clip"] is not None and not config["grad_clip"] > 0:
+        raise UserError(f"--grad-clip must be positive (a norm), got {config['grad_clip']}")
+    if not all(v > 0 for v in config["train_scales"]):
+        raise UserError(f"--train-scales must be positive factors, got {config['train_scales']}")
     if config["ema"] is not None and not 0 < config["ema"] < 1:
         raise UserError(f"--ema must be between 0 and 1 (e.g. 0.999), got {config['ema']}")
     if config["grid_stride"] is not None and config["grid_stride"] < 1:
@@ -277,6 +296,17 @@ class Run:
 def train(config: dict, checkpoint: dict | None = None) -> int:
     """Train (or continue) the run described by `config`; returns the exit status."""
     check_config(config)
+    main = int(os.environ.get("RANK", "0")) == 0
+    lock = FolderLock(ensure_folder(Path(config["out_dir"]))) if main else None
+    try:
+        return _train_locked(config, checkpoint)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_locked(config: dict, checkpoint: dict | None) -> int:
+    """`train` once this process holds the out-dir (the main process locks it)."""
     run = build_run(config, checkpoint)
     progress, runtime, log = run.progress, run.runtime, run.log
     if progress.epoch >= config["num_epoch"]:
@@ -328,6 +358,8 @@ def build_run(config: dict, checkpoint: dict | None) -> Run:
     out_dir = Path(config["out_dir"])
     if runtime.main:
         ensure_folder(out_dir)
+        for tmp in clear_stale_temporaries(out_dir):
+            runtime.log(f"removed {tmp.name}, left by a write that was killed")
     log = runtime.log
     options = parse_model_options(config["model_option"])
 
@@ -524,14 +556,14 @@ def _end_epoch(run: Run, epoch: int) -> None:
     new_best = score is not None and (progress.best_psnr is None or score[0] > progress.best_psnr)
     if new_best:
         progress.best_psnr = score[0]
-    if runtime.main:
+    if runtime.main:  # last.pth is written last: it commits the epoch once all else is on disk
         checkpoint = make_checkpoint(run)
-        save_checkpoint(checkpoint, out_dir / "last.pth")
         if epoch % config["save_freq"] == 0:
             save_checkpoint(checkpoint, out_dir / f"epoch-{epoch:04d}.pth")
         if new_best:
             save_checkpoint(checkpoint, out_dir / "best.pth")
         write_history_csv(progress.history, out_dir / "history.csv", task.kind)
+        save_checkpoint(checkpoint, out_dir / "last.pth")
         similarity = task.metric.replace("PSNR", "SSIM")
         val = (
             f"{config['val_data']} {task.metric} {score[0]:.2f} dB {similarity} {score[1]:.4f} "

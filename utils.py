@@ -87,6 +87,59 @@ def atomic_write(path: str | os.PathLike, what: str = "file") -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def clear_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the hidden `.NAME.PID.tmp` files `atomic_write` left in `folder` when a process
+    was killed mid-write (their PID no longer runs); returns what was removed."""
+    removed = []
+    for tmp in Path(folder).glob(".*.*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this PID runs (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class FolderLock:
+    """An exclusive lock on a folder (`.lock` inside it, flock), held while this object lives:
+    a second training run into the same folder is refused instead of mixing their files."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.path = Path(folder) / ".lock"
+        self.file = open(self.path, "a+")  # noqa: SIM115 (held for the run)
+        try:
+            import fcntl
+        except ImportError:  # no flock on this platform: no lock
+            return
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            owner = self.file.read().strip() or "another process"
+            self.file.close()
+            raise UserError(
+                f"{folder}: in use by another training run ({owner}); wait for it, or give another --out-dir"
+            ) from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()}")
+        self.file.flush()
+
+    def release(self) -> None:
+        """Give the lock up (closing the file releases the flock)."""
+        self.file.close()
+
+
 def ensure_folder(folder: str | os.PathLike) -> Path:
     """Create an output folder and prove a file can be written there, or fail with one line."""
     folder = Path(folder)
@@ -120,7 +173,10 @@ _FILE_SIGNATURES = {  # what a file that is not a checkpoint most likely is, by 
 def save_checkpoint(checkpoint: dict, path: str | os.PathLike) -> Path:
     """Write a checkpoint atomically (temporary file in the same folder, fsync, rename)."""
     with atomic_write(path, "checkpoint") as tmp:
-        torch.save(checkpoint, tmp)
+        try:
+            torch.save(checkpoint, tmp)
+        except RuntimeError as err:  # torch's zip writer reports a full disk or a file-size limit so
+            raise UserError(f"{path}: cannot write checkpoint ({first_line(err)})") from None
     return Path(path)
 
 

@@ -135,7 +135,8 @@ def test_ema_resumes_from_the_saved_average_and_its_decay_can_change(data, tmp_p
 def test_checkpoint_contents_and_files(data, tmp_path):
     out = tmp_path / "run"
     assert _run(["train", *_args(data, out, "--num-epoch", "3", "--save-freq", "2")]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["best.pth", "epoch-0002.pth", "history.csv", "last.pth"]
+    files = sorted(p.name for p in out.iterdir())
+    assert files == [".lock", "best.pth", "epoch-0002.pth", "history.csv", "last.pth"]
     ckpt = _load(out / "last.pth")
     for key in ("model", "state_dict", "optimizer", "args", "epoch", "history", "best_psnr", "rng"):
         assert key in ckpt, key
