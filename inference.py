@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from data import dihedral, rgb_to_ycbcr, to_channels, undo_dihedral, ycbcr_to_rgb
 from imresize import imresize
 from model import load_model
-from utils import CheckpointError, ImageError, UserError, atomic_write
+from utils import CheckpointError, ImageError, UserError, atomic_write, first_line
 
 MIN_TILE = 8  # LR pixels: exported models need at least 3, and slivers waste work
 
@@ -179,14 +179,33 @@ class OnnxModel(nn.Module):
         try:
             self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types
-            raise CheckpointError(
-                f"{path}: not a loadable ONNX model ({str(err).strip().splitlines()[0]})"
-            ) from None
+            raise CheckpointError(f"{path}: not a loadable ONNX model ({first_line(err)})") from None
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         if not {"model", "scale", "in_channels"} <= set(self.metadata):
             raise CheckpointError(
                 f"{path}: an ONNX model not exported by `train.py export` (no srkit metadata)"
             )
+        self.scale, self.channels = self._checked_metadata(path)
+
+    def _checked_metadata(self, path: str | Path) -> tuple[int, int]:
+        """The scale and channels the metadata states, checked as numbers and against what the
+        model does with a small input (a file whose metadata lies is refused, not believed)."""
+        scale, channels = self.metadata["scale"], self.metadata["in_channels"]
+        if not (scale.isdigit() and 2 <= int(scale) <= 8 and channels in ("1", "3")):
+            raise CheckpointError(
+                f"{path}: ONNX metadata scale {scale!r} / in_channels {channels!r} is not valid"
+            )
+        probe = torch.zeros(1, int(channels), 8, 8)
+        try:
+            shape = tuple(self(probe).shape)
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise CheckpointError(f"{path}: the ONNX model does not run ({first_line(err)})") from None
+        if shape != (1, int(channels), 8 * int(scale), 8 * int(scale)):
+            raise CheckpointError(
+                f"{path}: ONNX metadata says x{scale}, {channels} channels, but the model turns 8x8 "
+                f"into {shape[-2]}x{shape[-1]} with {shape[1]} channels"
+            )
+        return int(scale), int(channels)
 
     def forward(self, lr: Tensor) -> Tensor:
         array = np.ascontiguousarray(lr.detach().float().cpu().numpy())

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imresize import upscale
-from utils import CheckpointError, UserError
+from utils import CheckpointError, UserError, first_line
 
 
 class SRCNN(nn.Module):
@@ -625,18 +625,42 @@ def model_zoo(scale: int = 3) -> list[tuple[str, int, str]]:
 def checkpoint_weights(checkpoint: dict) -> dict[str, Tensor]:
     """A checkpoint's weights to use: their moving average (train.py --ema) when the run kept one,
     since that is what was validated; else the trained weights."""
-    return checkpoint.get("ema_state_dict") or checkpoint["state_dict"]
+    return checkpoint.get("ema_state_dict") or checkpoint.get("state_dict")
+
+
+def model_spec(checkpoint: dict) -> tuple[str, int, dict]:
+    """A checkpoint's (model name, scale, options), checked against the registry before use."""
+    spec = checkpoint.get("model")
+    if not isinstance(spec, dict):
+        raise CheckpointError("malformed checkpoint: its model description is missing")
+    name, scale, options = spec.get("name"), spec.get("scale"), spec.get("options", {})
+    if name not in MODELS:
+        raise CheckpointError(f"the checkpoint names an unknown model {name!r} (known: {', '.join(MODELS)})")
+    if not isinstance(scale, int) or isinstance(scale, bool) or not 2 <= scale <= 8:
+        raise CheckpointError(f"the checkpoint's scale {scale!r} is not an SR factor from 2 to 8")
+    if not isinstance(options, dict):
+        raise CheckpointError(f"the checkpoint's model options {options!r} are not a mapping")
+    return name, scale, options
 
 
 def load_model(checkpoint: dict) -> nn.Module:
-    """Rebuild a checkpoint's model with its weights (their moving average if kept), in eval mode."""
-    spec = checkpoint["model"]
+    """Rebuild a checkpoint's model with its weights (their moving average if kept), in eval mode;
+    CheckpointError when its description or weights are malformed, empty or not finite."""
+    name, scale, options = model_spec(checkpoint)
+    weights = checkpoint_weights(checkpoint)
+    if (
+        not isinstance(weights, dict)
+        or not weights
+        or not all(isinstance(w, Tensor) for w in weights.values())
+    ):
+        raise CheckpointError(f"the checkpoint's weights of {name!r} are missing or not tensors")
+    if not all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point()):
+        raise CheckpointError(f"the checkpoint's weights of {name!r} hold NaN or infinity")
     try:
-        model = build_model(spec["name"], scale=spec["scale"], **spec["options"])
-        model.load_state_dict(checkpoint_weights(checkpoint))
-    except (KeyError, TypeError, RuntimeError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        model = build_model(name, scale=scale, **options)
+        model.load_state_dict(weights)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(
-            f"cannot rebuild model {spec.get('name')!r} from the checkpoint ({reason})"
+            f"cannot rebuild model {name!r} from the checkpoint ({first_line(err)})"
         ) from None
     return model.eval()

@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import re
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -45,13 +47,14 @@ from metrics import (
     ssim,
     uncertainty_rank_correlation,
 )
-from model import MULTI_FRAME, SINGLE_IMAGE, load_model, model_kind
+from model import MODELS, MULTI_FRAME, SINGLE_IMAGE, load_model, model_kind
 from utils import (
     CheckpointError,
     DatasetError,
     ImageError,
     Parser,
     UserError,
+    check_writable,
     ensure_folder,
     load_checkpoint,
     run_cli,
@@ -144,7 +147,7 @@ def expand_inputs(items: list[str]) -> list[Path]:
     paths: list[Path] = []
     for item in items:
         if Path(item).is_dir():
-            found = list_images(item)
+            found = [path for path in list_images(item) if not is_output_name(path)]
             if not found:
                 raise ImageError(f"{item}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
         elif any(ch in item for ch in "*?["):
@@ -208,11 +211,49 @@ def check_scorable(hr: Tensor, where: str, scale: int) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def output_paths(lr_path: Path, out_dir: str | None, model_name: str, scale: int) -> tuple[Path, Path]:
-    """Where the model and bicubic outputs of an input go."""
+# Names this script writes beside its inputs; a folder given as input skips them, so that a
+# second run on a folder does not super-resolve the first run's outputs.
+OUTPUT_NAME = re.compile(
+    rf"_({'|'.join(sorted(['bicubic', *MODELS], key=len, reverse=True))})_x\d+\.png$|_compare\.png$"
+)
+
+
+def is_output_name(path: Path) -> bool:
+    """Whether a file is named like an output of this script (model, bicubic or panel image)."""
+    return bool(OUTPUT_NAME.search(path.name))
+
+
+def output_paths(
+    lr_path: Path, out_dir: str | None, model_name: str, scale: int, stem: str
+) -> tuple[Path, Path]:
+    """Where the model and bicubic outputs of an input go (`stem` names them)."""
     folder = Path(out_dir) if out_dir else lr_path.parent
-    stem = lr_path.stem
     return folder / f"{stem}_{model_name}_x{scale}.png", folder / f"{stem}_bicubic_x{scale}.png"
+
+
+def plan_outputs(
+    paths: list[Path], args: argparse.Namespace, model_name: str, scale: int
+) -> list[list[Path]]:
+    """Every output path of every input, checked before anything is written: inputs that share
+    a stem (a.bmp, a.png) get their extension in the name, and no output may be a folder, be
+    read-only, sit in a missing folder, or be written twice."""
+    stems = Counter((path.parent, path.stem) for path in paths)
+    plans = []
+    for path in paths:
+        stem = path.stem if stems[path.parent, path.stem] == 1 else f"{path.stem}_{path.suffix[1:].lower()}"
+        outputs = list(output_paths(path, args.out_dir, model_name, scale, stem))
+        if args.compare:
+            outputs.append(Path(args.compare))
+        elif args.compare_dir:
+            outputs.append(Path(args.compare_dir) / f"{stem}_compare.png")
+        plans.append(outputs)
+    seen: set[Path] = set()
+    for output in (output for outputs in plans for output in outputs):
+        if output.resolve() in seen or output.resolve() in {path.resolve() for path in paths}:
+            raise UserError(f"{output}: two outputs (or an output and an input) would share this path")
+        seen.add(output.resolve())
+        check_writable(output)
+    return plans
 
 
 def image_row(name: str, sr: Tensor, bic: Tensor, hr: Tensor, scale: int) -> dict:
@@ -412,10 +453,12 @@ def run_inputs(args: argparse.Namespace, upscaler: Upscaler) -> int:
         raise UserError("--compare takes one input; use --compare-dir for several")
     if args.out_dir:
         ensure_folder(args.out_dir)
-    panel_dir = ensure_folder(args.compare_dir) if args.compare_dir else None
+    if args.compare_dir:
+        ensure_folder(args.compare_dir)
+    plans = plan_outputs(paths, args, upscaler.name, upscaler.scale)
     rows = []
     show = not args.quiet and not args.json and len(paths) > 1
-    for lr_path in tqdm(paths, desc="super-resolving", disable=not show, leave=False):
+    for index, lr_path in enumerate(tqdm(paths, desc="super-resolving", disable=not show, leave=False)):
         lr, bits = read_image(lr_path)
         check_size(lr, str(lr_path))
         gt_path = find_gt(args.gt, lr_path, single=len(paths) == 1) if args.gt else None
@@ -426,17 +469,13 @@ def run_inputs(args: argparse.Namespace, upscaler: Upscaler) -> int:
             gt = check_gt(gt, sr, gt_path, lr_path, upscaler.scale)
             row = image_row(lr_path.stem, sr, bic, gt, upscaler.scale)
             rows.append(row)
-        sr_path, bic_path = output_paths(lr_path, args.out_dir, upscaler.name, upscaler.scale)
+        sr_path, bic_path, *panel = plans[index]
         save_image(sr, sr_path, bits=bits)
         save_image(bic, bic_path, bits=bits)
         if not args.json:
             print(f"wrote {sr_path} and {bic_path}")
-        panel_path = (
-            Path(args.compare)
-            if args.compare
-            else (panel_dir / f"{lr_path.stem}_compare.png" if panel_dir else None)
-        )
-        if panel_path is not None:
+        if panel:
+            panel_path = panel[0]
             panels = panel_images(lr, bic, sr, gt, row, upscaler.name)
             save_panel(panel_path, f"{lr_path.name} x{upscaler.scale}", panels)
             if not args.json:
@@ -582,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.onnx:
         onnx_model = OnnxModel(args.onnx)
         meta = onnx_model.metadata
-        upscaler = Upscaler(onnx_model, meta["model"], int(meta["scale"]), int(meta["in_channels"]),
+        upscaler = Upscaler(onnx_model, meta["model"], onnx_model.scale, onnx_model.channels,
                             torch.device("cpu"), args.tile, args.tile_overlap,
                             self_ensemble=args.self_ensemble)  # fmt: skip
     else:

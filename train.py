@@ -221,7 +221,7 @@ def command_train(args: argparse.Namespace) -> int:
 def command_resume(args: argparse.Namespace) -> int:
     """`resume`: the saved arguments, overridden by the flags given now."""
     checkpoint = load_checkpoint(args.checkpoint)
-    if checkpoint.get("kind") not in KINDS or "args" not in checkpoint:
+    if checkpoint.get("kind") not in KINDS or not isinstance(checkpoint.get("args"), dict):
         raise CheckpointError(f"{args.checkpoint}: not a training checkpoint written by train.py")
     config = {**DEFAULTS, **checkpoint["args"]}
     # the run goes on beside the file it resumes, not in the folder recorded inside it (a copied
@@ -265,6 +265,12 @@ def describe(checkpoint: dict) -> dict:
     }
 
 
+def say(text: str) -> None:
+    """Print text taken from a file with its control characters escaped (a checkpoint's strings
+    cannot move the cursor or recolour the terminal)."""
+    print("".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in text))
+
+
 def command_inspect(args: argparse.Namespace) -> int:
     """`inspect`: what a checkpoint holds, as text or JSON, and optionally its curves."""
     info = describe(load_checkpoint(args.checkpoint))
@@ -273,38 +279,36 @@ def command_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print(f"checkpoint {args.checkpoint}")
-    print(
+    say(f"checkpoint {args.checkpoint}")
+    say(
         f"model      {info['model']} x{info['scale']}  options {info['options'] or '{}'}  "
         f"{info['params']:,} parameters"
     )
     partial = (info["in_epoch"] or {}).get("batches", 0)
-    print(
+    say(
         f"epoch      {info['epoch']} of {info['args'].get('num_epoch')}"
         f"{f' (+{partial} steps of the next, interrupted)' if partial else ''}"
     )
     best, metric = info["best_psnr"], "cPSNR" if info["kind"] == MULTI_FRAME else "PSNR"
-    print(f"best {metric:5} {'-' if best is None else f'{best:.3f} dB'} on {info['args'].get('val_data')}")
+    say(f"best {metric:5} {'-' if best is None else f'{best:.3f} dB'} on {info['args'].get('val_data')}")
     if info["args"].get("ema"):
-        print(f"weights    moving average, decay {info['args']['ema']} (validated, used by super_resolve.py)")
-    print("arguments  " + "  ".join(f"{k}={v}" for k, v in sorted(info["args"].items())))
+        say(f"weights    moving average, decay {info['args']['ema']} (validated, used by super_resolve.py)")
+    say("arguments  " + "  ".join(f"{k}={v}" for k, v in sorted(info["args"].items())))
     if info["history"]:
         similarity, baseline = metric.replace("PSNR", "SSIM"), "baseline" if metric == "cPSNR" else "bicubic"
-        print(
-            f"\n{'epoch':>5} {'loss':>10} {metric:>7} {similarity:>7} {baseline:>8} {'lr':>9} {'seconds':>8}"
-        )
+        say(f"\n{'epoch':>5} {'loss':>10} {metric:>7} {similarity:>7} {baseline:>8} {'lr':>9} {'seconds':>8}")
 
         def fmt(value: float | None, spec: str) -> str:
             return f"{'-':>{spec.split('.')[0]}}" if value is None else format(value, spec)
 
         for row in info["history"]:
             score, similar, base, _ = validation_of(row)
-            print(
+            say(
                 f"{row['epoch']:>5} {row['train_loss']:>10.6f} {fmt(score, '7.3f')} {fmt(similar, '7.4f')} "
                 f"{fmt(base, '8.3f')} {row['lr']:>9.3g} {row['seconds']:>8.1f}"
             )
     if args.plot:
-        print(f"\nplot written to {args.plot}")
+        say(f"\nplot written to {args.plot}")
     return 0
 
 

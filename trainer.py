@@ -30,6 +30,7 @@ from model import (
     build_model,
     checkpoint_weights,
     count_parameters,
+    load_model,
     model_kind,
     parse_model_options,
 )
@@ -37,10 +38,12 @@ from runtime import Runtime, agreed, setup_runtime
 from utils import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
+    CheckpointError,
     FolderLock,
     UserError,
     clear_stale_temporaries,
     ensure_folder,
+    first_line,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -338,6 +341,9 @@ def _train_locked(config: dict, checkpoint: dict | None) -> int:
             _end_epoch(run, epoch)
         if runtime.world > 1:
             dist.barrier()  # leave together
+        if run.stop.signal is not None:  # arrived during the last validation: all is saved, say so
+            log(f"\ninterrupted after the last epoch ({signal.Signals(run.stop.signal).name}); all saved")
+            return 128 + run.stop.signal
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -373,10 +379,7 @@ def build_run(config: dict, checkpoint: dict | None) -> Run:
     if checkpoint is None and config["init_from"]:
         log(initialise_from(model, config["init_from"]))
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["state_dict"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        progress = progress_from(checkpoint)
-        set_rng_state(checkpoint["rng"])
+        progress = _restore(checkpoint, model, optimizer)
     # channels_last: faster convolutions on GPUs and on CPUs alike (bench.py measures it)
     model.to(runtime.device, memory_format=torch.channels_last)
     _move_optimizer_state(optimizer, runtime.device)
@@ -417,6 +420,22 @@ def build_run(config: dict, checkpoint: dict | None) -> Run:
         worker_init_fn=_leave_signals_to_the_trainer,
     )
     return Run(config, runtime, model, net, optimizer, scaler, task, loader, progress, ema, out_dir)
+
+
+def _restore(checkpoint: dict, model: nn.Module, optimizer: torch.optim.Optimizer) -> Progress:
+    """Weights, optimizer state, position and RNG state from a checkpoint, each checked: a
+    malformed one is a CheckpointError (one line), never a traceback."""
+    load_model(checkpoint)  # checks the description and that the weights are whole and finite
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        progress = progress_from(checkpoint)
+        set_rng_state(checkpoint["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as err:
+        raise CheckpointError(f"malformed training checkpoint ({first_line(err)})") from None
+    if not isinstance(progress.epoch, int) or isinstance(progress.epoch, bool) or progress.epoch < 0:
+        raise CheckpointError(f"malformed training checkpoint (epoch {progress.epoch!r})")
+    return progress
 
 
 def initialise_from(model: nn.Module, path: str) -> str:
@@ -526,10 +545,14 @@ def _account(run: Run, pending: list[Tensor], position: tuple[int, int], rate: f
     if agreed(bad is not None, run.runtime):
         where = f"epoch {epoch}, step {step - len(values) + bad + 1}" if bad is not None else f"epoch {epoch}"
         value = values[bad] if bad is not None else "non-finite on another rank"
+        last = run.out_dir / "last.pth"
+        kept = (
+            f"The last good checkpoint is {last} (epoch {progress.epoch})"
+            if progress.epoch > 0 and last.is_file()
+            else "No checkpoint was written (no epoch completed)"
+        )
         raise TrainingStopped(
-            f"loss is {value} at {where} (lr {rate:.3g}); stopped. The last good checkpoint is "
-            f"{run.out_dir / 'last.pth'} (epoch {progress.epoch}); "
-            "try a lower --lr or --grad-clip"
+            f"loss is {value} at {where} (lr {rate:.3g}); stopped. {kept}; try a lower --lr or --grad-clip"
         )
     progress.loss_sum += sum(values)
 

@@ -8,6 +8,7 @@ import contextlib
 import os
 import pickle
 import random
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -138,6 +139,20 @@ class FolderLock:
     def release(self) -> None:
         """Give the lock up (closing the file releases the flock)."""
         self.file.close()
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise UserError unless a file can be written at `path` now: its folder exists, and it is
+    not a folder itself nor an existing read-only file (a rename would replace that silently)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not a file name")
+    if not path.parent.is_dir():
+        raise UserError(f"{path}: folder {path.parent} does not exist")
+    if path.exists() and not (os.access(path, os.W_OK) and path.stat().st_mode & stat.S_IWUSR):
+        raise UserError(f"{path}: exists and is read-only; not replaced")
+    if not os.access(path.parent, os.W_OK):
+        raise UserError(f"{path}: folder {path.parent} is not writable")
 
 
 def ensure_folder(folder: str | os.PathLike) -> Path:

@@ -131,3 +131,160 @@ def test_numeric_options_out_of_range_are_refused(data, tmp_path, capsys, flag):
     assert status == 2
     assert flag[0] in _one_line_error(capsys)
     assert not out.exists()  # refused before anything is written
+
+
+def _malformed(checkpoint: dict, case: str) -> dict:
+    """A copy of a checkpoint spoiled one way (each loads safely: only tensors and plain types)."""
+    spoiled = {**checkpoint, "model": dict(checkpoint["model"]), "state_dict": dict(checkpoint["state_dict"])}
+    first = next(iter(spoiled["state_dict"]))
+    if case == "wrong shape":
+        spoiled["state_dict"][first] = torch.zeros(2, 2)
+    elif case == "unknown model":
+        spoiled["model"]["name"] = "nope"
+    elif case == "empty weights":
+        spoiled["state_dict"] = {}
+    elif case.startswith("scale "):
+        spoiled["model"]["scale"] = int(case.split()[1])
+    elif case == "nan weights":
+        spoiled["state_dict"][first] = torch.full_like(spoiled["state_dict"][first], float("nan"))
+    elif case == "args a string":
+        spoiled["args"] = "lr=1"
+    elif case == "epoch a string":
+        spoiled["epoch"] = "3"
+    elif case == "wrong optimizer":
+        spoiled["optimizer"] = {"state": {}, "param_groups": []}
+    elif case == "empty rng":
+        spoiled["rng"] = {}
+    return spoiled
+
+
+MODEL_CASES = [
+    "wrong shape",
+    "unknown model",
+    "empty weights",
+    "scale 0",
+    "scale -3",
+    "scale 1000",
+    "nan weights",
+]
+TRAINING_CASES = ["args a string", "epoch a string", "wrong optimizer", "empty rng"]
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("trained")
+    assert run_cli(train.main, _argv(data, out, "--num-epoch", "1")) == 0
+    return out / "last.pth"
+
+
+@pytest.mark.parametrize("case", MODEL_CASES + TRAINING_CASES)
+def test_malformed_checkpoints_are_one_line_and_status_2(trained, data, tmp_path, capsys, case):
+    from utils import save_checkpoint
+
+    checkpoint = torch.load(trained, map_location="cpu", weights_only=True)
+    spoiled = save_checkpoint(_malformed(checkpoint, case), tmp_path / "spoiled.pth")
+    commands = [["train.py", "resume", str(spoiled), "--num-epoch", "2", "--out-dir", str(tmp_path / "out")]]
+    if case in MODEL_CASES:
+        lr = data["val"] / "img0.png"
+        sr = ["super_resolve.py", "--checkpoint", str(spoiled), str(lr), "--out-dir", str(tmp_path / "sr")]
+        commands += [sr, ["train.py", "export", str(spoiled), str(tmp_path / "model.onnx")]]
+    for command in commands:
+        done = subprocess.run(
+            [sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 2, (case, command[:2], done.stderr[-2000:])
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, (
+            case,
+            done.stderr,
+        )
+    assert not list(tmp_path.rglob("*.png")) and not (tmp_path / "model.onnx").exists()
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.pth"))
+
+
+def _super_resolve(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "super_resolve.py", "--checkpoint", str(ROOT / "checkpoints" / "srcnn_x3.pth")]
+    return subprocess.run([*command, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def _photo(path: Path, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_outputs_never_collide_nor_become_inputs(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    _photo(folder / "a.bmp", 0), _photo(folder / "a.png", 1), _photo(folder / "b.png", 2)
+    done = _super_resolve(str(folder), "--quiet")
+    assert done.returncode == 0, done.stderr
+    outputs = sorted(path.name for path in folder.glob("*_srcnn_x3.png"))
+    assert outputs == ["a_bmp_srcnn_x3.png", "a_png_srcnn_x3.png", "b_srcnn_x3.png"]  # none overwritten
+    again = _super_resolve(str(folder), "--quiet")  # the first run's outputs are not inputs now
+    assert again.returncode == 0 and again.stdout.count("wrote ") == 3, again.stdout
+    assert not list(folder.glob("*_x3_*_x3.png"))
+
+
+@pytest.mark.parametrize(
+    "case", ["read-only output", "bicubic output is a folder", "compare in a missing folder"]
+)
+def test_outputs_are_checked_before_any_is_written(tmp_path, case):
+    lr = _photo(tmp_path / "a.png", 0)
+    extra = []
+    if case == "read-only output":
+        (tmp_path / "a_bicubic_x3.png").write_bytes(b"keep")
+        (tmp_path / "a_bicubic_x3.png").chmod(0o444)
+    elif case == "bicubic output is a folder":
+        (tmp_path / "a_bicubic_x3.png").mkdir()
+    else:
+        extra = ["--compare", str(tmp_path / "missing" / "panel.png")]
+    done = _super_resolve(str(lr), *extra)
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "a_srcnn_x3.png").exists()  # the model output was not written first
+    if case == "read-only output":
+        assert (tmp_path / "a_bicubic_x3.png").read_bytes() == b"keep"
+
+
+def test_a_loss_that_is_nan_at_once_names_no_checkpoint_that_does_not_exist(
+    data, tmp_path, monkeypatch, capsys
+):
+    from losses import LOSSES
+
+    monkeypatch.setitem(LOSSES, "mse", lambda sr, hr: (sr - hr).pow(2).mean() * float("nan"))
+    out = tmp_path / "run"
+    assert run_cli(train.main, _argv(data, out, "--num-epoch", "1")) == 1
+    err = capsys.readouterr().err
+    assert "No checkpoint was written" in err and "last good" not in err
+    assert not (out / "last.pth").exists()
+
+
+def test_a_signal_during_the_last_validation_is_not_swallowed(data, tmp_path, monkeypatch):
+    import signal
+
+    import trainer
+
+    write = trainer.write_history_csv
+
+    def interrupted(*args, **kwargs):  # SIGINT arrives while the last epoch is being closed
+        os.kill(os.getpid(), signal.SIGINT)
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "write_history_csv", interrupted)
+    out = tmp_path / "run"
+    assert run_cli(train.main, _argv(data, out, "--num-epoch", "1")) == 130
+    assert _epoch(out / "last.pth") == 1  # and everything was saved
+
+
+def test_inspect_escapes_control_characters_from_a_checkpoint(data, tmp_path, capsys):
+    from utils import save_checkpoint
+
+    out = tmp_path / "run"
+    assert run_cli(train.main, _argv(data, out, "--num-epoch", "1")) == 0
+    checkpoint = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
+    checkpoint["args"]["val_data"] = "\x1b[2J\x1b[31mSet5"  # clear screen, then red
+    save_checkpoint(checkpoint, tmp_path / "odd.pth")
+    capsys.readouterr()
+    assert run_cli(train.main, ["inspect", str(tmp_path / "odd.pth")]) == 0
+    text = capsys.readouterr().out
+    assert "\x1b" not in text and "\\x1b[31mSet5" in text

@@ -154,3 +154,30 @@ def test_export_refuses_multi_frame_and_bad_onnx_files(world, tmp_path, capsys):
     (tmp_path / "bad.onnx").write_bytes(b"not onnx")
     assert run_cli(super_resolve.main, ["--onnx", str(tmp_path / "bad.onnx"), str(tmp_path / "x.png")]) == 2
     assert "ONNX" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scale", ["abc", "0", "4"])
+def test_onnx_metadata_is_checked_not_believed(world, tmp_path, capsys, scale):
+    import onnx
+
+    assert (
+        run_cli(train.main, ["export", str(world / "srcnn" / "last.pth"), str(tmp_path / "model.onnx")]) == 0
+    )
+    proto = onnx.load(str(tmp_path / "model.onnx"))
+    next(
+        entry for entry in proto.metadata_props if entry.key == "scale"
+    ).value = scale  # the file says x4, is x3
+    onnx.save(proto, str(tmp_path / "lying.onnx"))
+    capsys.readouterr()
+    save_image(torch.rand(3, 12, 12), tmp_path / "lr.png")
+    argv = [
+        "--onnx",
+        str(tmp_path / "lying.onnx"),
+        str(tmp_path / "lr.png"),
+        "--out-dir",
+        str(tmp_path / "out"),
+    ]
+    assert run_cli(super_resolve.main, argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "metadata" in err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
