@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import re
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -166,7 +167,7 @@ def download_file(remote: RemoteFile, dest: Path, on_bytes: Callable[[int], obje
         part.unlink()
         have = 0
     if have < remote.size:  # a complete .part (killed before its check) needs no request
-        _transfer(remote.url, part, have, on_bytes)
+        _transfer(remote, part, have, on_bytes)
     size = part.stat().st_size
     if size != remote.size:
         if size > remote.size:
@@ -182,23 +183,64 @@ def download_file(remote: RemoteFile, dest: Path, on_bytes: Callable[[int], obje
     return dest
 
 
-def _transfer(url: str, part: Path, have: int, on_bytes: Callable[[int], object]) -> None:
-    """Append the rest of `url` to `part` from byte `have` (Range request), or rewrite it whole."""
+DOWNLOAD_DEADLINE_S = 900.0  # one file, however slowly its server sends it
+
+
+def _transfer(remote: RemoteFile, part: Path, have: int, on_bytes: Callable[[int], object]) -> None:
+    """Append the rest of a file to `part` from byte `have` (Range request), or rewrite it whole.
+
+    Before a byte is kept, the answer must not be a web page (an HTML login or error page
+    served with status 200) and its announced length must be what the manifest
+    leaves; no more than the manifest's size is ever written; the transfer gives up after
+    DOWNLOAD_DEADLINE_S (what arrived stays in `part` for the next run to resume).
+    """
+    url = remote.url
     request = urllib.request.Request(url, headers={"User-Agent": "srkit"})
     if have:
         request.add_header("Range", f"bytes={have}-")
+    deadline = time.monotonic() + DOWNLOAD_DEADLINE_S
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             if have and response.status != 206:  # server ignored the range: start over
                 have = 0
+            _check_answer(remote, response, remote.size - have)
             with open(part, "ab" if have else "wb") as out:
-                for chunk in iter(lambda: response.read(1 << 16), b""):
+                written, left = 0, remote.size - have
+                while chunk := response.read1(1 << 16):
+                    written += len(chunk)
+                    if written > left:
+                        out.close()
+                        part.unlink(missing_ok=True)
+                        raise DatasetError(
+                            f"download of {url} sends more than the manifest's {remote.size} bytes"
+                        )
                     out.write(chunk)
                     on_bytes(len(chunk))
+                    if time.monotonic() > deadline:
+                        raise DatasetError(
+                            f"download of {url} still unfinished after {DOWNLOAD_DEADLINE_S:.0f} s "
+                            f"({have + written} of {remote.size} bytes); run again to resume"
+                        )
                 out.flush()
                 os.fsync(out.fileno())
     except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
         raise DatasetError(f"download of {url} failed ({first_line(err)})") from None
+
+
+def _check_answer(remote: RemoteFile, response: http.client.HTTPResponse, expected: int) -> None:
+    """Refuse an answer that is a page, or announces another length than the manifest leaves."""
+    kind = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if kind in ("text/html", "application/xhtml+xml"):  # (raw file hosts serve data as text/plain)
+        raise DatasetError(
+            f"download of {remote.url}: the server sent a {kind} page, not the file "
+            "(a login, error or moved page?); nothing kept"
+        )
+    length = response.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) != expected:
+        raise DatasetError(
+            f"download of {remote.url}: the server announces {length} bytes where the manifest "
+            f"leaves {expected}; nothing kept"
+        )
 
 
 def _sha256(path: Path) -> str:

@@ -126,13 +126,20 @@ def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
 
     try:
         with tifffile.TiffFile(path) as tif:
+            if len(tif.pages) > 1:  # a stack (frames, bands, pages): which one is the image?
+                raise ImageError(f"{path}: a TIFF of {len(tif.pages)} pages; give one image per file")
             page = tif.pages[0]
             _check_pixels(path, page.imagewidth, page.imagelength, max_pixels)
             array = page.asarray()
+            planar = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE
     except tifffile.TiffFileError as err:
         raise ImageError(f"{path}: corrupt or not a TIFF ({first_line(err)})") from None
-    if array.ndim == 3 and array.shape[-1] == 4:
-        array = array[..., :3]
+    if planar and array.ndim == 3:  # planes (C, H, W) -> pixels (H, W, C)
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim == 3 and array.shape[-1] in (2, 4):  # gray + alpha, RGB + alpha: drop alpha
+        array = array[..., : array.shape[-1] - 1]
+    if array.ndim == 3 and array.shape[-1] not in (1, 3):
+        raise ImageError(f"{path}: a TIFF of {array.shape[-1]} channels; only gray and RGB images are read")
     return array
 
 

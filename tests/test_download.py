@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -32,6 +33,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.path == "/missing":
             self.send_error(404)
             return
+        elif self.path in ("/html", "/endless", "/slow"):
+            self._misbehave()
+            return
         else:
             self.send_response(200)
         self.send_header("Content-Length", str(len(body) - start))
@@ -43,6 +47,29 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(2)  # the connection drops mid-transfer
             return
         self.wfile.write(body[start:])
+
+    def _misbehave(self) -> None:
+        """/html: a page with status 200; /endless: no length, more bytes than the file; /slow:
+        the file a byte at a time."""
+        self.send_response(200)
+        if self.path == "/html":
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.end_headers()
+            self.wfile.write(b"<html><body>Please log in</body></html>")
+            return
+        self.send_header("Content-Type", "application/octet-stream")
+        self.end_headers()
+        try:
+            if self.path == "/endless":
+                for _ in range(4):
+                    self.wfile.write(PAYLOAD)
+            else:
+                for byte in PAYLOAD[:50]:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.2)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up, as it should
+            pass
 
     def log_message(self, *args) -> None:
         pass
@@ -152,3 +179,24 @@ def test_data_root_holding_a_set_without_scale_folders(tmp_path, monkeypatch):
     assert (
         resolve_dataset("Set5", 3, data_root=tmp_path / "root", download=False) == tmp_path / "root" / "Set5"
     )
+
+
+def test_a_page_served_with_status_200_is_refused_before_a_byte_is_kept(server, tmp_path):
+    with pytest.raises(DatasetError, match="text/html page"):
+        download_file(_remote(f"{server}/html"), tmp_path / "file.bin")
+    assert list(tmp_path.iterdir()) == []  # no .part to resume from
+
+
+def test_no_more_than_the_manifest_size_is_written(server, tmp_path):
+    with pytest.raises(DatasetError, match="more than the manifest"):
+        download_file(_remote(f"{server}/endless"), tmp_path / "file.bin")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_server_that_trickles_meets_an_overall_deadline(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(catalog, "DOWNLOAD_DEADLINE_S", 1.0)
+    started = time.monotonic()
+    with pytest.raises(DatasetError, match="still unfinished after 1 s"):
+        download_file(_remote(f"{server}/slow"), tmp_path / "file.bin")
+    assert time.monotonic() - started < 10  # each byte came within the socket timeout; the whole did not
+    assert (tmp_path / "file.bin.part").stat().st_size < len(PAYLOAD)  # kept to resume

@@ -288,3 +288,19 @@ def test_inspect_escapes_control_characters_from_a_checkpoint(data, tmp_path, ca
     assert run_cli(train.main, ["inspect", str(tmp_path / "odd.pth")]) == 0
     text = capsys.readouterr().out
     assert "\x1b" not in text and "\\x1b[31mSet5" in text
+
+
+def test_tiff_planar_rgb_reads_as_rgb_and_a_stack_is_refused(tmp_path):
+    import tifffile
+
+    from data import load_image
+    from utils import ImageError
+
+    rgb = np.random.default_rng(0).integers(0, 65536, (3, 10, 12), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "planar.tif", rgb, photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "contig.tif", np.moveaxis(rgb, 0, -1), photometric="rgb")
+    planar, contig = load_image(tmp_path / "planar.tif"), load_image(tmp_path / "contig.tif")
+    assert planar.shape == (3, 10, 12) and torch.equal(planar, contig)
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((2, 10, 12), dtype=np.uint8))  # two pages
+    with pytest.raises(ImageError, match="2 pages"):
+        load_image(tmp_path / "stack.tif")
