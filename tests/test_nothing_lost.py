@@ -304,3 +304,64 @@ def test_tiff_planar_rgb_reads_as_rgb_and_a_stack_is_refused(tmp_path):
     tifffile.imwrite(tmp_path / "stack.tif", np.zeros((2, 10, 12), dtype=np.uint8))  # two pages
     with pytest.raises(ImageError, match="2 pages"):
         load_image(tmp_path / "stack.tif")
+
+
+KILLED_MID_WRITE = """
+import os, signal, sys
+import torch
+import utils
+good = {"format": utils.CHECKPOINT_FORMAT, "version": 1, "epoch": 1, "w": torch.ones(1000)}
+utils.save_checkpoint(good, sys.argv[1])
+def dies_half_way(obj, f):  # writes part of the file, then the process is killed (as by kill -9)
+    with open(f, "wb") as out:
+        out.write(b"PK\\x03\\x04" + b"x" * 5000)
+        out.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+torch.save = dies_half_way
+utils.save_checkpoint({**good, "epoch": 2}, sys.argv[1])
+"""
+
+
+def test_a_writer_killed_mid_checkpoint_leaves_the_previous_one_whole(tmp_path):
+    # This fails if save_checkpoint wrote in place (torch.save straight to the final name): the
+    # half-written bytes would then be the checkpoint. The kill lands inside the write every time.
+    path = tmp_path / "last.pth"
+    done = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(path)], cwd=ROOT, capture_output=True)
+    assert done.returncode == -9, done.stderr
+    assert torch.load(path, map_location="cpu", weights_only=True)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir() if p.name != "last.pth"] != []  # the killed write's .tmp
+    from utils import clear_stale_temporaries
+
+    assert len(clear_stale_temporaries(tmp_path)) == 1 and [p.name for p in tmp_path.iterdir()] == [
+        "last.pth"
+    ]
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [["--schedule", "cosine", "--warmup-epochs", "1"],
+     ["--schedule", "step", "--lr-step", "1", "--lr-gamma", "0.5"],
+     ["--grad-clip", "0.01"], ["--ema", "0.9"], ["--amp"]],
+    ids=["warmup-cosine", "step", "grad-clip", "ema", "bf16-cpu"],
+)  # fmt: skip
+def test_resume_is_bit_identical_under_schedules_clipping_average_and_bf16(data, tmp_path, schedule):
+    # the same 3-epoch run twice: straight through, and resumed from its own epoch-1 file (the
+    # schedule depends on --num-epoch, so the run must not be shortened to make the split)
+    assert run_cli(train.main, _argv(data, tmp_path / "straight", "--num-epoch", "3", *schedule)) == 0
+    first = tmp_path / "split" / "epoch-0001.pth"
+    first.parent.mkdir()
+    shutil.copy(tmp_path / "straight" / "epoch-0001.pth", first)
+    assert run_cli(train.main, ["resume", str(first)]) == 0
+    straight, split = (
+        torch.load(tmp_path / name / "last.pth", map_location="cpu", weights_only=True)
+        for name in ("straight", "split")
+    )
+    assert straight["epoch"] == split["epoch"] == 3
+    for key in ("state_dict", "ema_state_dict"):
+        a, b = straight.get(key) or {}, split.get(key) or {}
+        assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a), key
+    assert [row["lr"] for row in straight["history"]] == [row["lr"] for row in split["history"]]
+    assert [row["train_loss"] for row in straight["history"]] == [
+        row["train_loss"] for row in split["history"]
+    ]
+    assert len({row["lr"] for row in straight["history"]}) > 1 or "--schedule" not in schedule  # it varied
