@@ -226,25 +226,7 @@ class Visit:
 
     def sh(self, command: list[str], limit: float, stop_signal: int = signal.SIGKILL) -> tuple[int, str]:
         """Run a command (python scripts with this interpreter) under a time limit; (status, output)."""
-        command = [sys.executable, *command] if command[0].endswith(".py") or command[0] == "-m" else command
-        limit = max(1.0, min(limit, self.left()))
-        self.say("$ " + " ".join(command) + f"   [limit {limit:.0f} s]")
-        process = subprocess.Popen(
-            command, cwd=HERE, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        try:
-            output, _ = process.communicate(timeout=limit)
-        except subprocess.TimeoutExpired:
-            process.send_signal(stop_signal)
-            try:
-                output, _ = process.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                output, _ = process.communicate()
-            output += f"\n[stopped after {limit:.0f} s]"
-        self.log.write(output + f"\n[exit {process.returncode}]\n")
-        self.log.flush()
-        return process.returncode, output
+        return self.sh_together([command], limit, stop_signal)[0]
 
     def json_of(self, command: list[str], limit: float) -> Any:
         """The JSON a command prints (last JSON document of its output); raises on failure."""
@@ -392,9 +374,9 @@ class Visit:
                 command += ["--patches-per-image", "1", "--num-epoch", "1", "--batch-size", "4"]
                 command += ["--patch-size", "48"]
             commands.append(command)
-        statuses = self.sh_together(commands, self.left() - 25 * len(runs), stop_signal=signal.SIGTERM)
+        results = self.sh_together(commands, self.left() - 25 * len(runs), stop_signal=signal.SIGTERM)
         result: dict[str, Any] = {"passed": True}
-        for index, (folder, status) in enumerate(zip(folders, statuses, strict=True)):
+        for index, (folder, (status, _)) in enumerate(zip(folders, results, strict=True)):
             name = "gpu_run" if index == 0 else f"gpu_run{index + 1}"
             figures: dict[str, Any] = {"status": status, "args": " ".join(runs[index])}
             checkpoint = folder / "last.pth"
@@ -410,33 +392,42 @@ class Visit:
                 result[name] = figures
         return result
 
-    def sh_together(self, commands: list[list[str]], limit: float, stop_signal: int) -> list[int]:
-        """Run commands side by side under one time limit, then stop those still running;
-        their statuses (each command's output goes to the log)."""
+    def sh_together(self, commands: list[list[str]], limit: float, stop_signal: int) -> list[tuple[int, str]]:
+        """Run commands side by side (python scripts with this interpreter) under one time limit,
+        then stop those still running (`stop_signal`, SIGKILL a minute later); each one's
+        (status, output), and the output in the log."""
         limit = max(1.0, min(limit, self.left()))
-        processes = []
+        together = ", side by side" if len(commands) > 1 else ""
+        processes, outputs = [], []
         for command in commands:
-            command = [sys.executable, *command]
-            self.say("$ " + " ".join(command) + f"   [limit {limit:.0f} s, side by side]")
+            python = command[0].endswith(".py") or command[0] == "-m"
+            command = [sys.executable, *command] if python else command
+            self.say("$ " + " ".join(command) + f"   [limit {limit:.0f} s{together}]")
             pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
             processes.append(subprocess.Popen(command, cwd=HERE, env=self.env, **pipes))
-        outputs = [Collector(process) for process in processes]
+            outputs.append(Collector(processes[-1]))
         deadline = time.monotonic() + limit
-        while time.monotonic() < deadline and any(process.poll() is None for process in processes):
-            time.sleep(1)
+        stopped = []
         for process in processes:
-            if process.poll() is None:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
                 process.send_signal(stop_signal)
-        for process in processes:
+                stopped.append(process)
+        for process in stopped:
             try:
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        results = []
         for command, output, process in zip(commands, outputs, processes, strict=True):
-            self.log.write(f"$ {' '.join(command)}\n{output.text()}\n[exit {process.returncode}]\n")
+            text = output.text() + (f"\n[stopped after {limit:.0f} s]" if process in stopped else "")
+            header = f"$ {' '.join(command)}\n" if together else ""
+            self.log.write(f"{header}{text}\n[exit {process.returncode}]\n")
+            results.append((process.returncode, text))
         self.log.flush()
-        return [process.returncode for process in processes]
+        return results
 
 
 class Collector:
