@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from data import dihedral, rgb_to_ycbcr, to_channels, undo_dihedral, ycbcr_to_rgb
 from imresize import imresize
-from model import load_model
+from model import SCALES, load_model
 from utils import CheckpointError, ImageError, UserError, atomic_write, first_line
 
 MIN_TILE = 8  # LR pixels: exported models need at least 3, and slivers waste work
@@ -191,7 +191,7 @@ class OnnxModel(nn.Module):
         """The scale and channels the metadata states, checked as numbers and against what the
         model does with a small input (a file whose metadata lies is refused, not believed)."""
         scale, channels = self.metadata["scale"], self.metadata["in_channels"]
-        if not (scale.isdigit() and 2 <= int(scale) <= 8 and channels in ("1", "3")):
+        if not (scale.isdigit() and int(scale) in SCALES and channels in ("1", "3")):
             raise CheckpointError(
                 f"{path}: ONNX metadata scale {scale!r} / in_channels {channels!r} is not valid"
             )

@@ -628,6 +628,9 @@ def checkpoint_weights(checkpoint: dict) -> dict[str, Tensor]:
     return checkpoint.get("ema_state_dict") or checkpoint.get("state_dict")
 
 
+SCALES = range(2, 9)  # the SR factors a model of this toolkit may have
+
+
 def model_spec(checkpoint: dict) -> tuple[str, int, dict]:
     """A checkpoint's (model name, scale, options), checked against the registry before use."""
     spec = checkpoint.get("model")
@@ -636,8 +639,10 @@ def model_spec(checkpoint: dict) -> tuple[str, int, dict]:
     name, scale, options = spec.get("name"), spec.get("scale"), spec.get("options", {})
     if name not in MODELS:
         raise CheckpointError(f"the checkpoint names an unknown model {name!r} (known: {', '.join(MODELS)})")
-    if not isinstance(scale, int) or isinstance(scale, bool) or not 2 <= scale <= 8:
-        raise CheckpointError(f"the checkpoint's scale {scale!r} is not an SR factor from 2 to 8")
+    if not isinstance(scale, int) or isinstance(scale, bool) or scale not in SCALES:
+        raise CheckpointError(
+            f"the checkpoint's scale {scale!r} is not an SR factor from {SCALES[0]} to {SCALES[-1]}"
+        )
     if not isinstance(options, dict):
         raise CheckpointError(f"the checkpoint's model options {options!r} are not a mapping")
     return name, scale, options

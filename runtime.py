@@ -29,10 +29,15 @@ class Runtime:
             print(text)
 
 
+def process_rank() -> int:
+    """This process's rank under `torchrun` (0 when launched alone)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def setup_runtime(config: dict) -> Runtime:
     """Pick the device and precision; join the process group when launched by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local_rank = process_rank(), int(os.environ.get("LOCAL_RANK", "0"))
     if config["cuda"]:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)

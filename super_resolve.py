@@ -247,11 +247,11 @@ def plan_outputs(
         elif args.compare_dir:
             outputs.append(Path(args.compare_dir) / f"{stem}_compare.png")
         plans.append(outputs)
-    seen: set[Path] = set()
+    taken = {path.resolve() for path in paths}  # inputs, then each output as it is planned
     for output in (output for outputs in plans for output in outputs):
-        if output.resolve() in seen or output.resolve() in {path.resolve() for path in paths}:
+        if output.resolve() in taken:
             raise UserError(f"{output}: two outputs (or an output and an input) would share this path")
-        seen.add(output.resolve())
+        taken.add(output.resolve())
         check_writable(output)
     return plans
 

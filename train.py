@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from inference import export_onnx
 from losses import LOSS_NAMES
 from metrics import PROTOCOL
 from model import KINDS, MODELS, MULTI_FRAME, SINGLE_IMAGE, load_model, model_zoo
+from runtime import process_rank
 from trainer import DEFAULTS, SCHEDULES, TrainingStopped, train
 from utils import (
     CheckpointError,
@@ -228,7 +228,7 @@ def command_resume(args: argparse.Namespace) -> int:
     # run must not write into the original, nor a checkpoint from elsewhere choose where to write)
     config["out_dir"] = str(Path(args.checkpoint).parent)
     given = {key: getattr(args, key) for key in DEFAULTS if hasattr(args, key)}
-    rank0 = int(os.environ.get("RANK", "0")) == 0
+    rank0 = process_rank() == 0
     mid_epoch = (checkpoint.get("in_epoch") or {}).get("samples", 0) > 0
     for key, value in given.items():
         if value == config[key]:

@@ -27,6 +27,7 @@ from catalog import canonical_name, resolve_dataset, set_names
 from data import PatchSampler
 from model import (
     MULTI_FRAME,
+    SCALES,
     build_model,
     checkpoint_weights,
     count_parameters,
@@ -34,7 +35,7 @@ from model import (
     model_kind,
     parse_model_options,
 )
-from runtime import Runtime, agreed, setup_runtime
+from runtime import Runtime, agreed, process_rank, setup_runtime
 from utils import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -107,12 +108,21 @@ class TrainingStopped(Exception):
     """Training cannot go on (non-finite loss); the last good checkpoint is kept."""
 
 
-# Every numeric option's finite range, inclusive (zero and sign are checked below where open).
+# Every numeric option's range: (key, low, high, "[]" both bounds allowed, "(]" low excluded,
+# "()" both excluded). A list (train_scales) is checked element by element; None is unset.
 RANGES = (
-    ("scale", 2, 8), ("workers", 0, 256), ("lr", 0, 1), ("grad_clip", 0, 1e6), ("warmup_epochs", 0, 10**6),
-    ("lr_gamma", 0, 1), ("frames", 1, 64), ("burst_shift", 0, 64), ("burst_noise", 0, 1),
-    ("burst_blur", 0, 16), ("burst_occlusion", 0, 1), ("train_scales", 0, 1),
+    ("scale", SCALES[0], SCALES[-1], "[]"), ("workers", 0, 256, "[]"), ("lr", 0, 1, "(]"),
+    ("grad_clip", 0, 1e6, "(]"), ("warmup_epochs", 0, 10**6, "[]"), ("lr_gamma", 0, 1, "(]"),
+    ("ema", 0, 1, "()"), ("frames", 1, 64, "[]"), ("burst_shift", 0, 64, "[]"), ("burst_noise", 0, 1, "[]"),
+    ("burst_blur", 0, 16, "[]"), ("burst_occlusion", 0, 1, "[]"), ("train_scales", 0, 1, "(]"),
 )  # fmt: skip
+
+
+def _in_range(value: float, low: float, high: float, bounds: str) -> bool:
+    """Whether a finite value lies in the interval, each bound included or not as `bounds` says."""
+    above = value > low if bounds[0] == "(" else value >= low
+    below = value < high if bounds[1] == ")" else value <= high
+    return math.isfinite(value) and above and below
 
 
 def check_config(config: dict) -> None:
@@ -128,21 +138,12 @@ def check_config(config: dict) -> None:
     ):
         if config[key] < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {config[key]}")
-    for key, low, high in RANGES:
+    for key, low, high, bounds in RANGES:
         value = config[key]
         values = value if isinstance(value, list) else [value]
-        if value is not None and not all(math.isfinite(v) and low <= v <= high for v in values):
-            raise UserError(f"--{key.replace('_', '-')} must be in [{low}, {high}], got {value}")
-    if not config["lr"] > 0:
-        raise UserError(f"--lr must be positive, got {config['lr']}")
-    if not config["lr_gamma"] > 0:
-        raise UserError(f"--lr-gamma must be positive (the factor of each step), got {config['lr_gamma']}")
-    if config["grad_clip"] is not None and not config["grad_clip"] > 0:
-        raise UserError(f"--grad-clip must be positive (a norm), got {config['grad_clip']}")
-    if not all(v > 0 for v in config["train_scales"]):
-        raise UserError(f"--train-scales must be positive factors, got {config['train_scales']}")
-    if config["ema"] is not None and not 0 < config["ema"] < 1:
-        raise UserError(f"--ema must be between 0 and 1 (e.g. 0.999), got {config['ema']}")
+        if value is not None and not all(_in_range(v, low, high, bounds) for v in values):
+            interval = f"{bounds[0]}{low}, {high}{bounds[1]}"
+            raise UserError(f"--{key.replace('_', '-')} must be in {interval}, got {value}")
     if config["grid_stride"] is not None and config["grid_stride"] < 1:
         raise UserError(f"--grid-stride must be at least 1, got {config['grid_stride']}")
     if config["patch_size"] % config["scale"]:
@@ -191,7 +192,7 @@ def make_checkpoint(run: Run) -> dict:
         "args": dict(config),
         "epoch": progress.epoch,
         "in_epoch": {
-            "world": int(os.environ.get("WORLD_SIZE", "1")),
+            "world": run.runtime.world,
             "samples": progress.samples,
             "loss_sum": progress.loss_sum,
             "batches": progress.batches,
@@ -299,13 +300,16 @@ class Run:
 def train(config: dict, checkpoint: dict | None = None) -> int:
     """Train (or continue) the run described by `config`; returns the exit status."""
     check_config(config)
-    main = int(os.environ.get("RANK", "0")) == 0
-    lock = FolderLock(ensure_folder(Path(config["out_dir"]))) if main else None
+    if process_rank() != 0:  # the main process owns the out-dir
+        return _train_locked(config, checkpoint)
+    out_dir = ensure_folder(config["out_dir"])
+    lock = FolderLock(out_dir)
     try:
+        for tmp in clear_stale_temporaries(out_dir):  # only once the folder is this run's
+            print(f"removed {tmp.name}, left by a write that was killed")
         return _train_locked(config, checkpoint)
     finally:
-        if lock is not None:
-            lock.release()
+        lock.release()
 
 
 def _train_locked(config: dict, checkpoint: dict | None) -> int:
@@ -362,10 +366,6 @@ def build_run(config: dict, checkpoint: dict | None) -> Run:
     """Model, optimizer, data and validation of a run, restored from the checkpoint if given."""
     runtime = setup_runtime(config)
     out_dir = Path(config["out_dir"])
-    if runtime.main:
-        ensure_folder(out_dir)
-        for tmp in clear_stale_temporaries(out_dir):
-            runtime.log(f"removed {tmp.name}, left by a write that was killed")
     log = runtime.log
     options = parse_model_options(config["model_option"])
 
