@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from model import MODELS
 
@@ -55,3 +57,13 @@ def reference_file(folder: Path, name: str) -> Path:
     if not path.is_file():
         pytest.fail(f"reference file {path} is missing")
     return path
+
+
+def smooth_image_folder(folder: Path, count: int, size: int, seed: int) -> Path:
+    """`count` smooth random colour PNGs of size x size (bicubic-enlarged noise) in a new folder."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        coarse = rng.integers(0, 256, (size // 6, size // 6, 3), dtype=np.uint8)
+        Image.fromarray(coarse).resize((size, size), Image.BICUBIC).save(folder / f"img{i}.png")
+    return folder

@@ -9,21 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from conftest import smooth_image_folder
 
 import gpu_check
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _photo_folder(folder: Path, count: int, size: int, seed: int) -> Path:
-    """Smooth random colour images, big enough for every patch size the dry run uses."""
-    folder.mkdir()
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        coarse = rng.integers(0, 256, (size // 6, size // 6, 3), dtype=np.uint8)
-        Image.fromarray(coarse).resize((size, size), Image.BICUBIC).save(folder / f"img{i}.png")
-    return folder
 
 
 def _inspect(checkpoint: Path) -> str:
@@ -52,8 +42,8 @@ def _gpu_check(*args: str) -> subprocess.CompletedProcess:
 def dry_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     """One whole dry run on tiny folders."""
     root = tmp_path_factory.mktemp("gpu_check")
-    train = _photo_folder(root / "train", 4, 66, seed=0)
-    val = _photo_folder(root / "val", 2, 48, seed=1)
+    train = smooth_image_folder(root / "train", 4, 66, seed=0)
+    val = smooth_image_folder(root / "val", 2, 48, seed=1)
     out = root / "out"
     done = _gpu_check("--out", str(out), "--train-data", str(train), "--val-data", str(val))
     return done, out
@@ -91,7 +81,7 @@ def test_returned_checkpoint_resumes_on_the_cpu(dry_run, tmp_path):
 
 def test_the_closing_run_can_continue_a_checkpoint_until_the_budget_is_spent(dry_run, tmp_path):
     _, out = dry_run
-    train = _photo_folder(tmp_path / "train", 4, 66, seed=2)
+    train = smooth_image_folder(tmp_path / "train", 4, 66, seed=2)
     done = _gpu_check(
         "--out", str(tmp_path / "out"), "--steps", "run", "--budget", "70",
         "--resume", str(out / "gpu_run_last.pth"), "--run-data", str(train), "--val-data", str(train),

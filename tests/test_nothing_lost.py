@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import smooth_image_folder
 from PIL import Image
 
 import train
@@ -23,13 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for split, count, size in (("train", 4, 48), ("val", 2, 36)):
-        (root / split).mkdir()
-        for i in range(count):
-            coarse = rng.integers(0, 256, (size // 6, size // 6, 3), dtype=np.uint8)
-            Image.fromarray(coarse).resize((size, size), Image.BICUBIC).save(root / split / f"img{i}.png")
-    return {"train": root / "train", "val": root / "val"}
+    return {"train": smooth_image_folder(root / "train", 4, 48, seed=0),
+            "val": smooth_image_folder(root / "val", 2, 36, seed=1)}  # fmt: skip
 
 
 def _argv(data: dict[str, Path], out: Path, *extra: str) -> list[str]:

@@ -11,10 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from conftest import smooth_image_folder
 
 import train
 from catalog import load_pairs
@@ -28,19 +27,11 @@ from utils import run_cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _smooth_images(folder: Path, count: int, size: int, seed: int) -> None:
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        coarse = rng.integers(0, 256, (size // 6, size // 6, 3), dtype=np.uint8)
-        Image.fromarray(coarse).resize((size, size), Image.BICUBIC).save(folder / f"img{i}.png")
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("data")
-    _smooth_images(root / "train", 6, 48, seed=0)
-    _smooth_images(root / "val", 2, 36, seed=1)
+    smooth_image_folder(root / "train", 6, 48, seed=0)
+    smooth_image_folder(root / "val", 2, 36, seed=1)
     return {"train": root / "train", "val": root / "val"}
 
 
