@@ -46,13 +46,7 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Tensor:
 
 def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tuple[Tensor, int]:
     """`load_image`, and the bit depth of the file (8 or 16)."""
-    path = Path(path)
-    if not path.exists():
-        raise ImageError(f"{path}: no such file")
-    if path.is_dir():
-        raise ImageError(f"{path}: is a folder, not an image")
-    if path.stat().st_size == 0:
-        raise ImageError(f"{path}: empty file")
+    path = _check_file(path)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             array = _read_tiff(path, max_pixels)
@@ -67,6 +61,18 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tuple[T
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as err:
         raise ImageError(f"{path}: corrupt or truncated image ({first_line(err)})") from None
     return _to_tensor(array, path), 16 if array.dtype == np.uint16 else 8
+
+
+def _check_file(path: str | os.PathLike) -> Path:
+    """The path, if it names a non-empty file (else an ImageError)."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: no such file")
+    if path.is_dir():
+        raise ImageError(f"{path}: is a folder, not an image")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: empty file")
+    return path
 
 
 def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
@@ -161,28 +167,51 @@ def _to_tensor(array: np.ndarray, path: Path) -> Tensor:
 
 def save_image(img: Tensor, path: str | os.PathLike, bits: int = 8) -> Path:
     """Write a (C, H, W) image in [0, 1], rounded to 8 or 16 bits (16: PNG/TIFF), atomically."""
-    path = Path(path)
-    if bits not in (8, 16):
-        raise ValueError(f"bits must be 8 or 16, got {bits}")
-    suffix = path.suffix.lower()
-    if suffix not in IMAGE_SUFFIXES:
-        raise ImageError(f"{path}: unknown image type (use one of {', '.join(IMAGE_SUFFIXES)})")
-    if bits == 16 and suffix not in (".png", ".tif", ".tiff"):
-        raise ImageError(f"{path}: 16-bit output needs PNG or TIFF")
     if img.dim() == 4 and img.shape[0] == 1:
         img = img[0]
     if img.dim() != 3 or img.shape[0] not in (1, 3):
         raise ValueError(f"expected a (1|3, H, W) image, got {tuple(img.shape)}")
-    peak = 65535.0 if bits == 16 else 255.0
-    dtype = np.uint16 if bits == 16 else np.uint8
+    return save_array(quantize(img, bits), path)
+
+
+def quantize(img: Tensor, bits: int = 8) -> np.ndarray:
+    """A (C, H, W) image in [0, 1] -> the (H, W, C) uint8/uint16 array a file of `bits` holds."""
+    if bits not in (8, 16):
+        raise ValueError(f"bits must be 8 or 16, got {bits}")
+    peak, dtype = (65535.0, np.uint16) if bits == 16 else (255.0, np.uint8)
     array = img.detach().float().clamp(0, 1).mul_(peak).round_().cpu().numpy().astype(dtype)
-    array = array.transpose(1, 2, 0)
+    return array.transpose(1, 2, 0)
+
+
+def save_array(array: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write an (H, W, C) uint8/uint16 array (C 1 or 3; uint16: PNG/TIFF), atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise ImageError(f"{path}: unknown image type (use one of {', '.join(IMAGE_SUFFIXES)})")
+    if array.dtype == np.uint16 and suffix not in (".png", ".tif", ".tiff"):
+        raise ImageError(f"{path}: 16-bit output needs PNG or TIFF")
     try:
         with atomic_write(path, "image") as tmp:
             _write_array(array, tmp, suffix)
     except UserError as err:
         raise ImageError(str(err)) from None
     return path
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """Width and height from an image file's header, without decoding its pixels."""
+    path = _check_file(path)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                return tif.pages[0].imagewidth, tif.pages[0].imagelength
+        with Image.open(path) as img:
+            return img.width, img.height
+    except Exception as err:  # Pillow and tifffile raise many types for a bad header
+        raise ImageError(f"{path}: not a readable image ({first_line(err)})") from None
 
 
 _PIL_FORMATS = {".bmp": "BMP", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}

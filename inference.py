@@ -8,6 +8,7 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,12 +16,94 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from data import dihedral, rgb_to_ycbcr, to_channels, undo_dihedral, ycbcr_to_rgb
+from data import dihedral, quantize, rgb_to_ycbcr, to_channels, undo_dihedral, ycbcr_to_rgb
 from imresize import imresize
 from model import SCALES, load_model
-from utils import CheckpointError, ImageError, UserError, atomic_write, first_line
+from utils import CheckpointError, ImageError, UserError, atomic_write, first_line, memory_available
 
 MIN_TILE = 8  # LR pixels: exported models need at least 3, and slivers waste work
+Box = tuple[int, int, int, int]  # top, left, bottom, right
+
+
+# Peak memory of super-resolving one image beyond the model and its tiles' work (RESERVE_BYTES):
+# per input pixel, the decoded file and its float32 copy; per output pixel, the output in its
+# final form (8-bit RGB: 3 bytes, and Pillow's copy while encoding, 4 more; 16-bit: 6 bytes,
+# encoded row by row); scoring against a ground truth adds three float32 RGB images.
+INPUT_BYTES, OUTPUT_BYTES, SCORING_BYTES = 3 * 2 + 3 * 4, 3 + 4, 3 * 3 * 4
+RESERVE_BYTES = 1 << 30
+
+
+def check_memory(where: str, width: int, height: int, scale: int, scoring: bool = False) -> None:
+    """Refuse, before decoding, an input whose x`scale` output will not fit in the memory this
+    process can still allocate (`utils.memory_available`): the input cap follows from the bound."""
+    available = memory_available()
+    per_output = OUTPUT_BYTES + (SCORING_BYTES if scoring else 0)
+    need = RESERVE_BYTES + width * height * (INPUT_BYTES + per_output * scale * scale)
+    if available is not None and need > available:
+        cap = max(available - RESERVE_BYTES, 0) // (INPUT_BYTES + per_output * scale * scale)
+        raise ImageError(
+            f"{where}: {width}x{height} at x{scale} needs about {need / 2**30:.1f} GiB, "
+            f"{available / 2**30:.1f} GiB are free: at most {cap / 1e6:.1f} MP in here; split the image"
+        )
+
+
+def tile_boxes(height: int, width: int, tile: int, overlap: int) -> list[tuple[Box, Box]]:
+    """(crop, keep) boxes (top, left, bottom, right) in LR pixels: each tile of `tile` pixels,
+    extended by `overlap` on every side that has a neighbour (never to a sliver)."""
+    boxes = []
+    for top in range(0, height, tile):
+        for left in range(0, width, tile):
+            bottom, right = min(top + tile, height), min(left + tile, width)
+            t0, l0 = max(top - overlap, 0), max(left - overlap, 0)
+            b0, r0 = min(bottom + overlap, height), min(right + overlap, width)
+            t0, l0 = max(0, min(t0, b0 - MIN_TILE)), max(0, min(l0, r0 - MIN_TILE))  # no sliver tiles
+            boxes.append(((t0, l0, b0, r0), (top, left, bottom, right)))
+    return boxes
+
+
+def tiled_apply(
+    fn: Callable[[Tensor], Tensor],
+    lr: Tensor,
+    scale: int,
+    tile: int = 256,
+    overlap: int = 16,
+    bits: int | None = None,
+    progress: str | None = None,
+) -> Tensor | np.ndarray:
+    """Apply `fn` (an LR crop (..., C, h, w) -> its x`scale` SR) to `lr` in overlapping tiles,
+    keeping the centre of each, so that seams are invisible where `fn`'s reach fits in the
+    overlap: the result then equals `fn(lr)`.
+
+    Returns a float tensor on lr's device, or with `bits` (8 or 16) the (H, W, C) uint8/uint16
+    array of the output file, each tile rounded into it as it comes: no float copy of the
+    whole output exists, so memory is the tiles' work plus the output in its final form.
+    `progress` names a progress bar over the tiles (shown when there are several).
+    """
+    from tqdm import tqdm
+
+    height, width = lr.shape[-2:]
+    boxes = tile_boxes(height, width, tile, overlap)
+    out = None
+    for (t0, l0, b0, r0), (top, left, bottom, right) in tqdm(
+        boxes, desc=progress, disable=progress is None or len(boxes) == 1, leave=False, unit="tile"
+    ):
+        sr = fn(lr[..., t0:b0, l0:r0])
+        y, x = (top - t0) * scale, (left - l0) * scale
+        sr = sr[..., y : y + (bottom - top) * scale, x : x + (right - left) * scale]
+        if bits is not None:
+            sr = quantize(sr.reshape(sr.shape[-3:]), bits)
+        if out is None:
+            size = (height * scale, width * scale)
+            out = (
+                np.empty((*size, sr.shape[-1]), dtype=sr.dtype)
+                if bits is not None
+                else lr.new_empty(*sr.shape[:-2], *size, dtype=sr.dtype)
+            )
+        if bits is not None:
+            out[top * scale : bottom * scale, left * scale : right * scale] = sr
+        else:
+            out[..., top * scale : bottom * scale, left * scale : right * scale] = sr
+    return out
 
 
 def tiled_forward(
@@ -31,32 +114,10 @@ def tiled_forward(
     overlap: int = 16,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """Run `model` on (B, C, H, W) `lr` in overlapping tiles of `tile` LR pixels; output on lr's device.
-
-    Each tile is extended by `overlap` pixels on every side that has a neighbour, and only
-    its centre is kept, so seams are invisible: where the model's receptive field fits in
-    the overlap, the result equals the whole-image output. Memory for activations stays
-    bounded by the tile size whatever the image size. `device` runs the tiles elsewhere.
-    """
+    """Run `model` on (B, C, H, W) `lr` in overlapping tiles of `tile` LR pixels (`tiled_apply`),
+    on `device` if given; output on lr's device. Activation memory stays bounded by the tile."""
     device = torch.device(device) if device is not None else lr.device
-    height, width = lr.shape[-2:]
-    if height <= tile and width <= tile:
-        return model(lr.to(device)).to(lr.device)
-    out = None
-    for top in range(0, height, tile):
-        for left in range(0, width, tile):
-            bottom, right = min(top + tile, height), min(left + tile, width)
-            t0, l0 = max(top - overlap, 0), max(left - overlap, 0)
-            b0, r0 = min(bottom + overlap, height), min(right + overlap, width)
-            t0, l0 = max(0, min(t0, b0 - MIN_TILE)), max(0, min(l0, r0 - MIN_TILE))  # no sliver tiles
-            sr = model(lr[..., t0:b0, l0:r0].to(device)).to(lr.device)
-            if out is None:
-                out = lr.new_empty(*sr.shape[:-2], height * scale, width * scale, dtype=sr.dtype)
-            y, x = (top - t0) * scale, (left - l0) * scale
-            out[..., top * scale : bottom * scale, left * scale : right * scale] = sr[
-                ..., y : y + (bottom - top) * scale, x : x + (right - left) * scale
-            ]
-    return out
+    return tiled_apply(lambda crop: model(crop.to(device)).to(lr.device), lr, scale, tile, overlap)
 
 
 @dataclass
@@ -98,17 +159,32 @@ class Upscaler:
     @torch.inference_mode()
     def __call__(self, lr: Tensor) -> Tensor:
         """SR of a (C, H, W) image in [0, 1]; keeps C (gray in, gray out), clamped to [0, 1]."""
+        self._check_channels(lr)
+        return tiled_apply(self._upscale_tile, lr, self.scale, self.tile, self.overlap)
+
+    @torch.inference_mode()
+    def to_array(self, lr: Tensor, bits: int, progress: str | None = None) -> np.ndarray:
+        """SR of a (C, H, W) image as the (H, W, C) uint8/uint16 array of its output file,
+        built tile by tile (memory: the tiles' work plus that array)."""
+        self._check_channels(lr)
+        return tiled_apply(self._upscale_tile, lr, self.scale, self.tile, self.overlap, bits, progress)
+
+    def _check_channels(self, lr: Tensor) -> None:
+        if lr.shape[0] != self.channels and (self.channels, lr.shape[0]) not in ((3, 1), (1, 3)):
+            raise ImageError(f"the model takes {self.channels}-channel images, this one has {lr.shape[0]}")
+
+    def _upscale_tile(self, lr: Tensor) -> Tensor:
+        """SR of one (C, h, w) crop, in the crop's channels: an RGB model on gray replicates it;
+        a Y model on RGB does Y, with Cb/Cr by bicubic (exact away from the crop's edges)."""
         have = lr.shape[0]
         if have == self.channels:
             return self._run(lr)
-        if self.channels == 3 and have == 1:  # RGB model on gray: replicate, then back to gray
+        if have == 1:  # RGB model on gray: replicate, then back to gray
             return to_channels(self._run(to_channels(lr, 3)), 1).clamp(0, 1)
-        if self.channels == 1 and have == 3:  # Y model on RGB: Y by the model, Cb/Cr by bicubic
-            ycbcr = rgb_to_ycbcr(lr)
-            y = self._run(ycbcr[:1])
-            cbcr = imresize(ycbcr[1:], size=tuple(y.shape[-2:]))
-            return ycbcr_to_rgb(torch.cat([y, cbcr])).clamp(0, 1)
-        raise ImageError(f"the model takes {self.channels}-channel images, this one has {have}")
+        ycbcr = rgb_to_ycbcr(lr)  # Y model on RGB
+        y = self._run(ycbcr[:1])
+        cbcr = imresize(ycbcr[1:], size=tuple(y.shape[-2:]))
+        return ycbcr_to_rgb(torch.cat([y, cbcr])).clamp(0, 1)
 
     def _run(self, lr: Tensor) -> Tensor:
         if not self.self_ensemble:
@@ -120,8 +196,8 @@ class Upscaler:
         with torch.autocast(
             self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
         ):
-            sr = tiled_forward(self.model, lr.unsqueeze(0), self.scale, self.tile, self.overlap, self.device)
-        return sr[0].float()
+            sr = self.model(lr.unsqueeze(0).to(self.device))
+        return sr[0].float().to(lr.device)
 
 
 ONNX_HINT = "pip install -r requirements-onnx.txt"

@@ -20,6 +20,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -32,10 +33,19 @@ from bursts import (
     probav_layout,
 )
 from catalog import ImagePair, load_pairs
-from data import IMAGE_SUFFIXES, list_images, read_image, save_image, to_channels
+from data import (
+    IMAGE_SUFFIXES,
+    image_size,
+    list_images,
+    load_image,
+    read_image,
+    save_array,
+    save_image,
+    to_channels,
+)
 from figures import panel_images, save_panel, save_spectra_plot
 from imresize import DEGRADATIONS, imresize, upscale
-from inference import OnnxModel, Upscaler
+from inference import OnnxModel, Upscaler, check_memory, tiled_apply
 from metrics import (
     BURST_PROTOCOL,
     FDA_BANDS,
@@ -132,6 +142,12 @@ def bicubic(lr: Tensor, scale: int) -> Tensor:
     return upscale(lr, scale).clamp(0, 1)
 
 
+def bicubic_array(lr: Tensor, scale: int, bits: int) -> np.ndarray:
+    """`bicubic` as the (H, W, C) uint8/uint16 array of its output file, built in tiles (the
+    kernel reaches 2 LR pixels, so 4 of overlap make it equal to the whole-image result)."""
+    return tiled_apply(lambda crop: bicubic(crop, scale), lr, scale, tile=256, overlap=4, bits=bits)
+
+
 def score(sr: Tensor, hr: Tensor, scale: int) -> tuple[float, float]:
     """PSNR and SSIM by the benchmark protocol (shave = scale)."""
     return psnr(sr, hr, shave=scale).item(), ssim(sr, hr, shave=scale).item()
@@ -185,19 +201,20 @@ def check_size(lr: Tensor, where: str) -> None:
         )
 
 
-def check_gt(gt: Tensor, sr: Tensor, gt_path: Path, lr_path: Path, scale: int) -> Tensor:
-    """Ground truth in the SR image's channels (cropped to a multiple of the scale, as the
-    protocol does), or an error naming both sizes."""
-    extra = [g - s for g, s in zip(gt.shape[-2:], sr.shape[-2:])]
+def check_gt(gt: Tensor, lr: Tensor, gt_path: Path, lr_path: Path, scale: int) -> Tensor:
+    """Ground truth in the channels of the SR image of `lr` (cropped to a multiple of the
+    scale, as the protocol does), or an error naming both sizes."""
+    size = (lr.shape[-2] * scale, lr.shape[-1] * scale)
+    extra = [g - s for g, s in zip(gt.shape[-2:], size)]
     if all(0 <= e < scale for e in extra):
-        gt = gt[..., : sr.shape[-2], : sr.shape[-1]]
-    if gt.shape[-2:] != sr.shape[-2:]:
+        gt = gt[..., : size[0], : size[1]]
+    if tuple(gt.shape[-2:]) != size:
         raise ImageError(
             f"{gt_path}: ground truth is {gt.shape[-1]}x{gt.shape[-2]} but the x{scale} output of "
-            f"{lr_path.name} is {sr.shape[-1]}x{sr.shape[-2]}"
+            f"{lr_path.name} is {size[1]}x{size[0]}"
         )
     check_scorable(gt, str(gt_path), scale)
-    return to_channels(gt, sr.shape[0])
+    return to_channels(gt, lr.shape[0])
 
 
 def check_scorable(hr: Tensor, where: str, scale: int) -> None:
@@ -459,21 +476,24 @@ def run_inputs(args: argparse.Namespace, upscaler: Upscaler) -> int:
     rows = []
     show = not args.quiet and not args.json and len(paths) > 1
     for index, lr_path in enumerate(tqdm(paths, desc="super-resolving", disable=not show, leave=False)):
+        gt_path = find_gt(args.gt, lr_path, single=len(paths) == 1) if args.gt else None
+        sr_path, bic_path, *panel = plans[index]
+        check_memory(str(lr_path), *image_size(lr_path), upscaler.scale, scoring=bool(gt_path or panel))
         lr, bits = read_image(lr_path)
         check_size(lr, str(lr_path))
-        gt_path = find_gt(args.gt, lr_path, single=len(paths) == 1) if args.gt else None
-        gt = read_image(gt_path)[0] if gt_path else None
-        sr, bic = upscaler(lr), bicubic(lr, upscaler.scale)
-        row = None
-        if gt is not None:
-            gt = check_gt(gt, sr, gt_path, lr_path, upscaler.scale)
-            row = image_row(lr_path.stem, sr, bic, gt, upscaler.scale)
-            rows.append(row)
-        sr_path, bic_path, *panel = plans[index]
-        save_image(sr, sr_path, bits=bits)
-        save_image(bic, bic_path, bits=bits)
+        gt = check_gt(read_image(gt_path)[0], lr, gt_path, lr_path, upscaler.scale) if gt_path else None
+        tiles = None if args.quiet or args.json else f"{lr_path.name}"
+        sr = save_array(upscaler.to_array(lr, bits, progress=tiles), sr_path)  # never a float copy
+        bic = save_array(bicubic_array(lr, upscaler.scale, bits), bic_path)
         if not args.json:
             print(f"wrote {sr_path} and {bic_path}")
+        if gt is None and not panel:
+            continue
+        sr, bic = load_image(sr_path), load_image(bic_path)  # scores and panels are of the files written
+        row = None
+        if gt is not None:
+            row = image_row(lr_path.stem, sr, bic, gt, upscaler.scale)
+            rows.append(row)
         if panel:
             panel_path = panel[0]
             panels = panel_images(lr, bic, sr, gt, row, upscaler.name)
@@ -591,9 +611,8 @@ def run_scene(args: argparse.Namespace, checkpoint: dict, device: torch.device) 
     if args.gt:
         gt = to_channels(read_image(args.gt)[0], 1)
         mask = torch.ones_like(gt)
-    expected = torch.empty(1, burst.frames.shape[-2] * scale, burst.frames.shape[-1] * scale)
     if gt is not None:  # checked before anything is written
-        gt = check_gt(gt, expected, Path(args.gt or scene / "HR.png"), scene, scale)
+        gt = check_gt(gt, burst.frames[:1], Path(args.gt or scene / "HR.png"), scene, scale)
         mask = mask[..., : gt.shape[-2], : gt.shape[-1]]
     sr, log_scale = fuse(model, burst, device)
     folder = ensure_folder(args.out_dir) if args.out_dir else scene.parent

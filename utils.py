@@ -60,6 +60,54 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
         return 130
     except BrokenPipeError:
         return 0
+    except (MemoryError, RuntimeError) as err:  # torch's CPU allocator raises RuntimeError
+        if not isinstance(err, MemoryError) and not is_out_of_memory(err):
+            raise
+        print(f"error: out of memory ({first_line(err) or 'MemoryError'}); "
+              "a smaller input or --tile needs less", file=sys.stderr)  # fmt: skip
+        return 2
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether an exception is an allocation failure (CPU or GPU), not a bug."""
+    text = str(err)
+    return isinstance(err, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text
+
+
+def memory_available() -> int | None:
+    """Bytes this process can still allocate: the least of free memory (MemAvailable), its
+    cgroup's limit less usage, and its address-space limit less what it maps; None if unknown."""
+    room = []
+    fields = _proc_fields("/proc/meminfo")
+    if "MemAvailable" in fields:
+        room.append(fields["MemAvailable"])
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            room.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    mapped = _proc_fields("/proc/self/status").get("VmSize")
+    if soft != resource.RLIM_INFINITY and mapped is not None:
+        room.append(soft - mapped)
+    return max(min(room), 0) if room else None
+
+
+def _proc_fields(path: str) -> dict[str, int]:
+    """`Name: N kB` lines of a /proc file, in bytes (empty where the file is absent)."""
+    fields = {}
+    try:
+        for line in Path(path).read_text().splitlines():
+            name, _, value = line.partition(":")
+            parts = value.split()
+            if len(parts) == 2 and parts[1] == "kB" and parts[0].isdigit():
+                fields[name] = int(parts[0]) * 1024
+    except OSError:
+        pass
+    return fields
 
 
 # ---------------------------------------------------------------------------------------

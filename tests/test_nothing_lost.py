@@ -242,6 +242,87 @@ def test_outputs_are_checked_before_any_is_written(tmp_path, case):
         assert (tmp_path / "a_bicubic_x3.png").read_bytes() == b"keep"
 
 
+# Runs super_resolve.py in this process and prints its peak resident memory; with a limit in
+# bytes as the first argument, first caps the address space at what is mapped now plus that.
+_MEASURED = """
+import resource, sys
+import super_resolve, utils
+if sys.argv[1] != "-":
+    status = open("/proc/self/status").read().split("VmSize:")[1]
+    mapped = int(status.split()[0]) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (mapped + int(sys.argv[1]), resource.RLIM_INFINITY))
+status = utils.run_cli(super_resolve.main, sys.argv[2:])
+print("peak", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+sys.exit(status)
+"""
+
+
+def _super_resolve_measured(limit: str, *args: str) -> tuple[subprocess.CompletedProcess, int]:
+    command = [
+        sys.executable,
+        "-c",
+        _MEASURED,
+        limit,
+        "--checkpoint",
+        str(ROOT / "checkpoints" / "srcnn_x3.pth"),
+    ]
+    done = subprocess.run([*command, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    peaks = [int(line.split()[1]) for line in done.stdout.splitlines() if line.startswith("peak ")]
+    return done, peaks[0] if peaks else -1
+
+
+def _smooth_photo(path: Path, side: int) -> Path:
+    x = np.linspace(0, 8, side)
+    wave = 127 + 120 * np.sin(x[:, None] * x[None, :] / 3)[..., None] * np.array([1.0, 0.8, 0.6])
+    Image.fromarray(wave.astype(np.uint8)).save(path)
+    return path
+
+
+def test_inference_memory_is_the_tiles_plus_the_output_in_its_final_form(tmp_path):
+    """Peak memory at two input sizes (same tiles): what the larger input adds is its output
+    in 8 bits plus Pillow's copy while encoding and the input itself, as `check_memory`
+    budgets; float copies of the whole output (4 bytes a sample each) would exceed it."""
+    peaks, pixels = [], []
+    for side in (200, 800):
+        lr = _smooth_photo(tmp_path / f"lr{side}.png", side)
+        done, peak = _super_resolve_measured("-", str(lr), "--tile", "64", "--quiet")
+        assert done.returncode == 0, done.stderr
+        output = Image.open(tmp_path / f"lr{side}_srcnn_x3.png")
+        assert output.size == (3 * side, 3 * side) and output.mode == "RGB"
+        peaks.append(peak)
+        pixels.append(side * side)
+    per_input_pixel = 3 * 2 + 3 * 4 + (3 + 4) * 9  # file + float32 input; 8-bit output + Pillow's copy
+    budget = (pixels[1] - pixels[0]) * per_input_pixel  # 49 MB here
+    grown = peaks[1] - peaks[0]
+    assert grown < budget + 32 * 2**20, (
+        f"peak grew by {grown / 2**20:.0f} MiB, budget {budget / 2**20:.0f} MiB"
+    )
+
+
+def test_an_input_whose_output_will_not_fit_in_memory_is_refused_before_decoding(tmp_path):
+    lr = _smooth_photo(tmp_path / "big.png", 2000)  # x3: 36 MP out, 108 MB in 8 bits, 432 MB as float
+    done, _ = _super_resolve_measured(str(1200 * 2**20), str(lr), "--quiet")
+    assert done.returncode == 2, done.stderr
+    error = done.stderr.strip()
+    assert len(error.splitlines()) == 1 and "Traceback" not in error, error
+    assert "2000x2000 at x3 needs about" in error and "split the image" in error, error
+    assert not list(tmp_path.glob("big_*"))
+
+
+@pytest.mark.parametrize(
+    "failure", [MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory")]
+)
+def test_running_out_of_memory_is_one_line_and_status_2(capsys, failure):
+    def main(argv):
+        raise failure
+
+    assert run_cli(main, []) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and error.startswith("error: out of memory"), error
+    with pytest.raises(RuntimeError, match="a bug"):  # other runtime errors are not hidden as memory
+        run_cli(lambda argv: (_ for _ in ()).throw(RuntimeError("a bug")), [])
+
+
 def test_a_loss_that_is_nan_at_once_names_no_checkpoint_that_does_not_exist(
     data, tmp_path, monkeypatch, capsys
 ):

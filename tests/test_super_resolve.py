@@ -218,6 +218,40 @@ def test_tiled_output_equals_whole_image_output():
     assert (seams - whole).abs().max() > 1e-3  # too small an overlap shows: the test can fail
 
 
+@pytest.mark.parametrize("channels, image_channels", [(3, 3), (3, 1), (1, 3)])
+def test_output_built_tile_by_tile_in_8_and_16_bits_is_the_rounded_whole_image(channels, image_channels):
+    """`Upscaler.to_array` (tiles rounded straight into the output array, which bounds memory)
+    gives the file `save_image` would write from the whole float image: RGB, gray through an
+    RGB model, RGB through a Y model (Cb/Cr by bicubic per tile)."""
+    from data import quantize
+
+    torch.manual_seed(0)
+    model = build_model("srcnn", in_channels=channels).eval()
+    lr = torch.rand(image_channels, 40, 57)
+    whole = Upscaler(model, "srcnn", 3, channels, torch.device("cpu"), 1000, 16)
+    tiled = Upscaler(model, "srcnn", 3, channels, torch.device("cpu"), 16, 6)
+    for bits in (8, 16):
+        expected = quantize(whole(lr), bits)
+        got = tiled.to_array(lr, bits)
+        assert got.dtype == expected.dtype and got.shape == (120, 171, image_channels)
+        levels = np.abs(got.astype(np.int64) - expected.astype(np.int64))
+        assert levels.max() <= 1 and (levels > 0).mean() < 1e-3, (bits, levels.max(), (levels > 0).mean())
+    narrow = Upscaler(model, "srcnn", 3, channels, torch.device("cpu"), 16, 1)  # too little overlap
+    assert np.abs(narrow.to_array(lr, 8).astype(int) - quantize(whole(lr), 8).astype(int)).max() > 1
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_bicubic_built_tile_by_tile_is_the_whole_image_bicubic(scale):
+    from data import quantize
+
+    torch.manual_seed(scale)
+    lr = torch.rand(3, 300, 270)  # more than one 256-pixel tile each way
+    expected = quantize(super_resolve.bicubic(lr, scale), 8)
+    got = super_resolve.bicubic_array(lr, scale, 8)
+    levels = np.abs(got.astype(np.int64) - expected.astype(np.int64))
+    assert got.shape == expected.shape and levels.max() <= 1 and (levels > 0).mean() < 1e-4
+
+
 def test_self_ensemble_is_the_mean_over_flips_and_rotations_so_it_is_equivariant():
     torch.manual_seed(0)
     model = build_model("srcnn").eval()
