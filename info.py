@@ -28,6 +28,16 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _version(package: str) -> str:
+    """An installed package's version, or "not installed"."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def environment() -> dict[str, str]:
     """Versions and hardware that results depend on."""
     import numpy
@@ -38,6 +48,7 @@ def environment() -> dict[str, str]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch": torch.__version__,
+        "torchvision": _version("torchvision"),
         "numpy": numpy.__version__,
         "cuda available": str(cuda),
         "cpu": cpu_name(),
@@ -99,8 +110,10 @@ def main() -> int:
     for name, params, text in model_zoo():
         print(f"  {name:10} {params:>10,}  {text}")
     print("\nshipped checkpoints (checkpoints/README.md)")
-    for name, line in shipped_checkpoints() or [("none", "")]:
-        print(f"  {name:16} {line}")
+    shipped = shipped_checkpoints() or [("none", "")]
+    width = max(len(name) for name, _ in shipped)
+    for name, line in shipped:
+        print(f"  {name:{width}}  {line}")
     return 0
 
 

@@ -51,7 +51,14 @@ FIXED_MID_EPOCH = ("batch_size", "patch_size", "patches_per_image", "grid_stride
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown after each option; description and epilog kept as written."""
+    """Defaults shown after each option, once: not where the help says its own default or
+    there is none (None, empty); description and epilog kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, [], "", argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
 
 
 def _degradation(text: str) -> str:
@@ -198,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("checkpoint", help="a checkpoint written by train.py")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
     inspect.add_argument("--plot", metavar="FILE", help="draw loss and validation PSNR curves into a PNG")
+    inspect.add_argument("--all", action="store_true", help="print every epoch and every argument")
     export = sub.add_parser("export", help="export a single-image model to ONNX (dynamic height and width)")
     export.add_argument("checkpoint", help="a checkpoint written by train.py")
     export.add_argument("output", help="the .onnx file to write")
@@ -280,36 +288,68 @@ def command_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     say(f"checkpoint {args.checkpoint}")
-    say(
-        f"model      {info['model']} x{info['scale']}  options {info['options'] or '{}'}  "
-        f"{info['params']:,} parameters"
-    )
-    partial = (info["in_epoch"] or {}).get("batches", 0)
-    say(
-        f"epoch      {info['epoch']} of {info['args'].get('num_epoch')}"
-        f"{f' (+{partial} steps of the next, interrupted)' if partial else ''}"
-    )
-    best, metric = info["best_psnr"], "cPSNR" if info["kind"] == MULTI_FRAME else "PSNR"
-    say(f"best {metric:5} {'-' if best is None else f'{best:.3f} dB'} on {info['args'].get('val_data')}")
-    if info["args"].get("ema"):
-        say(f"weights    moving average, decay {info['args']['ema']} (validated, used by super_resolve.py)")
-    say("arguments  " + "  ".join(f"{k}={v}" for k, v in sorted(info["args"].items())))
-    if info["history"]:
-        similarity, baseline = metric.replace("PSNR", "SSIM"), "baseline" if metric == "cPSNR" else "bicubic"
-        say(f"\n{'epoch':>5} {'loss':>10} {metric:>7} {similarity:>7} {baseline:>8} {'lr':>9} {'seconds':>8}")
-
-        def fmt(value: float | None, spec: str) -> str:
-            return f"{'-':>{spec.split('.')[0]}}" if value is None else format(value, spec)
-
-        for row in info["history"]:
-            score, similar, base, _ = validation_of(row)
-            say(
-                f"{row['epoch']:>5} {row['train_loss']:>10.6f} {fmt(score, '7.3f')} {fmt(similar, '7.4f')} "
-                f"{fmt(base, '8.3f')} {row['lr']:>9.3g} {row['seconds']:>8.1f}"
-            )
+    for line in summary(info):
+        say(line)
+    if args.all:
+        say("arguments  " + "  ".join(f"{k}={v}" for k, v in sorted(info["args"].items())))
+        print_history(info)
+    elif info["history"]:
+        say(f"({len(info['history'])} epochs recorded; --all prints each, and every argument)")
     if args.plot:
         say(f"\nplot written to {args.plot}")
     return 0
+
+
+def summary(info: dict) -> list[str]:
+    """`inspect`'s summary lines: model, data, epochs, best and last validation, time."""
+    args, history = info["args"], info["history"]
+    metric = "cPSNR" if info["kind"] == MULTI_FRAME else "PSNR"
+    options = f"  options {info['options']}" if info["options"] else ""
+    partial = (info["in_epoch"] or {}).get("batches", 0)
+    lines = [
+        f"model      {info['model']} x{info['scale']}{options}  {info['params']:,} parameters",
+        f"data       {args.get('train_data') or 'the default set'} ({args.get('patches_per_image')} patches "
+        f"of {args.get('patch_size')} px per image, batch {args.get('batch_size')}), "
+        f"validation {args.get('val_data')}",
+        f"epochs     {info['epoch']} of {args.get('num_epoch')}"
+        f"{f' (+{partial} steps of the next, interrupted)' if partial else ''}",
+    ]
+    scored = [(row["epoch"], *validation_of(row)) for row in history if validation_of(row)[0] is not None]
+    if scored:
+        best = max(scored, key=lambda entry: entry[1])
+        last = scored[-1]
+        similarity, baseline = metric.replace("PSNR", "SSIM"), "baseline" if metric == "cPSNR" else "bicubic"
+        lines.append(f"best {metric:5} {best[1]:.3f} dB at epoch {best[0]} ({similarity} {best[2]:.4f})")
+        lines.append(f"last {metric:5} {last[1]:.3f} dB at epoch {last[0]} ({baseline} {last[3]:.3f} dB)")
+    else:
+        best = info["best_psnr"]
+        lines.append(f"best {metric:5} {'-' if best is None else f'{best:.3f} dB'} (no validation recorded)")
+    if history:
+        seconds = sum(row["seconds"] for row in history)
+        loss = history[-1]["train_loss"]
+        lines.append(f"time       {seconds / 3600:.2f} h over {len(history)} epochs, last loss {loss:.6f}")
+    if args.get("ema"):
+        lines.append(f"weights    moving average, decay {args['ema']} (validated, used by super_resolve.py)")
+    return lines
+
+
+def print_history(info: dict) -> None:
+    """`inspect --all`'s table: loss, validation, baseline, learning rate, time per epoch."""
+    if not info["history"]:
+        return
+    metric = "cPSNR" if info["kind"] == MULTI_FRAME else "PSNR"
+    similarity, baseline = metric.replace("PSNR", "SSIM"), "baseline" if metric == "cPSNR" else "bicubic"
+    say(f"\n{'epoch':>5} {'loss':>10} {metric:>7} {similarity:>7} {baseline:>8} {'lr':>9} {'seconds':>8}")
+
+    def fmt(value: float | None, spec: str) -> str:
+        return f"{'-':>{spec.split('.')[0]}}" if value is None else format(value, spec)
+
+    for row in info["history"]:
+        score, similar, base, _ = validation_of(row)
+        say(
+            f"{row['epoch']:>5} {row['train_loss']:>10.6f} {fmt(score, '7.3f')} {fmt(similar, '7.4f')} "
+            f"{fmt(base, '8.3f')} {row['lr']:>9.3g} {row['seconds']:>8.1f}"
+        )
 
 
 def command_export(args: argparse.Namespace) -> int:

@@ -67,3 +67,41 @@ def smooth_image_folder(folder: Path, count: int, size: int, seed: int) -> Path:
         coarse = rng.integers(0, 256, (size // 6, size // 6, 3), dtype=np.uint8)
         Image.fromarray(coarse).resize((size, size), Image.BICUBIC).save(folder / f"img{i}.png")
     return folder
+
+
+# What each kind of skip needs, to say in the run's last line how to enable it.
+SKIP_CAUSES = {
+    "SR_DATA_ROOT": "benchmark sets (set SR_DATA_ROOT to their folder, or `python data.py fetch`)",
+    "SR_REFERENCE_DIR": "reference vectors (set SR_REFERENCE_DIR to their folder)",
+    "CUDA device": "a CUDA GPU (run on one, or `gpu_check.py run` on a lent one)",
+}
+
+
+def skip_summary(reasons: list[str]) -> str:
+    """One line: how many tests were skipped, grouped by what they need and how to enable them."""
+    if not reasons:
+        return "skipped: none"
+    counts: dict[str, int] = {}
+    for reason in reasons:
+        cause = next((text for key, text in SKIP_CAUSES.items() if key in reason), reason)
+        counts[cause] = counts.get(cause, 0) + 1
+    parts = [f"{count} need {cause}" for cause, count in sorted(counts.items(), key=lambda kv: -kv[1])]
+    return f"skipped {len(reasons)}: " + "; ".join(parts)
+
+
+_SKIPS = pytest.StashKey[str]()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Keep the skip summary for the very end of the run (after pytest's own counts)."""
+    reasons = []
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reasons.append(longrepr[2] if isinstance(longrepr, tuple) else str(longrepr))
+    config.stash[_SKIPS] = skip_summary(reasons)
+
+
+def pytest_unconfigure(config) -> None:
+    """Print the skip summary as the run's last line."""
+    if _SKIPS in config.stash:
+        print(config.stash[_SKIPS])

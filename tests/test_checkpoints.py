@@ -94,3 +94,6 @@ def test_info_prints_the_environment_that_figures_depend_on():
     assert env["torch"] == torch.__version__ and env["cpu"] and int(env["threads"]) >= 1
     done = subprocess.run([sys.executable, "info.py"], capture_output=True, text=True, cwd=CHECKPOINTS.parent)
     assert done.returncode == 0 and f"cpu             {env['cpu']}" in done.stdout
+    shipped = done.stdout.split("shipped checkpoints")[1].splitlines()[1:]
+    columns = {len(line) - len(line.split(".pth", 1)[1].lstrip()) for line in shipped if ".pth" in line}
+    assert len(columns) == 1, shipped  # the description column lines up under every file name

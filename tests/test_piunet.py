@@ -418,6 +418,6 @@ def test_multi_frame_history_names_its_columns_and_old_runs_read_the_same(traine
     torch.save(old, tmp_path / "old.pth")
     texts = []
     for path in (trained / "last.pth", tmp_path / "old.pth"):
-        assert run_cli(train.main, ["inspect", str(path)]) == 0
+        assert run_cli(train.main, ["inspect", str(path), "--all"]) == 0
         texts.append(capsys.readouterr().out.split("arguments")[1].split("\n", 1)[1])
     assert texts[0] == texts[1] and "cPSNR" in texts[0] and "baseline" in texts[0]

@@ -276,7 +276,13 @@ def test_inspect_text_json_and_plot(data, tmp_path, capsys):
     capsys.readouterr()
     assert _run(["inspect", str(out / "last.pth")]) == 0
     text = capsys.readouterr().out
-    assert "srcnn x3" in text and "20,099 parameters" in text and "epoch      2 of 2" in text
+    assert "srcnn x3" in text and "20,099 parameters" in text and "epochs     2 of 2" in text
+    assert "best PSNR" in text and "last PSNR" in text and "time " in text and "--all" in text
+    assert "arguments" not in text and "\n    1 " not in text  # a summary: no per-epoch rows
+    assert _run(["inspect", str(out / "last.pth"), "--all"]) == 0
+    full = capsys.readouterr().out
+    assert full.startswith(text.rsplit("\n(", 1)[0]) and "arguments" in full
+    assert "\n    1 " in full and "\n    2 " in full  # every epoch
     assert _run(["inspect", str(out / "last.pth"), "--json", "--plot", str(tmp_path / "curves.png")]) == 0
     info = json.loads(capsys.readouterr().out)
     for key in ("model", "scale", "epoch", "params", "args", "history", "best_psnr"):
@@ -284,6 +290,15 @@ def test_inspect_text_json_and_plot(data, tmp_path, capsys):
     assert info["params"] == 20099 and info["epoch"] == 2 and len(info["history"]) == 2
     png = (tmp_path / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_help_states_each_default_once(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(default: None)" not in text and "(default: [])" not in text
+    assert text.count("(default: download them)") == 1 and "download them) (default" not in text
+    assert "(default: 3)" in text  # real defaults are still shown
 
 
 def _start(argv: list[str], cwd: Path) -> subprocess.Popen:
