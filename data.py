@@ -26,7 +26,7 @@ from utils import DatasetError, ImageError, UserError, atomic_write, first_line
 if TYPE_CHECKING:
     from catalog import ImagePair
 
-IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 MAX_PIXELS = 120_000_000  # decoding more than this (about 1.4 GB as float32 RGB) is refused
 
 
@@ -183,8 +183,9 @@ def quantize(img: Tensor, bits: int = 8) -> np.ndarray:
     return array.transpose(1, 2, 0)
 
 
-def save_array(array: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write an (H, W, C) uint8/uint16 array (C 1 or 3; uint16: PNG/TIFF), atomically."""
+def save_array(array: np.ndarray, path: str | os.PathLike, quality: int = 95) -> Path:
+    """Write an (H, W, C) uint8/uint16 array (C: 1 gray, 2 gray + alpha, 3 RGB, 4 RGBA; uint16:
+    PNG/TIFF) atomically; `quality` for JPEG and WebP."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
@@ -193,7 +194,7 @@ def save_array(array: np.ndarray, path: str | os.PathLike) -> Path:
         raise ImageError(f"{path}: 16-bit output needs PNG or TIFF")
     try:
         with atomic_write(path, "image") as tmp:
-            _write_array(array, tmp, suffix)
+            _write_array(array, tmp, suffix, quality)
     except UserError as err:
         raise ImageError(str(err)) from None
     return path
@@ -214,27 +215,78 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         raise ImageError(f"{path}: not a readable image ({first_line(err)})") from None
 
 
-_PIL_FORMATS = {".bmp": "BMP", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+_PIL_FORMATS = {".bmp": "BMP", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+_PIL_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 
 
-def _write_array(array: np.ndarray, path: Path, suffix: str) -> None:
+def _write_array(array: np.ndarray, path: Path, suffix: str, quality: int = 95) -> None:
     """Encode an (H, W, C) uint8/uint16 array to `path` in the format of `suffix`."""
+    planes = array.shape[-1]
     if suffix in (".tif", ".tiff"):
         import tifffile
 
-        tifffile.imwrite(path, array[..., 0] if array.shape[-1] == 1 else array)
+        extra = {"extrasamples": ["unassalpha"]} if planes in (2, 4) else {}
+        tifffile.imwrite(path, array[..., 0] if planes == 1 else array, **extra)
     elif array.dtype == np.uint16:
         import png
 
-        height, width, planes = array.shape
-        writer = png.Writer(width, height, greyscale=planes == 1, bitdepth=16)
+        height, width = array.shape[:2]
+        writer = png.Writer(width, height, greyscale=planes < 3, alpha=planes in (2, 4), bitdepth=16)
         with open(path, "wb") as f:
             writer.write(f, array.reshape(height, width * planes))
     else:
-        mode = "L" if array.shape[-1] == 1 else "RGB"
-        Image.fromarray(array[..., 0] if mode == "L" else array, mode=mode).save(
-            path, format=_PIL_FORMATS[suffix]
-        )
+        image = Image.fromarray(array[..., 0] if planes == 1 else array, mode=_PIL_MODES[planes])
+        options = {"quality": quality} if suffix in (".jpg", ".jpeg", ".webp") else {}
+        image.save(path, format=_PIL_FORMATS[suffix], **options)
+
+
+def has_alpha(path: str | os.PathLike) -> bool:
+    """Whether an image file has an alpha channel (or a transparent palette), from its header."""
+    path = _check_file(path)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                return tif.pages[0].samplesperpixel in (2, 4)
+        with Image.open(path) as img:
+            return "A" in img.getbands() or "transparency" in img.info
+    except Exception as err:  # Pillow and tifffile raise many types for a bad header
+        raise ImageError(f"{path}: not a readable image ({first_line(err)})") from None
+
+
+def read_alpha(path: str | os.PathLike) -> Tensor | None:
+    """An image file's alpha channel as a float32 (1, H, W) tensor in [0, 1], or None when it
+    has none (`read_image` drops it; this reads it for outputs that keep it)."""
+    if not has_alpha(path):
+        return None
+    path = Path(path)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                array = page.asarray()
+                if page.planarconfig == tifffile.PLANARCONFIG.SEPARATE:
+                    array = np.moveaxis(array, 0, -1)
+            alpha = array[..., -1]
+        elif _png_bit_depth(path) == 16:
+            import png
+
+            width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+            planes = info["planes"]
+            alpha = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
+            alpha = alpha.reshape(height, width, planes)[..., -1]
+        else:
+            with Image.open(path) as img:
+                img = ImageOps.exif_transpose(img)
+                alpha = np.asarray(img.convert("RGBA"), dtype=np.uint8)[..., -1]
+    except ImageError:
+        raise
+    except Exception as err:  # the decoders raise many types for a damaged file
+        raise ImageError(f"{path}: corrupt or truncated image ({first_line(err)})") from None
+    return _to_tensor(np.ascontiguousarray(alpha), path)
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

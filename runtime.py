@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from utils import UserError
+
 
 @dataclass
 class Runtime:
@@ -29,6 +31,24 @@ class Runtime:
             print(text)
 
 
+def parse_device(text: str) -> torch.device:
+    """A `--device` value (cpu, cuda, cuda:N, mps), checked against what this machine has."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        device = None
+    known = device is not None and device.type in ("cpu", "cuda", "mps")
+    if not known or (device.type != "cuda" and device.index):
+        raise UserError(f"--device {text!r}: use cpu, cuda, cuda:N or mps")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {text}: CUDA is not available here (no GPU, or a CPU-only torch)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {text}: Apple's MPS is not available here")
+    return device
+
+
 def process_rank() -> int:
     """This process's rank under `torchrun` (0 when launched alone)."""
     return int(os.environ.get("RANK", "0"))
@@ -38,12 +58,13 @@ def setup_runtime(config: dict) -> Runtime:
     """Pick the device and precision; join the process group when launched by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = process_rank(), int(os.environ.get("LOCAL_RANK", "0"))
+    chosen = torch.device(config["device"]) if config.get("device") else None
     if config["cuda"]:
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", local_rank if chosen is None or chosen.index is None else chosen.index)
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
     else:
-        device = torch.device("cpu")
+        device = chosen if chosen is not None and chosen.type == "mps" else torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if config["cuda"] else "gloo")
     amp = config["amp"] if config["amp"] is not None else config["cuda"]

@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import math
 import re
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +37,12 @@ from bursts import (
 from catalog import ImagePair, load_pairs
 from data import (
     IMAGE_SUFFIXES,
+    has_alpha,
     image_size,
     list_images,
     load_image,
+    quantize,
+    read_alpha,
     read_image,
     save_array,
     save_image,
@@ -58,6 +63,7 @@ from metrics import (
     uncertainty_rank_correlation,
 )
 from model import MODELS, MULTI_FRAME, SINGLE_IMAGE, load_model, model_kind
+from runtime import parse_device
 from utils import (
     CheckpointError,
     DatasetError,
@@ -71,6 +77,7 @@ from utils import (
 )
 
 MIN_LR_SIDE = 3  # smaller inputs have no meaningful upscaling (and bicubic needs a neighbourhood)
+OUTPUT_EXTS = ("png", "jpg", "webp", "tif")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,9 +111,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save", action="store_true", help="with --dataset: also write the SR images")
     parser.add_argument("--compare", metavar="FILE", help="write a comparison panel PNG (one input)")
     parser.add_argument("--compare-dir", metavar="DIR", help="write a comparison panel per image here")
+    out = parser.add_argument_group("output files of positional inputs (as Real-ESRGAN's inference script)")
+    out.add_argument("--suffix", help="SR output {input}_{suffix}.{ext} (default: the checkpoint's name)")
+    out.add_argument(
+        "--ext", choices=OUTPUT_EXTS, default="png", help="format (default png; jpg, webp: 8-bit)"
+    )
+    out.add_argument("--quality", type=int, default=95, help="JPEG / WebP quality, 1-100 (default 95)")
+    out.add_argument("--outscale", type=float, help="final scale, if not the model's (MATLAB bicubic resize)")
+    out.add_argument(
+        "--alpha-upsampler",
+        choices=("bicubic", "model"),
+        default="bicubic",
+        help="how an RGBA input's alpha is upscaled (default bicubic); kept, as PNG for --ext jpg",
+    )
+    out.add_argument("--no-baseline", action="store_true", help="do not write the bicubic image")
+    out.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse)")
     parser.add_argument("--tile", type=int, default=256, help="tile size in LR pixels (default 256)")
     parser.add_argument("--tile-overlap", type=int, default=16, help="tile overlap in LR pixels (default 16)")
-    parser.add_argument("--cuda", action="store_true", help="run the model on the GPU")
+    parser.add_argument("--cuda", action="store_true", help="run the model on the GPU (--device cuda)")
+    parser.add_argument("--device", help="where to run the model: cpu, cuda, cuda:N or mps")
     parser.add_argument(
         "--amp",
         action=argparse.BooleanOptionalAction,
@@ -127,14 +150,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_options(args: argparse.Namespace) -> torch.device:
-    """Validate device and tiling options; the device to run on."""
-    if args.cuda and not torch.cuda.is_available():
-        raise UserError("--cuda given, but CUDA is not available here (no GPU, or a CPU-only torch)")
+    """Validate device, tiling and output options; the device to run on."""
+    if args.cuda and args.device and not args.device.startswith("cuda"):
+        raise UserError(f"--cuda and --device {args.device} disagree")
+    device = parse_device(args.device or ("cuda" if args.cuda else "cpu"))
     if args.tile < 8 or args.tile_overlap < 0:
         raise UserError(
             f"--tile must be at least 8 and --tile-overlap at least 0, got {args.tile}, {args.tile_overlap}"
         )
-    return torch.device("cuda" if args.cuda else "cpu")
+    if not 1 <= args.quality <= 100:
+        raise UserError(f"--quality must be in [1, 100], got {args.quality}")
+    if args.outscale is not None:
+        if not (math.isfinite(args.outscale) and 1 <= args.outscale <= 16):
+            raise UserError(f"--outscale must be in [1, 16], got {args.outscale}")
+        given = {"--gt": args.gt, "--dataset": args.dataset, "--compare": args.compare,
+                 "--compare-dir": args.compare_dir}  # fmt: skip
+        clash = [flag for flag, value in given.items() if value]
+        if clash:
+            raise UserError(f"--outscale changes the output's size; {clash[0]} scores at the model's scale")
+    if args.suffix is not None and not re.fullmatch(r"[\w.+-]+", args.suffix):
+        raise UserError(f"--suffix {args.suffix!r}: use letters, digits, '.', '+', '-' and '_'")
+    return device
 
 
 def bicubic(lr: Tensor, scale: int) -> Tensor:
@@ -158,12 +194,13 @@ def score(sr: Tensor, hr: Tensor, scale: int) -> tuple[float, float]:
 # ---------------------------------------------------------------------------------------
 
 
-def expand_inputs(items: list[str]) -> list[Path]:
-    """Files, globs and folders -> image paths, in order, without repeats."""
+def expand_inputs(items: list[str], suffix: str | None = None) -> list[Path]:
+    """Files, globs and folders -> image paths, in order, without repeats (a folder's files
+    named as this script's outputs, SR ones by `suffix`, are left out)."""
     paths: list[Path] = []
     for item in items:
         if Path(item).is_dir():
-            found = [path for path in list_images(item) if not is_output_name(path)]
+            found = [path for path in list_images(item) if not is_output_name(path, suffix)]
             if not found:
                 raise ImageError(f"{item}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
         elif any(ch in item for ch in "*?["):
@@ -231,43 +268,62 @@ def check_scorable(hr: Tensor, where: str, scale: int) -> None:
 # Names this script writes beside its inputs; a folder given as input skips them, so that a
 # second run on a folder does not super-resolve the first run's outputs.
 OUTPUT_NAME = re.compile(
-    rf"_({'|'.join(sorted(['bicubic', *MODELS], key=len, reverse=True))})_x\d+\.png$|_compare\.png$"
+    rf"_({'|'.join(sorted(MODELS, key=len, reverse=True))})_x\d+\.png$"  # before --suffix existed
+    rf"|_bicubic_x[\d.]+\.({'|'.join(OUTPUT_EXTS)})$|_compare\.png$"
 )
 
 
-def is_output_name(path: Path) -> bool:
-    """Whether a file is named like an output of this script (model, bicubic or panel image)."""
-    return bool(OUTPUT_NAME.search(path.name))
+def is_output_name(path: Path, suffix: str | None = None) -> bool:
+    """Whether a file is named like an output of this script (SR with `suffix`, bicubic, panel)."""
+    own = suffix is not None and any(path.name.endswith(f"_{suffix}.{ext}") for ext in OUTPUT_EXTS)
+    return own or bool(OUTPUT_NAME.search(path.name))
 
 
-def output_paths(
-    lr_path: Path, out_dir: str | None, model_name: str, scale: int, stem: str
-) -> tuple[Path, Path]:
-    """Where the model and bicubic outputs of an input go (`stem` names them)."""
-    folder = Path(out_dir) if out_dir else lr_path.parent
-    return folder / f"{stem}_{model_name}_x{scale}.png", folder / f"{stem}_bicubic_x{scale}.png"
+@dataclass
+class Outputs:
+    """Where one input's results go: SR image, bicubic image (unless --no-baseline), panel."""
+
+    sr: Path
+    bicubic: Path | None
+    panel: Path | None
+
+    def paths(self) -> list[Path]:
+        return [path for path in (self.sr, self.bicubic, self.panel) if path is not None]
 
 
-def plan_outputs(
-    paths: list[Path], args: argparse.Namespace, model_name: str, scale: int
-) -> list[list[Path]]:
+def output_suffix(args: argparse.Namespace) -> str:
+    """The SR output's name after the input's: --suffix, else the checkpoint's (or ONNX file's)
+    own name, so that two checkpoints of one model never write the same file."""
+    if args.suffix:
+        return args.suffix
+    path = Path(args.checkpoint or args.onnx)
+    if re.fullmatch(r"last|best|epoch-\d+", path.stem):  # a run's own files: name the run too
+        return f"{path.parent.name}_{path.stem}"
+    return path.stem
+
+
+def plan_outputs(paths: list[Path], args: argparse.Namespace, scale: int) -> list[Outputs]:
     """Every output path of every input, checked before anything is written: inputs that share
-    a stem (a.bmp, a.png) get their extension in the name, and no output may be a folder, be
-    read-only, sit in a missing folder, or be written twice."""
+    a stem (a.bmp, a.png) get their extension in the name; no output may exist (without
+    --overwrite), be a folder, be read-only, sit in a missing folder, or be written twice."""
     stems = Counter((path.parent, path.stem) for path in paths)
+    suffix, final = output_suffix(args), f"x{args.outscale or scale:g}"
     plans = []
     for path in paths:
         stem = path.stem if stems[path.parent, path.stem] == 1 else f"{path.stem}_{path.suffix[1:].lower()}"
-        outputs = list(output_paths(path, args.out_dir, model_name, scale, stem))
-        if args.compare:
-            outputs.append(Path(args.compare))
-        elif args.compare_dir:
-            outputs.append(Path(args.compare_dir) / f"{stem}_compare.png")
-        plans.append(outputs)
+        folder = Path(args.out_dir) if args.out_dir else path.parent
+        ext = "png" if args.ext == "jpg" and has_alpha(path) else args.ext  # JPEG has no alpha
+        panel = Path(args.compare) if args.compare else None
+        if args.compare_dir:
+            panel = Path(args.compare_dir) / f"{stem}_compare.png"
+        bicubic_path = None if args.no_baseline else folder / f"{stem}_bicubic_{final}.{ext}"
+        plans.append(Outputs(folder / f"{stem}_{suffix}.{ext}", bicubic_path, panel))
     taken = {path.resolve() for path in paths}  # inputs, then each output as it is planned
-    for output in (output for outputs in plans for output in outputs):
+    for output in (output for outputs in plans for output in outputs.paths()):
         if output.resolve() in taken:
             raise UserError(f"{output}: two outputs (or an output and an input) would share this path")
+        if output.exists() and not output.is_dir() and not args.overwrite:
+            raise UserError(f"{output}: exists; --overwrite replaces it (nothing was written)")
         taken.add(output.resolve())
         check_writable(output)
     return plans
@@ -455,6 +511,47 @@ def run_robustness(args: argparse.Namespace, upscaler: Upscaler) -> int:
     return 0
 
 
+def write_outputs(
+    args: argparse.Namespace, upscaler: Upscaler, lr_path: Path, lr: Tensor, bits: int, outputs: Outputs
+) -> None:
+    """The SR image (and the bicubic one), with the input's alpha when it has one, each built
+    in its final 8/16-bit form (`--outscale`: resized from float, MATLAB bicubic)."""
+    bits = bits if outputs.sr.suffix in (".png", ".tif") else 8  # JPEG and WebP hold 8 bits
+    alpha = read_alpha(lr_path)
+    size = None
+    if args.outscale is not None:
+        size = (round(lr.shape[-2] * args.outscale), round(lr.shape[-1] * args.outscale))
+    tiles = None if args.quiet or args.json else lr_path.name
+
+    def model(image: Tensor) -> np.ndarray:
+        if size is None:
+            return upscaler.to_array(image, bits, progress=tiles)
+        return quantize(imresize(upscaler(image), size=size).clamp(0, 1), bits)
+
+    def baseline(image: Tensor) -> np.ndarray:
+        if size is None:
+            return bicubic_array(image, upscaler.scale, bits)
+        return quantize(imresize(image, size=size).clamp(0, 1), bits)
+
+    upscaled_alpha = None
+    if alpha is not None:
+        upscaled_alpha = model(alpha) if args.alpha_upsampler == "model" else baseline(alpha)
+    for path, make in ((outputs.sr, model), (outputs.bicubic, baseline)):
+        if path is None:
+            continue
+        array = make(lr)
+        if upscaled_alpha is not None:
+            array = np.concatenate([array, upscaled_alpha], axis=-1)
+        save_array(array, path, quality=args.quality)
+        del array  # one output in memory at a time
+    if not args.json:
+        written = " and ".join(str(path) for path in (outputs.sr, outputs.bicubic) if path is not None)
+        note = ""
+        if alpha is not None:
+            note = " (alpha kept; PNG, as JPEG has none)" if args.ext == "jpg" else " (alpha kept)"
+        print(f"wrote {written}{note}")
+
+
 def l1_error(sr: Tensor, hr: Tensor, shave: int) -> float:
     """Mean absolute error in [0, 1] of the 8-bit-rounded SR on all channels, border shaved."""
     a = torch.round(sr.clamp(0, 1) * 255) / 255
@@ -465,41 +562,37 @@ def run_inputs(args: argparse.Namespace, upscaler: Upscaler) -> int:
     """Positional inputs: write model and bicubic outputs, score against --gt, draw panels."""
     from tqdm import tqdm
 
-    paths = expand_inputs(args.inputs)
+    paths = expand_inputs(args.inputs, output_suffix(args))
     if args.compare and len(paths) > 1:
         raise UserError("--compare takes one input; use --compare-dir for several")
     if args.out_dir:
         ensure_folder(args.out_dir)
     if args.compare_dir:
         ensure_folder(args.compare_dir)
-    plans = plan_outputs(paths, args, upscaler.name, upscaler.scale)
+    plans = plan_outputs(paths, args, upscaler.scale)
     rows = []
     show = not args.quiet and not args.json and len(paths) > 1
-    for index, lr_path in enumerate(tqdm(paths, desc="super-resolving", disable=not show, leave=False)):
+    for lr_path, outputs in zip(tqdm(paths, desc="super-resolving", disable=not show, leave=False), plans):
         gt_path = find_gt(args.gt, lr_path, single=len(paths) == 1) if args.gt else None
-        sr_path, bic_path, *panel = plans[index]
-        check_memory(str(lr_path), *image_size(lr_path), upscaler.scale, scoring=bool(gt_path or panel))
+        scoring = bool(gt_path or outputs.panel or args.outscale)
+        check_memory(str(lr_path), *image_size(lr_path), upscaler.scale, scoring=scoring)
         lr, bits = read_image(lr_path)
         check_size(lr, str(lr_path))
         gt = check_gt(read_image(gt_path)[0], lr, gt_path, lr_path, upscaler.scale) if gt_path else None
-        tiles = None if args.quiet or args.json else f"{lr_path.name}"
-        sr = save_array(upscaler.to_array(lr, bits, progress=tiles), sr_path)  # never a float copy
-        bic = save_array(bicubic_array(lr, upscaler.scale, bits), bic_path)
-        if not args.json:
-            print(f"wrote {sr_path} and {bic_path}")
-        if gt is None and not panel:
+        write_outputs(args, upscaler, lr_path, lr, bits, outputs)
+        if gt is None and not outputs.panel:
             continue
-        sr, bic = load_image(sr_path), load_image(bic_path)  # scores and panels are of the files written
+        sr = load_image(outputs.sr)  # scores and panels are of the files written
+        bic = load_image(outputs.bicubic) if outputs.bicubic else bicubic(lr, upscaler.scale)
         row = None
         if gt is not None:
             row = image_row(lr_path.stem, sr, bic, gt, upscaler.scale)
             rows.append(row)
-        if panel:
-            panel_path = panel[0]
+        if outputs.panel:
             panels = panel_images(lr, bic, sr, gt, row, upscaler.name)
-            save_panel(panel_path, f"{lr_path.name} x{upscaler.scale}", panels)
+            save_panel(outputs.panel, f"{lr_path.name} x{upscaler.scale}", panels)
             if not args.json:
-                print(f"comparison panel: {panel_path}")
+                print(f"comparison panel: {outputs.panel}")
     if rows:
         report(args, upscaler.name, upscaler.scale, rows, f"against {args.gt}")
     return 0
@@ -635,8 +728,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.gt and args.dataset:
         raise UserError("--gt goes with input images; a --dataset brings its own ground truth")
     device = check_options(args)
-    if args.onnx and args.cuda:
-        raise UserError("--onnx runs on the CPU with onnxruntime; drop --cuda")
+    if args.onnx and device.type != "cpu":
+        raise UserError(f"--onnx runs on the CPU with onnxruntime; drop --cuda / --device {device}")
     if args.onnx:
         onnx_model = OnnxModel(args.onnx)
         meta = onnx_model.metadata

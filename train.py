@@ -179,6 +179,7 @@ def _add_training_options(parser: argparse.ArgumentParser, resume: bool) -> None
         help="mixed precision (bf16 where supported, else fp16); default: on with --cuda",
     )
     add("--cuda", action=argparse.BooleanOptionalAction, help="train on the GPU (error if CUDA is missing)")
+    add("--device", help="where to train: cpu, cuda, cuda:N or mps (--cuda is --device cuda)")
     add("--quiet", action=argparse.BooleanOptionalAction, help="no progress bars (the per-epoch line stays)")
 
 
@@ -221,6 +222,8 @@ def command_train(args: argparse.Namespace) -> int:
     """`train`: a new run from the defaults and the given flags."""
     config = {key: getattr(args, key) for key in DEFAULTS}
     config["model_option"] = list(config["model_option"] or [])
+    if args.device and args.cuda and not args.device.startswith("cuda"):
+        raise UserError(f"--cuda and --device {args.device} disagree")
     if config["out_dir"] is None:
         config["out_dir"] = str(Path("runs") / f"{config['model']}_x{config['scale']}")
     return train(config)
@@ -254,6 +257,8 @@ def command_resume(args: argparse.Namespace) -> int:
         if rank0:
             print(f"override {key}: {config[key]!r} -> {value!r}")
         config[key] = value
+    if "cuda" in given and "device" not in given:  # a new --cuda / --no-cuda replaces the saved device
+        config["device"] = None
     return train(config, checkpoint)
 
 

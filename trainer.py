@@ -35,7 +35,7 @@ from model import (
     model_kind,
     parse_model_options,
 )
-from runtime import Runtime, agreed, process_rank, setup_runtime
+from runtime import Runtime, agreed, parse_device, process_rank, setup_runtime
 from utils import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -97,6 +97,7 @@ DEFAULTS: dict[str, Any] = {
     "burst_style": "plain",
     "amp": None,
     "cuda": False,
+    "device": None,
     "quiet": False,
 }
 
@@ -148,6 +149,8 @@ def check_config(config: dict) -> None:
         raise UserError(f"--grid-stride must be at least 1, got {config['grid_stride']}")
     if config["patch_size"] % config["scale"]:
         raise UserError(f"--patch-size {config['patch_size']} is not a multiple of --scale {config['scale']}")
+    if config["device"] is not None:  # the more specific choice; --cuda follows it
+        config["cuda"] = parse_device(config["device"]).type == "cuda"
     if config["cuda"] and not torch.cuda.is_available():
         raise UserError("--cuda given, but CUDA is not available here (no GPU, or a CPU-only torch)")
     if model_kind(config["model"]) == MULTI_FRAME:

@@ -216,7 +216,7 @@ def test_outputs_never_collide_nor_become_inputs(tmp_path):
     assert done.returncode == 0, done.stderr
     outputs = sorted(path.name for path in folder.glob("*_srcnn_x3.png"))
     assert outputs == ["a_bmp_srcnn_x3.png", "a_png_srcnn_x3.png", "b_srcnn_x3.png"]  # none overwritten
-    again = _super_resolve(str(folder), "--quiet")  # the first run's outputs are not inputs now
+    again = _super_resolve(str(folder), "--quiet", "--overwrite")  # the first run's outputs are not inputs
     assert again.returncode == 0 and again.stdout.count("wrote ") == 3, again.stdout
     assert not list(folder.glob("*_x3_*_x3.png"))
 
@@ -230,6 +230,7 @@ def test_outputs_are_checked_before_any_is_written(tmp_path, case):
     if case == "read-only output":
         (tmp_path / "a_bicubic_x3.png").write_bytes(b"keep")
         (tmp_path / "a_bicubic_x3.png").chmod(0o444)
+        extra = ["--overwrite"]  # even then a read-only file is not replaced
     elif case == "bicubic output is a folder":
         (tmp_path / "a_bicubic_x3.png").mkdir()
     else:

@@ -135,7 +135,18 @@ def test_onnx_export_matches_pytorch(world, tmp_path, name, capsys):
     for flag, source in (("--onnx", tmp_path / "model.onnx"), ("--checkpoint", checkpoint)):
         (tmp_path / flag).mkdir()
         assert (
-            run_cli(super_resolve.main, [flag, str(source), str(lr_path), "--out-dir", str(tmp_path / flag)])
+            run_cli(
+                super_resolve.main,
+                [
+                    flag,
+                    str(source),
+                    str(lr_path),
+                    "--out-dir",
+                    str(tmp_path / flag),
+                    "--suffix",
+                    f"{name}_x3",
+                ],
+            )  # fmt: skip
             == 0
         )
     a = np.asarray(Image.open(tmp_path / "--onnx" / f"lr_{name}_x3.png")).astype(int)

@@ -78,7 +78,7 @@ def test_writes_model_and_bicubic_beside_the_input(world, tmp_path, capsys):
     Image.fromarray(_smooth((20, 25), 3)).save(lr)
     assert _sr("--checkpoint", str(world["rgb"]), str(lr)) == 0
     out = capsys.readouterr().out
-    sr_path, bic_path = tmp_path / "lr_srcnn_x3.png", tmp_path / "lr_bicubic_x3.png"
+    sr_path, bic_path = tmp_path / "lr_rgb_last.png", tmp_path / "lr_bicubic_x3.png"
     assert str(sr_path) in out and str(bic_path) in out
     assert load_image(sr_path).shape == (3, 60, 75)
     expected_bicubic = imresize(load_image(lr), 3).clamp(0, 1)
@@ -102,7 +102,7 @@ def test_many_inputs_globs_and_folders_into_out_dir(world, tmp_path):
         == 0
     )
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert written == sorted(f"{s}_{k}_x3.png" for s in "abc" for k in ("srcnn", "bicubic"))
+    assert written == sorted(f"{s}_{k}.png" for s in "abc" for k in ("rgb_last", "bicubic_x3"))
 
 
 def test_gt_metrics_match_the_written_images(world, tmp_path, capsys):
@@ -123,7 +123,7 @@ def test_gt_metrics_match_the_written_images(world, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     row = result["images"][0]
     hr = load_image(pairs / "p0_HR.png")
-    sr = load_image(tmp_path / "p0_LR_srcnn_x3.png")
+    sr = load_image(tmp_path / "p0_LR_rgb_last.png")
     bic = load_image(tmp_path / "p0_LR_bicubic_x3.png")
     assert row["model_psnr"] == pytest.approx(psnr(sr, hr, shave=3).item(), abs=1e-9)
     assert row["bicubic_psnr"] == pytest.approx(psnr(bic, hr, shave=3).item(), abs=1e-9)
@@ -165,7 +165,7 @@ def test_gt_not_cropped_to_the_scale_is_cropped_as_the_protocol_does(world, tmp_
     argv = ["--checkpoint", str(world["rgb"]), str(world["pairs"] / "p0_LR.png"), "--out-dir", str(tmp_path)]
     assert _sr(*argv, "--gt", str(tmp_path / "hr.png"), "--json") == 0
     cropped = json.loads(capsys.readouterr().out)["images"][0]
-    assert _sr(*argv, "--gt", str(world["pairs"] / "p0_HR.png"), "--json") == 0
+    assert _sr(*argv, "--gt", str(world["pairs"] / "p0_HR.png"), "--json", "--overwrite") == 0
     assert json.loads(capsys.readouterr().out)["images"][0] == cropped
 
 
@@ -293,8 +293,8 @@ def test_cli_tiles_give_the_same_image(world, tmp_path):
             _sr("--checkpoint", str(world["rgb"]), str(lr), "--tile", tile, "--out-dir", str(tmp_path / tile))
             == 0
         )
-    a = np.asarray(Image.open(tmp_path / "16" / "big_srcnn_x3.png")).astype(int)
-    b = np.asarray(Image.open(tmp_path / "1000" / "big_srcnn_x3.png")).astype(int)
+    a = np.asarray(Image.open(tmp_path / "16" / "big_rgb_last.png")).astype(int)
+    b = np.asarray(Image.open(tmp_path / "1000" / "big_rgb_last.png")).astype(int)
     assert np.abs(a - b).max() <= 1  # equal up to rounding of values within 1e-5 of a half level
 
 
@@ -344,27 +344,27 @@ def test_16_bit_in_16_bit_out(world, tmp_path):
     lr = (lr + torch.rand_like(lr) / 300).clamp(0, 1)
     save_image(lr, tmp_path / "deep.png", bits=16)
     assert _sr("--checkpoint", str(world["rgb"]), str(tmp_path / "deep.png")) == 0
-    for kind in ("srcnn", "bicubic"):
-        out = Image.open(tmp_path / f"deep_{kind}_x3.png")
+    for kind in ("rgb_last", "bicubic_x3"):
+        out = Image.open(tmp_path / f"deep_{kind}.png")
         import png
 
-        assert png.Reader(filename=str(tmp_path / f"deep_{kind}_x3.png")).read()[3]["bitdepth"] == 16
+        assert png.Reader(filename=str(tmp_path / f"deep_{kind}.png")).read()[3]["bitdepth"] == 16
         assert out.size == (48, 48)
 
 
 def test_grayscale_stays_grayscale_and_y_model_takes_rgb(world, tmp_path):
     Image.fromarray(_smooth((18, 18), 8, channels=1)).save(tmp_path / "gray.png")
     assert _sr("--checkpoint", str(world["rgb"]), str(tmp_path / "gray.png")) == 0
-    assert Image.open(tmp_path / "gray_srcnn_x3.png").mode == "L"
+    assert Image.open(tmp_path / "gray_rgb_last.png").mode == "L"
     Image.fromarray(_smooth((18, 18), 9)).save(tmp_path / "rgb.png")
     assert _sr("--checkpoint", str(world["y"]), str(tmp_path / "rgb.png")) == 0
-    sr = load_image(tmp_path / "rgb_srcnn_x3.png")
+    sr = load_image(tmp_path / "rgb_y_last.png")
     assert sr.shape == (3, 54, 54)
     assert (
         _sr("--checkpoint", str(world["y"]), str(tmp_path / "gray.png"), "--out-dir", str(tmp_path / "g"))
         == 0
     )
-    assert Image.open(tmp_path / "g" / "gray_srcnn_x3.png").mode == "L"
+    assert Image.open(tmp_path / "g" / "gray_y_last.png").mode == "L"
 
 
 def test_bad_input_is_one_line_status_2_and_writes_nothing(world, tmp_path, capsys):
@@ -435,3 +435,114 @@ def test_demo_pipeline_small(tmp_path):
     assert "mean" in done.stdout and "chelsea" in done.stdout
     assert (tmp_path / "panels" / "chelsea_compare.png").exists()
     assert (tmp_path / "curves.png").exists() and (tmp_path / "run" / "last.pth").exists()
+
+
+# --- conventions of Real-ESRGAN's and BasicSR's inference scripts -------------------------
+
+
+def test_outputs_carry_the_checkpoint_name_and_are_never_overwritten_silently(world, tmp_path, capsys):
+    lr = tmp_path / "lr.png"
+    Image.fromarray(_smooth((16, 20), 3)).save(lr)
+    other = tmp_path / "runs" / "second" / "last.pth"  # the same model, another checkpoint
+    other.parent.mkdir(parents=True)
+    other.write_bytes(world["rgb"].read_bytes())
+    assert _sr("--checkpoint", str(world["rgb"]), str(lr)) == 0
+    assert _sr("--checkpoint", str(other), str(lr), "--no-baseline") == 0
+    written = {p.name for p in tmp_path.glob("lr_*")}
+    assert written == {"lr_rgb_last.png", "lr_second_last.png", "lr_bicubic_x3.png"}
+    before = {p: p.read_bytes() for p in tmp_path.glob("lr_*")}
+    capsys.readouterr()
+    assert _sr("--checkpoint", str(world["rgb"]), str(lr)) == 2  # both outputs exist
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--overwrite" in err
+    assert {p: p.read_bytes() for p in tmp_path.glob("lr_*")} == before  # nothing written
+    assert _sr("--checkpoint", str(world["rgb"]), str(lr), "--overwrite", "--suffix", "mine") == 0
+    assert (tmp_path / "lr_mine.png").exists()
+
+
+def test_formats_quality_and_outscale(world, tmp_path):
+    from data import quantize
+
+    Image.fromarray(_smooth((20, 24), 4)).save(tmp_path / "lr.png")
+    base = ["--checkpoint", str(world["rgb"]), str(tmp_path / "lr.png"), "--quiet"]
+    sizes = {}
+    for quality in (30, 95):
+        out = tmp_path / f"q{quality}"
+        assert _sr(*base, "--ext", "jpg", "--quality", str(quality), "--out-dir", str(out)) == 0
+        sizes[quality] = (out / "lr_rgb_last.jpg").stat().st_size
+        assert Image.open(out / "lr_rgb_last.jpg").format == "JPEG"
+    assert sizes[30] < sizes[95]
+    assert _sr(*base, "--ext", "webp", "--out-dir", str(tmp_path / "w"), "--no-baseline") == 0
+    assert [p.name for p in (tmp_path / "w").iterdir()] == ["lr_rgb_last.webp"]
+    assert _sr(*base, "--ext", "tif", "--out-dir", str(tmp_path / "t")) == 0
+    assert load_image(tmp_path / "t" / "lr_rgb_last.tif").shape == (3, 60, 72)
+    assert _sr(*base, "--outscale", "2", "--out-dir", str(tmp_path / "o")) == 0
+    sr = np.asarray(Image.open(tmp_path / "o" / "lr_rgb_last.png"))
+    lr = load_image(tmp_path / "lr.png")
+    upscaler = Upscaler.from_checkpoint(torch.load(world["rgb"], weights_only=True), torch.device("cpu"))
+    expected = quantize(imresize(upscaler(lr), size=(40, 48)).clamp(0, 1))  # x3 then MATLAB bicubic to x2
+    assert sr.shape == (40, 48, 3) and np.abs(sr.astype(int) - expected.astype(int)).max() <= 1
+    bic = np.asarray(Image.open(tmp_path / "o" / "lr_bicubic_x2.png"))
+    np.testing.assert_array_equal(bic, quantize(imresize(lr, 2).clamp(0, 1)))
+
+
+def test_alpha_is_kept_by_bicubic_or_by_the_model(world, tmp_path):
+    from data import quantize
+
+    rgba = np.dstack([_smooth((16, 18), 5), _smooth((16, 18), 6, channels=1)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    base = ["--checkpoint", str(world["rgb"]), str(tmp_path / "a.png"), "--quiet"]
+    assert _sr(*base, "--out-dir", str(tmp_path / "b")) == 0
+    out = np.asarray(Image.open(tmp_path / "b" / "a_rgb_last.png"))
+    alpha = torch.from_numpy(rgba[..., 3:]).permute(2, 0, 1).float() / 255
+    assert out.shape == (48, 54, 4)
+    np.testing.assert_array_equal(out[..., 3:], quantize(super_resolve.bicubic(alpha, 3)))
+    assert _sr(*base, "--out-dir", str(tmp_path / "m"), "--alpha-upsampler", "model", "--ext", "jpg") == 0
+    by_model = np.asarray(Image.open(tmp_path / "m" / "a_rgb_last.png"))  # JPEG has no alpha: PNG
+    assert by_model.shape == (48, 54, 4) and np.abs(by_model[..., 3].astype(int) - out[..., 3]).max() > 0
+    np.testing.assert_array_equal(by_model[..., :3], out[..., :3])
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--quality", "0"], "--quality"),
+        (["--quality", "101"], "--quality"),
+        (["--outscale", "0"], "--outscale"),
+        (["--outscale", "nan"], "--outscale"),
+        (["--outscale", "100"], "--outscale"),
+        (["--outscale", "2", "--gt", "x.png"], "--gt"),
+        (["--suffix", "a/b"], "--suffix"),
+        (["--device", "tpu"], "--device"),
+        (["--device", "cuda:x"], "--device"),
+        (["--device", "cpu", "--cuda"], "disagree"),
+    ],
+)
+def test_bad_output_options_are_one_line_and_write_nothing(world, tmp_path, capsys, extra, message):
+    Image.fromarray(_smooth((16, 16), 1)).save(tmp_path / "lr.png")
+    assert _sr("--checkpoint", str(world["rgb"]), str(tmp_path / "lr.png"), *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert [p.name for p in tmp_path.iterdir()] == ["lr.png"]
+    with pytest.raises(SystemExit) as caught:  # argparse's own one line for a choice it does not know
+        _sr("--checkpoint", str(world["rgb"]), str(tmp_path / "lr.png"), "--ext", "gif")
+    assert caught.value.code == 2 and "invalid choice: 'gif'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")
+def test_device_cuda_without_a_gpu_is_one_line(world, tmp_path, capsys):
+    Image.fromarray(_smooth((16, 16), 1)).save(tmp_path / "lr.png")
+    assert _sr("--checkpoint", str(world["rgb"]), str(tmp_path / "lr.png"), "--device", "cuda:1") == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+    assert _sr("--checkpoint", str(world["rgb"]), str(tmp_path / "lr.png"), "--device", "cpu") == 0
+
+
+def test_a_progress_bar_runs_over_the_tiles_of_a_large_image(world, tmp_path):
+    Image.fromarray(_smooth((40, 40), 2)).save(tmp_path / "big.png")
+    done = subprocess.run(
+        [sys.executable, "super_resolve.py", "--checkpoint", str(world["rgb"]), str(tmp_path / "big.png"),
+         "--tile", "16"],
+        cwd=Path(super_resolve.__file__).parent, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "big.png" in done.stderr and "/9 [" in done.stderr and "tile/s" in done.stderr

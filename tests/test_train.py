@@ -292,6 +292,21 @@ def test_inspect_text_json_and_plot(data, tmp_path, capsys):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
+def test_device_option(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _run(["train", *_args(data, out, "--num-epoch", "1", "--device", "cpu")]) == 0
+    assert torch.load(out / "last.pth", weights_only=True)["args"]["device"] == "cpu"
+    cases = [["--device", "tpu"], ["--device", "cuda:x"], ["--device", "cpu", "--cuda"]]
+    if not torch.cuda.is_available():
+        cases += [["--device", "cuda"], ["--device", "cuda:3"]]
+    for extra in cases:
+        capsys.readouterr()
+        assert _run(["train", *_args(data, tmp_path / "bad", *extra)]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and ("--device" in err or "--cuda" in err), err
+        assert not (tmp_path / "bad" / "last.pth").exists()
+
+
 def test_help_states_each_default_once(capsys):
     with pytest.raises(SystemExit):
         train.main(["train", "--help"])
