@@ -1,0 +1,111 @@
+"""Using a trained checkpoint from Python: load it once, then upscale tensors, PIL images or
+numpy arrays with the same tiling, precision and channel handling as `super_resolve.py`.
+
+    from srkit import SuperResolver
+
+    sr = SuperResolver("checkpoints/edsr_small_x3.pth")   # device="cuda" for a GPU
+    big = sr.upscale(Image.open("lr.png"))                 # PIL in, PIL out (alpha kept)
+    array = sr.upscale(np.asarray(...))                    # uint8/uint16 (H, W[, C]) in, same out
+    tensor = sr.upscale(torch.rand(3, 64, 64))             # float (C, H, W) / (B, C, H, W) in [0, 1]
+
+Errors are `utils.UserError` subclasses with a one-line message (a missing or wrong kind of
+checkpoint, an unavailable device, an image the model cannot take).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from data import quantize
+from imresize import upscale as bicubic_upscale
+from inference import Upscaler
+from model import SINGLE_IMAGE
+from runtime import parse_device
+from utils import CheckpointError, ImageError, load_checkpoint
+
+Picture = Tensor | np.ndarray | Image.Image
+
+
+class SuperResolver:
+    """A single-image checkpoint loaded once, ready to upscale images of any size."""
+
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        device: str = "cpu",
+        tile: int = 256,
+        tile_overlap: int = 16,
+        amp: bool | None = None,
+        self_ensemble: bool = False,
+    ) -> None:
+        """`device`: cpu, cuda, cuda:N or mps; `amp` None: bf16 on a GPU that has it, as the CLI."""
+        loaded = load_checkpoint(checkpoint)
+        if loaded.get("kind", SINGLE_IMAGE) != SINGLE_IMAGE:
+            raise CheckpointError(f"{checkpoint}: a {loaded.get('kind')} checkpoint; SuperResolver takes "
+                                  "single-image models (super_resolve.py runs bursts)")  # fmt: skip
+        if tile < 8 or tile_overlap < 0:
+            raise ImageError(
+                f"tile must be at least 8 and tile_overlap at least 0, got {tile}, {tile_overlap}"
+            )
+        self.upscaler = Upscaler.from_checkpoint(
+            loaded, parse_device(device), tile, tile_overlap, amp, self_ensemble
+        )
+        self.scale = self.upscaler.scale
+        self.name = self.upscaler.name
+
+    def upscale(self, image: Picture) -> Picture:
+        """The SR of `image`, in its own kind: a float tensor (C, H, W) or (B, C, H, W) in [0, 1];
+        a uint8/uint16 numpy array (H, W) or (H, W, C), rounded to its own depth; or a PIL
+        image (gray, RGB, RGBA: alpha upscaled by bicubic)."""
+        if isinstance(image, Image.Image):
+            return self._upscale_pil(image)
+        if isinstance(image, np.ndarray):
+            return self._upscale_array(image)
+        if isinstance(image, Tensor):
+            return self._upscale_tensor(image)
+        raise ImageError(
+            f"upscale takes a torch tensor, numpy array or PIL image, not {type(image).__name__}"
+        )
+
+    __call__ = upscale
+
+    def _upscale_tensor(self, image: Tensor) -> Tensor:
+        if not image.is_floating_point() or image.dim() not in (3, 4):
+            raise ImageError(f"a tensor image is float (C, H, W) or (B, C, H, W) in [0, 1], got "
+                             f"{image.dtype} {tuple(image.shape)}")  # fmt: skip
+        if image.dim() == 4:
+            return torch.stack([self.upscaler(item.float().cpu()) for item in image]).to(image.device)
+        return self.upscaler(image.float().cpu()).to(image.device)
+
+    def _upscale_array(self, array: np.ndarray) -> np.ndarray:
+        if array.dtype not in (np.uint8, np.uint16) or array.ndim not in (2, 3):
+            raise ImageError(
+                f"a numpy image is uint8/uint16 (H, W) or (H, W, C), got {array.dtype} {array.shape}"
+            )
+        bits = 16 if array.dtype == np.uint16 else 8
+        planes = array[..., None] if array.ndim == 2 else array
+        if planes.shape[-1] not in (1, 2, 3, 4):
+            raise ImageError(f"a numpy image has 1 to 4 channels, got {planes.shape[-1]}")
+        image = torch.from_numpy(planes.astype(np.float32) / (65535.0 if bits == 16 else 255.0))
+        image = image.permute(2, 0, 1)
+        color, alpha = (image[:-1], image[-1:]) if image.shape[0] in (2, 4) else (image, None)
+        out = self.upscaler.to_array(color.contiguous(), bits)
+        if alpha is not None:
+            out = np.concatenate(
+                [out, quantize(bicubic_upscale(alpha, self.scale).clamp(0, 1), bits)], axis=-1
+            )
+        return out[..., 0] if array.ndim == 2 else out
+
+    def _upscale_pil(self, image: Image.Image) -> Image.Image:
+        if image.mode.startswith("I;16"):  # 16-bit gray stays 16-bit
+            return Image.fromarray(self._upscale_array(np.asarray(image, dtype=np.uint16)))
+        if image.mode in ("L", "LA", "RGB", "RGBA"):
+            mode = image.mode
+        else:  # palette, CMYK, 1-bit ...: RGB, with alpha where the image has transparency
+            mode = "RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB"
+        return Image.fromarray(self._upscale_array(np.asarray(image.convert(mode))))
