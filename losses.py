@@ -54,38 +54,44 @@ def charbonnier_loss(sr: Tensor, hr: Tensor, eps: float = 1e-3) -> Tensor:
     return torch.sqrt((sr - hr).pow(2) + eps * eps).mean()
 
 
-# torchvision's VGG16 `features` up to relu3_3, in its layout (so its weight files load as-is)
-_VGG16_LAYERS = (64, 64, "M", 128, 128, "M", 256, 256, 256)
-VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
+VGG16_RELU3_3 = 16  # torchvision's VGG16 `features` up to and including relu3_3
 
 
 class LossError(UserError):
-    """A loss that cannot be set up (perceptual weights unavailable)."""
+    """A loss that cannot be set up (perceptual weights unavailable, torchvision missing)."""
+
+
+def _vgg16_weights():  # noqa: ANN202  (torchvision's enum; imported only when the loss is used)
+    """torchvision's VGG16 ImageNet weights entry (URL, normalization), imported on demand so
+    that the other losses, training and inference never need torchvision."""
+    try:
+        from torchvision.models import VGG16_Weights
+    except ImportError as err:
+        raise LossError(f"the perceptual loss needs torchvision ({first_line(err)}): "
+                        "pip install -r requirements.txt") from None  # fmt: skip
+    return VGG16_Weights.IMAGENET1K_V1
 
 
 class PerceptualLoss(nn.Module):
     """L1 between VGG16 features (relu1_2, relu2_2, relu3_3) of SR and HR, plus a small pixel L1.
 
     As in Johnson et al. 2016 ("Perceptual losses for real-time style transfer and
-    super-resolution"); the pixel term keeps colours and
-    brightness, to which the classifier's features are insensitive. The network is frozen.
+    super-resolution"); the pixel term keeps colours and brightness, to which the classifier's
+    features are insensitive. The layers are torchvision's (`vgg.make_layers`, VGG16's
+    configuration) with its ImageNet normalization; the network is frozen.
     """
 
     taps = (3, 8, 15)
 
     def __init__(self, state_dict: dict[str, Tensor] | None = None, pixel_weight: float = 0.1) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        channels = 3
-        for spec in _VGG16_LAYERS:
-            if spec == "M":
-                layers.append(nn.MaxPool2d(2))
-            else:
-                layers += [nn.Conv2d(channels, int(spec), 3, padding=1), nn.ReLU(inplace=False)]
-                channels = int(spec)
-        self.features = nn.Sequential(*layers)
+        normalize = _vgg16_weights().transforms()  # first: says so if torchvision is missing
+        from torchvision.models.vgg import cfgs, make_layers
+
+        self.features = make_layers(cfgs["D"])[:VGG16_RELU3_3]
+        for layer in self.features:
+            if isinstance(layer, nn.ReLU):
+                layer.inplace = False  # the tapped activations feed the loss as they are
         if state_dict is not None:
             wanted = {k: v for k, v in state_dict.items() if k.startswith("features.")}
             missing = self.load_state_dict(wanted, strict=False).missing_keys
@@ -94,8 +100,8 @@ class PerceptualLoss(nn.Module):
                     f"perceptual weights lack {', '.join(missing[:3])} (not a torchvision VGG16?)"
                 )
         self.features.requires_grad_(False).eval()
-        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(normalize.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(normalize.std).view(1, 3, 1, 1), persistent=False)
         self.pixel_weight = pixel_weight
 
     def train(self, mode: bool = True) -> PerceptualLoss:
@@ -119,18 +125,20 @@ class PerceptualLoss(nn.Module):
 
 
 def perceptual_weights(path: str | None) -> dict[str, Tensor]:
-    """torchvision's VGG16 ImageNet weights: from `path`, else downloaded (torch hub cache)."""
+    """torchvision's VGG16 ImageNet weights: from `path`, else downloaded by torchvision (torch
+    hub cache)."""
     if path:
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except (OSError, RuntimeError, pickle.UnpicklingError) as err:
             raise LossError(f"{path}: cannot read perceptual weights ({first_line(err)})") from None
+    weights = _vgg16_weights()
     try:
-        return torch.hub.load_state_dict_from_url(VGG16_URL, map_location="cpu", progress=False)
+        return weights.get_state_dict(progress=False)
     except Exception as err:  # any network or cache failure ends in the same advice
         raise LossError(
             f"the perceptual loss needs torchvision's VGG16 weights and they could not be downloaded "
-            f"({first_line(err)}); download {VGG16_URL} elsewhere and pass --perceptual-weights FILE"
+            f"({first_line(err)}); download {weights.url} elsewhere and pass --perceptual-weights FILE"
         ) from None
 
 

@@ -153,12 +153,40 @@ def test_perceptual_loss_reads_torchvision_layout_weights(tmp_path):
 
 
 def test_perceptual_loss_without_weights_is_a_clear_error(monkeypatch):
+    from torchvision.models import VGG16_Weights
+
     def offline(*args, **kwargs):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(losses.torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(LossError, match="--perceptual-weights"):
+    monkeypatch.setattr(VGG16_Weights, "get_state_dict", offline)
+    with pytest.raises(LossError, match="--perceptual-weights") as caught:
         make_loss("perceptual", torch.device("cpu"))
+    assert VGG16_Weights.IMAGENET1K_V1.url in str(caught.value)
+
+
+def test_perceptual_features_are_torchvisions_vgg16():
+    """The loss taps torchvision's own VGG16 (relu1_2, relu2_2, relu3_3) under its ImageNet
+    normalization: with the same weights, the same activations as `torchvision.models.vgg16`."""
+    from torchvision.models import VGG16_Weights, vgg16
+
+    torch.manual_seed(0)
+    reference = vgg16(weights=None).eval()
+    loss_fn = PerceptualLoss(state_dict=reference.state_dict())
+    img = torch.rand(1, 3, 24, 24)
+    normalize = VGG16_Weights.IMAGENET1K_V1.transforms()
+    x = (img - torch.tensor(normalize.mean).view(1, 3, 1, 1)) / torch.tensor(normalize.std).view(1, 3, 1, 1)
+    expected = [reference.features[: tap + 1](x) for tap in PerceptualLoss.taps]
+    for got, want in zip(loss_fn._features(img), expected):
+        torch.testing.assert_close(got, want)
+    assert [type(layer).__name__ for layer in loss_fn.features][-1] == "ReLU" and len(loss_fn.features) == 16
+
+
+def test_perceptual_loss_without_torchvision_is_a_clear_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torchvision.models", None)  # import fails as if not installed
+    with pytest.raises(LossError, match="needs torchvision"):
+        PerceptualLoss(state_dict=None)
 
 
 def test_multiply_adds_per_pixel_match_the_layer_arithmetic():
