@@ -15,7 +15,7 @@ DEMO_PATCHES ?= 128
 DEMO_PATCH_SIZE ?= 48
 
 # (Re)create the virtual environment when it is missing or the requirements changed.
-$(STAMP): requirements.txt requirements-dev.txt requirements-onnx.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-onnx.txt requirements-tensorboard.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@

@@ -180,6 +180,12 @@ def _add_training_options(parser: argparse.ArgumentParser, resume: bool) -> None
     )
     add("--cuda", action=argparse.BooleanOptionalAction, help="train on the GPU (error if CUDA is missing)")
     add("--device", help="where to train: cpu, cuda, cuda:N or mps (--cuda is --device cuda)")
+    add(
+        "--tensorboard",
+        metavar="DIR",
+        help="also log losses, validation, learning rate and a validation image for TensorBoard "
+        "(pip install -r requirements-tensorboard.txt)",
+    )
     add("--quiet", action=argparse.BooleanOptionalAction, help="no progress bars (the per-epoch line stays)")
 
 

@@ -16,13 +16,14 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from board import check_board, log_epoch, open_board
 from catalog import canonical_name, resolve_dataset, set_names
 from data import PatchSampler
 from model import (
@@ -59,6 +60,9 @@ from validation import (
     single_image_task,
     write_history_csv,
 )
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 # Defaults: SRCNN's classic set-up (x3, Adam, lr 1e-4, batch 128, 100 epochs, MSE, T91 / Set5).
 DEFAULTS: dict[str, Any] = {
@@ -98,6 +102,7 @@ DEFAULTS: dict[str, Any] = {
     "amp": None,
     "cuda": False,
     "device": None,
+    "tensorboard": None,
     "quiet": False,
 }
 
@@ -149,6 +154,8 @@ def check_config(config: dict) -> None:
         raise UserError(f"--grid-stride must be at least 1, got {config['grid_stride']}")
     if config["patch_size"] % config["scale"]:
         raise UserError(f"--patch-size {config['patch_size']} is not a multiple of --scale {config['scale']}")
+    if config["tensorboard"] is not None:
+        check_board(config["tensorboard"])
     if config["device"] is not None:  # the more specific choice; --cuda follows it
         config["cuda"] = parse_device(config["device"]).type == "cuda"
     if config["cuda"] and not torch.cuda.is_available():
@@ -285,6 +292,7 @@ class Run:
     ema: WeightAverage | None
     out_dir: Path
     stop: StopFlag = field(default_factory=StopFlag)
+    board: SummaryWriter | None = None  # --tensorboard (main process)
 
     @property
     def show(self) -> bool:
@@ -354,6 +362,8 @@ def _train_locked(config: dict, checkpoint: dict | None) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if run.board is not None:
+            run.board.close()
         if dist.is_initialized():
             # Gloo's destructor joins its worker threads with the GIL held, and a worker may be
             # waiting for the GIL to release a tensor: a deadlock (seen under load as a hang
@@ -422,7 +432,10 @@ def build_run(config: dict, checkpoint: dict | None) -> Run:
         pin_memory=runtime.device.type == "cuda",
         worker_init_fn=_leave_signals_to_the_trainer,
     )
-    return Run(config, runtime, model, net, optimizer, scaler, task, loader, progress, ema, out_dir)
+    board = open_board(config["tensorboard"]) if config["tensorboard"] and runtime.main else None
+    return Run(
+        config, runtime, model, net, optimizer, scaler, task, loader, progress, ema, out_dir, board=board
+    )
 
 
 def _restore(checkpoint: dict, model: nn.Module, optimizer: torch.optim.Optimizer) -> Progress:
@@ -577,6 +590,13 @@ def _end_epoch(run: Run, epoch: int) -> None:
               progress.seconds, samples / max(progress.seconds, 1e-9))  # fmt: skip
     row = dict(zip(history_fields(task.kind), values, strict=True))
     progress.history.append(row)
+    if run.board is not None:
+        log_epoch(
+            run.board,
+            row,
+            task.metric,
+            task.example(run.ema.model if run.ema else run.model) if score else None,
+        )
     progress.epoch = epoch
     progress.samples, progress.loss_sum, progress.batches, progress.seconds = 0, 0.0, 0, 0.0
     new_best = score is not None and (progress.best_psnr is None or score[0] > progress.best_psnr)

@@ -8,6 +8,7 @@ import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -81,6 +82,7 @@ class Task:
     validate: Callable[[nn.Module], tuple[float, float]]  # a network's (PSNR, SSIM) or (cPSNR, cSSIM)
     baseline: tuple[float, float]  # the same for the interpolation baseline
     summary: str  # one line for the start-up message
+    example: Callable[[nn.Module], Tensor]  # a network's output on the first validation image
     metric: str = "PSNR"  # what validate() measures, for the log
     baseline_name: str = "bicubic"
 
@@ -120,22 +122,28 @@ def single_image_task(config: dict, model: nn.Module, runtime: Runtime, show: bo
         ]
         return sum(r[0] for r in results) / len(results), sum(r[1] for r in results) / len(results)
 
-    def validate(net: nn.Module) -> tuple[float, float]:
+    def evaluated(net: nn.Module, use: Callable[[Upscaler], Any]) -> Any:
         mode = net.training
         upscaler = Upscaler(
             net.eval(), config["model"], scale, channels, runtime.device, tile=256, overlap=16
         )
         try:
-            return scores(upscaler)
+            return use(upscaler)
         finally:
             net.train(mode)
+
+    def validate(net: nn.Module) -> tuple[float, float]:
+        return evaluated(net, scores)
+
+    def example(net: nn.Module) -> Tensor:
+        return evaluated(net, lambda upscaler: upscaler(val_pairs[0].lr))
 
     baseline = scores(lambda lr: upscale(lr, scale))
     summary = (
         f"{len(train_pairs)} images, {len(dataset)} patches/epoch, loss {config['loss']}; validation "
         f"PSNR on {config['val_data']} (bicubic {baseline[0]:.2f} dB)"
     )
-    return Task(SINGLE_IMAGE, dataset, step_loss, validate, baseline, summary)
+    return Task(SINGLE_IMAGE, dataset, step_loss, validate, baseline, summary, example)
 
 
 def multi_frame_task(config: dict, model: nn.Module, runtime: Runtime, show: bool) -> Task:
@@ -161,7 +169,7 @@ def multi_frame_task(config: dict, model: nn.Module, runtime: Runtime, show: boo
         results = [scene_scores(fuse(b).clamp(0, 1), b.hr, b.mask) for b in val_bursts]
         return sum(r[0] for r in results) / len(results), sum(r[1] for r in results) / len(results)
 
-    def validate(net: nn.Module) -> tuple[float, float]:
+    def evaluated(net: nn.Module, use: Callable[[Callable[[Burst], Tensor]], Any]) -> Any:
         mode = net.training
         net.eval()
 
@@ -174,9 +182,15 @@ def multi_frame_task(config: dict, model: nn.Module, runtime: Runtime, show: boo
             return net(frames, weights)[0][0].float().cpu()
 
         try:
-            return scores(fuse)
+            return use(fuse)
         finally:
             net.train(mode)
+
+    def validate(net: nn.Module) -> tuple[float, float]:
+        return evaluated(net, scores)
+
+    def example(net: nn.Module) -> Tensor:
+        return evaluated(net, lambda fuse: fuse(val_bursts[0]).clamp(0, 1))
 
     baseline = scores(lambda burst: burst.baseline_image(config["scale"]))
     summary = (
@@ -185,4 +199,4 @@ def multi_frame_task(config: dict, model: nn.Module, runtime: Runtime, show: boo
         f"(baseline {baseline[0]:.2f} dB: bicubic of the frames' mean; for PROBA-V-like and real scenes "
         "of the clearest frames')"
     )
-    return Task(MULTI_FRAME, dataset, step_loss, validate, baseline, summary, "cPSNR", "baseline")
+    return Task(MULTI_FRAME, dataset, step_loss, validate, baseline, summary, example, "cPSNR", "baseline")

@@ -513,3 +513,36 @@ def test_checkpoints_carry_a_format_version_checked_on_load(data, tmp_path, caps
         assert _run(["inspect", str(tmp_path / name)]) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and words in err, err
+
+
+def test_tensorboard_logs_losses_validation_lr_and_an_image(data, tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = tmp_path / "board"
+    args = _args(data, tmp_path / "run", "--num-epoch", "2", "--val-freq", "1", "--tensorboard", str(board))
+    assert _run(["train", *args]) == 0
+    events = EventAccumulator(str(board), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    for tag in ("train/loss", "train/lr", "validation/psnr", "validation/ssim", "validation/bicubic_psnr"):
+        assert [e.step for e in events.Scalars(tag)] == [1, 2], tag
+    history = _load(tmp_path / "run" / "last.pth")["history"]
+    assert events.Scalars("validation/psnr")[1].value == pytest.approx(history[1]["psnr"], rel=1e-6)
+    assert events.Scalars("train/loss")[0].value == pytest.approx(history[0]["train_loss"], rel=1e-6)
+    assert tags["images"] == ["validation/PSNR_example"]
+    assert len(events.Images("validation/PSNR_example")) == 2
+
+
+def test_tensorboard_bad_folder_or_missing_package_is_one_line(data, tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    cases = [(["--tensorboard", str(tmp_path / "file")], "not a folder")]
+    for extra, message in cases:
+        assert _run(["train", *_args(data, tmp_path / "run", *extra)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
+    assert _run(["train", *_args(data, tmp_path / "run", "--tensorboard", str(tmp_path / "tb"))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "requirements-tensorboard.txt" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run" / "last.pth").exists() and not (tmp_path / "tb").exists()
