@@ -33,17 +33,17 @@ INPUT_BYTES, OUTPUT_BYTES, SCORING_BYTES = 3 * 2 + 3 * 4, 3 + 4, 3 * 3 * 4
 RESERVE_BYTES = 1 << 30
 
 
-def check_memory(where: str, width: int, height: int, scale: int, scoring: bool = False) -> None:
+def check_memory(where: str, width: int, height: int, scale: float, scoring: bool = False) -> None:
     """Refuse, before decoding, an input whose x`scale` output will not fit in the memory this
     process can still allocate (`utils.memory_available`): the input cap follows from the bound."""
     available = memory_available()
     per_output = OUTPUT_BYTES + (SCORING_BYTES if scoring else 0)
     need = RESERVE_BYTES + width * height * (INPUT_BYTES + per_output * scale * scale)
     if available is not None and need > available:
-        cap = max(available - RESERVE_BYTES, 0) // (INPUT_BYTES + per_output * scale * scale)
+        cap = max(available - RESERVE_BYTES, 0) // (INPUT_BYTES + per_output * scale * scale)  # pixels
         raise ImageError(
-            f"{where}: {width}x{height} at x{scale} needs about {need / 2**30:.1f} GiB, "
-            f"{available / 2**30:.1f} GiB are free: at most {cap / 1e6:.1f} MP in here; split the image"
+            f"{where}: {width}x{height} at x{scale:g} needs about {need / 2**30:.1f} GiB, "
+            f"{available / 2**30:.1f} GiB are free (inputs up to {cap / 1e6:.1f} MP fit); split the image"
         )
 
 

@@ -575,7 +575,8 @@ def run_inputs(args: argparse.Namespace, upscaler: Upscaler) -> int:
     for lr_path, outputs in zip(tqdm(paths, desc="super-resolving", disable=not show, leave=False), plans):
         gt_path = find_gt(args.gt, lr_path, single=len(paths) == 1) if args.gt else None
         scoring = bool(gt_path or outputs.panel or args.outscale)
-        check_memory(str(lr_path), *image_size(lr_path), upscaler.scale, scoring=scoring)
+        largest = max(upscaler.scale, args.outscale or 0)  # --outscale holds the model's output too
+        check_memory(str(lr_path), *image_size(lr_path), largest, scoring=scoring)
         lr, bits = read_image(lr_path)
         check_size(lr, str(lr_path))
         gt = check_gt(read_image(gt_path)[0], lr, gt_path, lr_path, upscaler.scale) if gt_path else None
