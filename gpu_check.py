@@ -47,7 +47,7 @@ HERE = Path(__file__).resolve().parent
 PACK_DIR = HERE / ".gpudata"
 PART_BYTES = 15 * 2**20  # returned files must stay under 16 MiB each
 
-# the closing training run (checkpoints/wip/README.md: an EDSR body on the LR grid with at most half of
+# the closing training run (wip/README.md: an EDSR body on the LR grid with at most half of
 # VDSR's multiply-adds per output pixel at x2; the x3/x4 models can start from it)
 RUN_MODEL = ["--model", "edsr", "--model-option", "blocks=14", "--model-option", "features=64"]
 RUN_OPTIONS = ["--scale", "2", "--patch-size", "64", "--patches-per-image", "128", "--batch-size", "32"]
