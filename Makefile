@@ -33,10 +33,10 @@ demo-run:
 	@if [ -f checkpoints/srcnn_x3.pth ]; then \
 	    echo "--- the shipped checkpoint, checkpoints/srcnn_x3.pth:"; \
 	    $(PY) super_resolve.py --checkpoint checkpoints/srcnn_x3.pth --dataset sample-test --quiet \
-	        --compare-dir $(DEMO_DIR)/panels-shipped; fi
+	        --compare-dir $(DEMO_DIR)/panels-shipped --overwrite; fi
 	@echo "--- the model trained just now, on the held-back photos:"
 	$(PY) super_resolve.py --checkpoint $(DEMO_DIR)/run/last.pth --dataset sample-test --quiet \
-	    --save --out-dir $(DEMO_DIR)/sr --compare-dir $(DEMO_DIR)/panels
+	    --save --out-dir $(DEMO_DIR)/sr --compare-dir $(DEMO_DIR)/panels --overwrite
 	@echo "comparison panel: $(DEMO_DIR)/panels/chelsea_compare.png (training curves: $(DEMO_DIR)/curves.png)"
 
 # The results tables of the shipped checkpoints (checkpoints/README.md is written from them).

@@ -318,15 +318,21 @@ def plan_outputs(paths: list[Path], args: argparse.Namespace, scale: int) -> lis
             panel = Path(args.compare_dir) / f"{stem}_compare.png"
         bicubic_path = None if args.no_baseline else folder / f"{stem}_bicubic_{final}.{ext}"
         plans.append(Outputs(folder / f"{stem}_{suffix}.{ext}", bicubic_path, panel))
-    taken = {path.resolve() for path in paths}  # inputs, then each output as it is planned
-    for output in (output for outputs in plans for output in outputs.paths()):
+    check_outputs([output for outputs in plans for output in outputs.paths()], paths, args.overwrite)
+    return plans
+
+
+def check_outputs(outputs: list[Path], inputs: list[Path], overwrite: bool) -> None:
+    """Refuse, before anything is written, an output that is an input or another output, that
+    exists (unless `overwrite`), is a folder or read-only, or sits in a missing folder."""
+    taken = {path.resolve() for path in inputs}  # inputs, then each output as it is checked
+    for output in outputs:
         if output.resolve() in taken:
             raise UserError(f"{output}: two outputs (or an output and an input) would share this path")
-        if output.exists() and not output.is_dir() and not args.overwrite:
+        if output.exists() and not output.is_dir() and not overwrite:
             raise UserError(f"{output}: exists; --overwrite replaces it (nothing was written)")
         taken.add(output.resolve())
         check_writable(output)
-    return plans
 
 
 def image_row(name: str, sr: Tensor, bic: Tensor, hr: Tensor, scale: int) -> dict:
@@ -389,9 +395,13 @@ def run_dataset(args: argparse.Namespace, upscaler: Upscaler) -> int:
         else None
     )
     panel_dir = ensure_folder(args.compare_dir) if args.compare_dir else None
+    suffix = output_suffix(args)
+    sr_paths = [out_dir / f"{pair.name}_{suffix}.png" for pair in pairs] if out_dir else []
+    panel_paths = [panel_dir / f"{pair.name}_compare.png" for pair in pairs] if panel_dir else []
+    check_outputs(sr_paths + panel_paths, [], args.overwrite)
     rows: list[dict] = []
     spectra: dict[str, list[Tensor]] = {}
-    for pair in tqdm(pairs, desc=args.dataset, disable=not show, leave=False):
+    for index, pair in enumerate(tqdm(pairs, desc=args.dataset, disable=not show, leave=False)):
         check_size(pair.lr, pair.name)
         check_scorable(pair.hr, pair.name, upscaler.scale)
         sr, bic = upscaler(pair.lr), bicubic(pair.lr, upscaler.scale)
@@ -402,11 +412,11 @@ def run_dataset(args: argparse.Namespace, upscaler: Upscaler) -> int:
         rows.append(row)
         for who, image in (("model", sr), ("bicubic", bic), ("HR", pair.hr)):
             spectra.setdefault(who, []).append(radial_power_spectrum(image))
-        if out_dir is not None:
-            save_image(sr, out_dir / f"{pair.name}_{upscaler.name}_x{upscaler.scale}.png")
-        if panel_dir is not None:
+        if sr_paths:
+            save_image(sr, sr_paths[index])
+        if panel_paths:
             panels = panel_images(pair.lr, bic, sr, pair.hr, row, upscaler.name)
-            save_panel(panel_dir / f"{pair.name}_compare.png", f"{pair.name} x{upscaler.scale}", panels)
+            save_panel(panel_paths[index], f"{pair.name} x{upscaler.scale}", panels)
     report(args, upscaler.name, upscaler.scale, rows, f"{args.dataset} x{upscaler.scale}")
     if args.fda_plot:
         save_spectra_plot(Path(args.fda_plot), spectra, f"{args.dataset} x{upscaler.scale}", upscaler.name)

@@ -142,9 +142,14 @@ def test_dataset_report_table_and_json(world, tmp_path, capsys):
     bic = imresize(load_image(world["pairs"] / "p1_LR.png"), 3)
     assert result["images"][1]["bicubic_psnr"] == pytest.approx(psnr(bic, hr, shave=3).item())
     assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == [
-        "p0_HR_srcnn_x3.png",
-        "p1_HR_srcnn_x3.png",
+        "p0_HR_rgb_last.png",
+        "p1_HR_rgb_last.png",
     ]
+    again = [*argv, "--save", "--out-dir", str(tmp_path / "saved")]
+    assert _sr(*again) == 2  # the saved images exist: refused before anything is computed
+    assert "--overwrite" in capsys.readouterr().err
+    assert _sr(*again, "--overwrite") == 0
+    capsys.readouterr()
     assert _sr(*argv) == 0
     table = capsys.readouterr().out
     assert "p0_HR" in table and "mean" in table and "Y channel" in table
