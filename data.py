@@ -202,15 +202,26 @@ def save_array(array: np.ndarray, path: str | os.PathLike, quality: int = 95) ->
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """Width and height from an image file's header, without decoding its pixels."""
+    return image_header(path)[:2]
+
+
+def has_alpha(path: str | os.PathLike) -> bool:
+    """Whether an image file has an alpha channel (or a transparent palette), from its header."""
+    return image_header(path)[2]
+
+
+def image_header(path: str | os.PathLike) -> tuple[int, int, bool]:
+    """Width, height and whether there is alpha, read from the header without decoding pixels."""
     path = _check_file(path)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
-                return tif.pages[0].imagewidth, tif.pages[0].imagelength
+                page = tif.pages[0]
+                return page.imagewidth, page.imagelength, page.samplesperpixel in (2, 4)
         with Image.open(path) as img:
-            return img.width, img.height
+            return img.width, img.height, "A" in img.getbands() or "transparency" in img.info
     except Exception as err:  # Pillow and tifffile raise many types for a bad header
         raise ImageError(f"{path}: not a readable image ({first_line(err)})") from None
 
@@ -238,21 +249,6 @@ def _write_array(array: np.ndarray, path: Path, suffix: str, quality: int = 95) 
         image = Image.fromarray(array[..., 0] if planes == 1 else array, mode=_PIL_MODES[planes])
         options = {"quality": quality} if suffix in (".jpg", ".jpeg", ".webp") else {}
         image.save(path, format=_PIL_FORMATS[suffix], **options)
-
-
-def has_alpha(path: str | os.PathLike) -> bool:
-    """Whether an image file has an alpha channel (or a transparent palette), from its header."""
-    path = _check_file(path)
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                return tif.pages[0].samplesperpixel in (2, 4)
-        with Image.open(path) as img:
-            return "A" in img.getbands() or "transparency" in img.info
-    except Exception as err:  # Pillow and tifffile raise many types for a bad header
-        raise ImageError(f"{path}: not a readable image ({first_line(err)})") from None
 
 
 def read_alpha(path: str | os.PathLike) -> Tensor | None:
