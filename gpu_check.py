@@ -297,7 +297,7 @@ class Visit:
 
     def check_super_resolve(self) -> dict:
         """super_resolve.py --cuda against the CPU on the validation set: PSNR and pixels."""
-        checkpoint = str(HERE / "checkpoints" / "edsr_small_x3.pth")
+        checkpoint = str(HERE / "checkpoints" / "edsr_x3.pth")
         base = ["super_resolve.py", "--checkpoint", checkpoint, "--dataset", self.val_data, "--json"]
         base += ["--quiet", "--save"]
         variants = {"cpu": [], "gpu_bf16": [*self.cuda, "--amp"], "gpu_fp32": [*self.cuda, "--no-amp"]}

@@ -3,7 +3,7 @@ numpy arrays with the same tiling, precision and channel handling as `super_reso
 
     from srkit import SuperResolver
 
-    sr = SuperResolver("checkpoints/edsr_small_x3.pth")   # device="cuda" for a GPU
+    sr = SuperResolver("checkpoints/edsr_x3.pth")   # device="cuda" for a GPU
     big = sr.upscale(Image.open("lr.png"))                 # PIL in, PIL out (alpha kept)
     array = sr.upscale(np.asarray(...))                    # uint8/uint16 (H, W[, C]) in, same out
     tensor = sr.upscale(torch.rand(3, 64, 64))             # float (C, H, W) / (B, C, H, W) in [0, 1]
