@@ -74,6 +74,7 @@ SKIP_CAUSES = {
     "SR_DATA_ROOT": "benchmark sets (set SR_DATA_ROOT to their folder, or `python data.py fetch`)",
     "SR_REFERENCE_DIR": "reference vectors (set SR_REFERENCE_DIR to their folder)",
     "CUDA device": "a CUDA GPU (run on one, or `gpu_check.py run` on a lent one)",
+    "CUDA is present": "a machine without CUDA (they check what --cuda says where there is none)",
 }
 
 
@@ -83,9 +84,11 @@ def skip_summary(reasons: list[str]) -> str:
         return "skipped: none"
     counts: dict[str, int] = {}
     for reason in reasons:
-        cause = next((text for key, text in SKIP_CAUSES.items() if key in reason), reason)
+        reason = reason.removeprefix("Skipped: ")
+        known = (f"need {text}" for key, text in SKIP_CAUSES.items() if key in reason)
+        cause = next(known, f"because {reason}")
         counts[cause] = counts.get(cause, 0) + 1
-    parts = [f"{count} need {cause}" for cause, count in sorted(counts.items(), key=lambda kv: -kv[1])]
+    parts = [f"{count} {cause}" for cause, count in sorted(counts.items(), key=lambda kv: -kv[1])]
     return f"skipped {len(reasons)}: " + "; ".join(parts)
 
 

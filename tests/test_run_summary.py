@@ -14,9 +14,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_skip_summary_groups_reasons_by_what_enables_them():
     reasons = ["SR_DATA_ROOT is unset: benchmark datasets not available"] * 3 + ["no CUDA device", "odd"]
+    reasons += ["Skipped: CUDA is present"] * 2  # pytest's words for a skipif on a GPU machine
     line = skip_summary(reasons)
-    assert line.startswith("skipped 5: 3 need benchmark sets (set SR_DATA_ROOT")
-    assert "1 need a CUDA GPU" in line and "1 need odd" in line and "\n" not in line
+    assert line.startswith("skipped 7: 3 need benchmark sets (set SR_DATA_ROOT")
+    assert "2 need a machine without CUDA" in line and "Skipped:" not in line
+    assert "1 need a CUDA GPU" in line and "1 because odd" in line and "\n" not in line
     assert skip_summary([]) == "skipped: none"
 
 
