@@ -46,6 +46,15 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Tensor:
 
 def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tuple[Tensor, int]:
     """`load_image`, and the bit depth of the file (8 or 16)."""
+    image, bits, _ = read_image_and_alpha(path, max_pixels)
+    return image, bits
+
+
+def read_image_and_alpha(
+    path: str | os.PathLike, max_pixels: int = MAX_PIXELS
+) -> tuple[Tensor, int, Tensor | None]:
+    """`read_image`, and the file's alpha channel as a (1, H, W) tensor in [0, 1] (None when it
+    has none), from one decoding."""
     path = _check_file(path)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
@@ -60,7 +69,11 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tuple[T
         raise ImageError(f"{path}: not a readable image ({first_line(err)})") from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as err:
         raise ImageError(f"{path}: corrupt or truncated image ({first_line(err)})") from None
-    return _to_tensor(array, path), 16 if array.dtype == np.uint16 else 8
+    alpha = None
+    if array.ndim == 3 and array.shape[-1] in (2, 4):  # gray + alpha, RGB + alpha
+        alpha = _to_tensor(np.ascontiguousarray(array[..., -1]), path)
+        array = array[..., :-1]
+    return _to_tensor(array, path), 16 if array.dtype == np.uint16 else 8, alpha
 
 
 def _check_file(path: str | os.PathLike) -> Path:
@@ -84,7 +97,8 @@ def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
 
 
 def _read_pil(path: Path, max_pixels: int) -> np.ndarray:
-    """Decode with Pillow: 8-bit images, 16-bit grayscale, palette, alpha, EXIF orientation."""
+    """Decode with Pillow: 8-bit images, 16-bit grayscale, palette, alpha (kept as the last
+    channel), EXIF orientation."""
     with Image.open(path) as img:
         _check_pixels(path, img.width, img.height, max_pixels)
         img.load()
@@ -93,13 +107,12 @@ def _read_pil(path: Path, max_pixels: int) -> np.ndarray:
             return np.asarray(img, dtype=np.uint16)
         if img.mode == "I":  # 32-bit integer grayscale (how Pillow opens some 16-bit files)
             return np.asarray(img, dtype=np.int64).clip(0, 65535).astype(np.uint16)
-        if img.mode in ("1", "L"):
-            return np.asarray(img.convert("L"), dtype=np.uint8)
-        if img.mode in ("LA", "La"):
-            return np.asarray(img.convert("L"), dtype=np.uint8)
         if img.mode == "F":
             raise ImageError(f"{path}: floating-point images are not supported")
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+        alpha = "A" in img.getbands() or "transparency" in img.info
+        gray = img.mode in ("1", "L", "LA", "La")
+        mode = ("LA" if alpha else "L") if gray else ("RGBA" if alpha else "RGB")
+        return np.asarray(img.convert(mode), dtype=np.uint8)
 
 
 def _png_bit_depth(path: Path) -> int | None:
@@ -120,9 +133,7 @@ def _read_png16(path: Path, max_pixels: int) -> np.ndarray:
     _check_pixels(path, width, height, max_pixels)
     planes = info["planes"]
     array = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
-    array = array.reshape(height, width, planes)
-    if info["alpha"]:
-        array = array[..., :-1]
+    array = array.reshape(height, width, planes)  # alpha, if any, is the last plane
     return array[..., 0] if array.shape[-1] == 1 else array
 
 
@@ -142,10 +153,9 @@ def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
         raise ImageError(f"{path}: corrupt or not a TIFF ({first_line(err)})") from None
     if planar and array.ndim == 3:  # planes (C, H, W) -> pixels (H, W, C)
         array = np.moveaxis(array, 0, -1)
-    if array.ndim == 3 and array.shape[-1] in (2, 4):  # gray + alpha, RGB + alpha: drop alpha
-        array = array[..., : array.shape[-1] - 1]
-    if array.ndim == 3 and array.shape[-1] not in (1, 3):
-        raise ImageError(f"{path}: a TIFF of {array.shape[-1]} channels; only gray and RGB images are read")
+    if array.ndim == 3 and array.shape[-1] not in (1, 2, 3, 4):  # 2 and 4: with alpha
+        channels = array.shape[-1]
+        raise ImageError(f"{path}: a TIFF of {channels} channels; only gray and RGB (+ alpha) are read")
     return array
 
 
@@ -249,40 +259,6 @@ def _write_array(array: np.ndarray, path: Path, suffix: str, quality: int = 95) 
         image = Image.fromarray(array[..., 0] if planes == 1 else array, mode=_PIL_MODES[planes])
         options = {"quality": quality} if suffix in (".jpg", ".jpeg", ".webp") else {}
         image.save(path, format=_PIL_FORMATS[suffix], **options)
-
-
-def read_alpha(path: str | os.PathLike) -> Tensor | None:
-    """An image file's alpha channel as a float32 (1, H, W) tensor in [0, 1], or None when it
-    has none (`read_image` drops it; this reads it for outputs that keep it)."""
-    if not has_alpha(path):
-        return None
-    path = Path(path)
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                array = page.asarray()
-                if page.planarconfig == tifffile.PLANARCONFIG.SEPARATE:
-                    array = np.moveaxis(array, 0, -1)
-            alpha = array[..., -1]
-        elif _png_bit_depth(path) == 16:
-            import png
-
-            width, height, rows, info = png.Reader(filename=str(path)).asDirect()
-            planes = info["planes"]
-            alpha = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
-            alpha = alpha.reshape(height, width, planes)[..., -1]
-        else:
-            with Image.open(path) as img:
-                img = ImageOps.exif_transpose(img)
-                alpha = np.asarray(img.convert("RGBA"), dtype=np.uint8)[..., -1]
-    except ImageError:
-        raise
-    except Exception as err:  # the decoders raise many types for a damaged file
-        raise ImageError(f"{path}: corrupt or truncated image ({first_line(err)})") from None
-    return _to_tensor(np.ascontiguousarray(alpha), path)
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

@@ -42,8 +42,8 @@ from data import (
     list_images,
     load_image,
     quantize,
-    read_alpha,
     read_image,
+    read_image_and_alpha,
     save_array,
     save_image,
     to_channels,
@@ -522,12 +522,17 @@ def run_robustness(args: argparse.Namespace, upscaler: Upscaler) -> int:
 
 
 def write_outputs(
-    args: argparse.Namespace, upscaler: Upscaler, lr_path: Path, lr: Tensor, bits: int, outputs: Outputs
+    args: argparse.Namespace,
+    upscaler: Upscaler,
+    lr_path: Path,
+    lr: Tensor,
+    bits: int,
+    alpha: Tensor | None,
+    outputs: Outputs,
 ) -> None:
     """The SR image (and the bicubic one), with the input's alpha when it has one, each built
     in its final 8/16-bit form (`--outscale`: resized from float, MATLAB bicubic)."""
     bits = bits if outputs.sr.suffix in (".png", ".tif") else 8  # JPEG and WebP hold 8 bits
-    alpha = read_alpha(lr_path)
     size = None
     if args.outscale is not None:
         size = (round(lr.shape[-2] * args.outscale), round(lr.shape[-1] * args.outscale))
@@ -587,10 +592,10 @@ def run_inputs(args: argparse.Namespace, upscaler: Upscaler) -> int:
         scoring = bool(gt_path or outputs.panel or args.outscale)
         largest = max(upscaler.scale, args.outscale or 0)  # --outscale holds the model's output too
         check_memory(str(lr_path), *image_size(lr_path), largest, scoring=scoring)
-        lr, bits = read_image(lr_path)
+        lr, bits, alpha = read_image_and_alpha(lr_path)
         check_size(lr, str(lr_path))
         gt = check_gt(read_image(gt_path)[0], lr, gt_path, lr_path, upscaler.scale) if gt_path else None
-        write_outputs(args, upscaler, lr_path, lr, bits, outputs)
+        write_outputs(args, upscaler, lr_path, lr, bits, alpha, outputs)
         if gt is None and not outputs.panel:
             continue
         sr = load_image(outputs.sr)  # scores and panels are of the files written
