@@ -64,6 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     pack = sub.add_parser("pack", help="copy the data `run` needs into .gpudata/ (from $SR_DATA_ROOT)")
     pack.add_argument("--limit-mib", type=float, default=60, help="working tree plus data, at most")
+    pack.add_argument(
+        "--run-only",
+        action="store_true",
+        help="only what `run --steps env run` reads (Set5 and training images)",
+    )
+    pack.add_argument(
+        "--init", metavar="CKPT", help="also a checkpoint without Adam's moments, into .gpudata/init/"
+    )
     run = sub.add_parser("run", help="run the checks and the training run")
     run.add_argument("--out", default=os.environ.get("OUT", "gpu-check"), help="results folder ($OUT)")
     run.add_argument("--budget", type=float, default=540, help="seconds for everything (default 540)")
@@ -92,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(PIUNET_WORKER, nargs=4, metavar=("B", "H", "W", "DEVICE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.command == "pack":
-        return pack_data(args.limit_mib)
+        return pack_data(args.limit_mib, run_only=args.run_only, init=args.init)
     if args.piunet_step:
         print(json.dumps(piunet_step(*args.piunet_step)))
         return 0
@@ -103,36 +111,78 @@ def main(argv: list[str] | None = None) -> int:
 # pack: the data, copied into the checkout
 
 
-def pack_data(limit_mib: float) -> int:
-    """Copy Set5, T91, the PROBA-V sample, the reference vectors and as much of BSD200 as fits."""
+def pack_data(
+    limit_mib: float, folder: Path = PACK_DIR, run_only: bool = False, init: str | None = None
+) -> int:
+    """Copy Set5, the training images (T91, then as much of BSD200 as fits, as lossless WebP)
+    and, unless `run_only`, the PROBA-V sample and the reference vectors; `init`: a checkpoint,
+    without Adam's moments, into init/ for the closing run's --init-from."""
     data_root = os.environ.get("SR_DATA_ROOT")
     reference = os.environ.get("SR_REFERENCE_DIR")
-    if not data_root or not reference:
+    if not data_root or (not reference and not run_only):
         print("gpu_check.py: error: set SR_DATA_ROOT and SR_REFERENCE_DIR (see README)", file=sys.stderr)
         return 2
-    shutil.rmtree(PACK_DIR, ignore_errors=True)
-    for name in ("Set5", "PROBAV-sample"):
-        shutil.copytree(Path(data_root) / name, PACK_DIR / "datasets" / name)
-    shutil.copytree(reference, PACK_DIR / "reference")
-    # training data: T91 as lossless PNG (BMP is twice the size), then the BSD200 images that fit
-    from PIL import Image
-
-    train = PACK_DIR / "train"
+    shutil.rmtree(folder, ignore_errors=True)
+    for name in ("Set5",) if run_only else ("Set5", "PROBAV-sample"):
+        shutil.copytree(Path(data_root) / name, folder / "datasets" / name)
+    if not run_only:
+        shutil.copytree(reference, folder / "reference")
+    if init:
+        _copy_weights(Path(init), folder / "init" / Path(init).name)
+    train = folder / "train"
     train.mkdir()
-    for image in sorted((Path(data_root) / "T91").iterdir()):
-        Image.open(image).save(train / f"{image.stem}.png", optimize=True)
-    tree = _tree_bytes()
-    for image in sorted((Path(data_root) / "BSD200").glob("*.png")):
-        if tree + image.stat().st_size > limit_mib * 2**20:
+    tree, limit = _tree_bytes(folder), limit_mib * 2**20
+    t91, bsd = sorted((Path(data_root) / "T91").iterdir()), sorted((Path(data_root) / "BSD200").glob("*.png"))
+    for image in t91 + bsd:
+        encoded, suffix = _lossless(image)
+        if image.parent.name == "BSD200" and tree + len(encoded) > limit:
             break
-        shutil.copy(image, train / image.name)
-        tree += image.stat().st_size
-    print(f"packed {PACK_DIR} ({len(list(train.iterdir()))} training images); tree {tree / 2**20:.1f} MiB")
+        (train / f"{image.stem}{suffix}").write_bytes(encoded)
+        tree += len(encoded)
+    packed = len(list(train.iterdir()))
+    print(f"packed {folder} ({packed} training images); tree {tree / 2**20:.1f} MiB")
+    if packed < len(t91) + len(bsd):
+        print(
+            f"  {packed - len(t91)} of BSD200's {len(bsd)} fit; for the whole 291 set, move the tracked "
+            "checkpoints aside (they travel) and pack with --run-only (for `run --steps env run`)"
+        )
     return 0
 
 
-def _tree_bytes() -> int:
-    """Bytes of what would travel: git's tracked and untracked-not-ignored files, and .gpudata."""
+def _lossless(image: Path) -> tuple[bytes, str]:
+    """An image file's pixels as lossless WebP (a third smaller than PNG), or PNG where WebP
+    would not give back the same pixels and mode (gray: WebP has none); (bytes, suffix)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(image) as img:
+        pixels = img.convert("RGB") if img.mode not in ("L", "RGB") else img.copy()
+    for fmt, options in (
+        ("WEBP", {"lossless": True, "quality": 100, "method": 4}),
+        ("PNG", {"optimize": True}),
+    ):
+        buffer = io.BytesIO()
+        pixels.save(buffer, format=fmt, **options)
+        with Image.open(io.BytesIO(buffer.getvalue())) as back:
+            if back.mode == pixels.mode and np.array_equal(np.asarray(back), np.asarray(pixels)):
+                return buffer.getvalue(), "." + fmt.lower()
+    raise RuntimeError(f"{image}: no lossless encoding gave back its pixels")
+
+
+def _copy_weights(source: Path, target: Path) -> None:
+    """A train.py checkpoint without Adam's moments (half the size; --init-from reads only weights)."""
+    import torch
+
+    checkpoint = torch.load(source, weights_only=True)
+    checkpoint["optimizer"] = {"state": {}, "param_groups": checkpoint["optimizer"]["param_groups"]}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, target)
+
+
+def _tree_bytes(folder: Path = PACK_DIR) -> int:
+    """Bytes of what would travel: git's tracked and untracked-not-ignored files, and `folder`."""
     listed = (
         subprocess.run(
             ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=HERE, capture_output=True, check=True
@@ -140,7 +190,7 @@ def _tree_bytes() -> int:
         .stdout.decode()
         .split("\0")
     )
-    files = [HERE / name for name in listed if name] + list(PACK_DIR.rglob("*"))
+    files = [HERE / name for name in listed if name] + list(folder.rglob("*"))
     return sum(path.stat().st_size for path in files if path.is_file())
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import smooth_image_folder
 
 import gpu_check
@@ -124,3 +125,37 @@ def test_pytest_closing_lines_are_counted():
         "tests collected": 9
     }
     assert gpu_check._pytest_counts("===== 1 failed, 2 passed in 3.1s =====") == {"failed": 1, "passed": 2}
+
+
+def test_pack_stores_the_training_images_losslessly_and_stops_at_the_limit(tmp_path, monkeypatch):
+    from PIL import Image
+
+    root = tmp_path / "data"
+    smooth_image_folder(root / "T91", 2, 40, seed=1)
+    for image in smooth_image_folder(root / "BSD200", 3, 60, seed=2).iterdir():
+        image.rename(image.with_name("bsd_" + image.name))
+    gray = np.arange(30 * 50, dtype=np.uint8).reshape(30, 50)
+    Image.fromarray(gray).save(root / "T91" / "gray.bmp")
+    for name in ("Set5", "PROBAV-sample", "reference"):
+        smooth_image_folder(root / name, 1, 24, seed=3)
+    monkeypatch.setenv("SR_DATA_ROOT", str(root))
+    monkeypatch.setenv("SR_REFERENCE_DIR", str(root / "reference"))
+    pack = tmp_path / "pack"
+    init = ROOT / "checkpoints" / "srcnn_x3.pth"
+    assert gpu_check.pack_data(10_000, folder=pack, init=str(init)) == 0
+    sources = sorted((root / "T91").iterdir()) + sorted((root / "BSD200").iterdir())
+    packed = {p.stem: p for p in (pack / "train").iterdir()}
+    assert sorted(packed) == sorted(p.stem for p in sources)
+    for source in sources:
+        assert np.array_equal(np.asarray(Image.open(packed[source.stem])), np.asarray(Image.open(source)))
+    assert {p.stem for p in packed.values() if p.suffix != ".webp"} == {"gray"}  # WebP has no gray: PNG
+    assert (pack / "reference").is_dir() and (pack / "datasets" / "PROBAV-sample").is_dir()
+    original, stripped = (torch.load(p, weights_only=True) for p in (init, pack / "init" / init.name))
+    assert stripped["optimizer"]["state"] == {} and stripped["epoch"] == original["epoch"]
+    assert all(torch.equal(stripped["state_dict"][k], v) for k, v in original["state_dict"].items())
+
+    assert gpu_check.pack_data(10_000, folder=pack, run_only=True) == 0
+    assert not (pack / "reference").exists() and not (pack / "datasets" / "PROBAV-sample").exists()
+    limit = (gpu_check._tree_bytes(pack) - 1) / 2**20  # one byte short of room for the last image
+    assert gpu_check.pack_data(limit, folder=pack, run_only=True) == 0
+    assert sorted(p.stem for p in (pack / "train").iterdir()) == sorted(p.stem for p in sources[:-1])
