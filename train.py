@@ -4,7 +4,7 @@
     python train.py train --lr=0.001 --batch-size=128 --num-epoch=20 --save-freq=2
     python train.py resume checkpoint.x --cuda
     python train.py resume checkpoint.x --batch-size=16 --num-epoch=200
-    python train.py inspect checkpoint.x [--json] [--plot curves.png]
+    python train.py inspect checkpoint.x [--json] [--plot curves.png] [--all] [--reach DB]
 
 The command line of the training loop in `trainer.py`: `train` starts a run from the
 defaults and the flags given, `resume` continues a checkpoint (as if never stopped; flags
@@ -213,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
     inspect.add_argument("--plot", metavar="FILE", help="draw loss and validation PSNR curves into a PNG")
     inspect.add_argument("--all", action="store_true", help="print every epoch and every argument")
+    inspect.add_argument(
+        "--reach",
+        type=float,
+        metavar="DB",
+        help="time to quality: the first epoch whose validation reached DB, and the epoch time until then",
+    )
     export = sub.add_parser("export", help="export a single-image model to ONNX (dynamic height and width)")
     export.add_argument("checkpoint", help="a checkpoint written by train.py")
     export.add_argument("output", help="the .onnx file to write")
@@ -301,6 +307,8 @@ def command_inspect(args: argparse.Namespace) -> int:
     say(f"checkpoint {args.checkpoint}")
     for line in summary(info):
         say(line)
+    if args.reach is not None:
+        say(time_to_quality(info, args.reach))
     if args.all:
         say("arguments  " + "  ".join(f"{k}={v}" for k, v in sorted(info["args"].items())))
         print_history(info)
@@ -342,6 +350,22 @@ def summary(info: dict) -> list[str]:
     if args.get("ema"):
         lines.append(f"weights    moving average, decay {args['ema']} (validated, used by super_resolve.py)")
     return lines
+
+
+def time_to_quality(info: dict, target: float) -> str:
+    """The first validated epoch at or above `target` dB and the summed epoch time up to it."""
+    seconds = 0.0
+    for row in info["history"]:
+        seconds += row["seconds"]
+        score = validation_of(row)[0]
+        if score is not None and score >= target:
+            return (
+                f"reached    {target:.3f} dB at epoch {row['epoch']} ({score:.3f}), after {seconds:,.0f} s "
+                f"({seconds / 60:.0f} min) of epoch time"
+            )
+    scores = [validation_of(row)[0] for row in info["history"] if validation_of(row)[0] is not None]
+    best = f" (best {max(scores):.3f} dB)" if scores else " (no validation recorded)"
+    return f"reached    {target:.3f} dB: not in {len(info['history'])} epochs{best}"
 
 
 def print_history(info: dict) -> None:

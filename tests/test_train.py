@@ -22,7 +22,7 @@ from inference import Upscaler
 from losses import LOSSES
 from metrics import psnr
 from model import load_model
-from utils import run_cli
+from utils import load_checkpoint, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -283,6 +283,13 @@ def test_inspect_text_json_and_plot(data, tmp_path, capsys):
     full = capsys.readouterr().out
     assert full.startswith(text.rsplit("\n(", 1)[0]) and "arguments" in full
     assert "\n    1 " in full and "\n    2 " in full  # every epoch
+    history = train.describe(load_checkpoint(out / "last.pth"))["history"]
+    first, second = (train.validation_of(row)[0] for row in history)
+    assert _run(["inspect", str(out / "last.pth"), "--reach", f"{min(first, second) - 0.01}"]) == 0
+    seconds = history[0]["seconds"]  # reached at the first epoch: its time alone
+    assert f"at epoch 1 ({first:.3f}), after {seconds:,.0f} s" in capsys.readouterr().out
+    assert _run(["inspect", str(out / "last.pth"), "--reach", f"{max(first, second) + 1}"]) == 0
+    assert f"not in 2 epochs (best {max(first, second):.3f} dB)" in capsys.readouterr().out
     assert _run(["inspect", str(out / "last.pth"), "--json", "--plot", str(tmp_path / "curves.png")]) == 0
     info = json.loads(capsys.readouterr().out)
     for key in ("model", "scale", "epoch", "params", "args", "history", "best_psnr"):
