@@ -109,10 +109,15 @@ def _read_pil(path: Path, max_pixels: int) -> np.ndarray:
             return np.asarray(img, dtype=np.int64).clip(0, 65535).astype(np.uint16)
         if img.mode == "F":
             raise ImageError(f"{path}: floating-point images are not supported")
-        alpha = "A" in img.getbands() or "transparency" in img.info
+        alpha = pil_has_alpha(img)
         gray = img.mode in ("1", "L", "LA", "La")
         mode = ("LA" if alpha else "L") if gray else ("RGBA" if alpha else "RGB")
         return np.asarray(img.convert(mode), dtype=np.uint8)
+
+
+def pil_has_alpha(image: Image.Image) -> bool:
+    """Whether a Pillow image has an alpha band or a transparent colour (palette, tRNS)."""
+    return "A" in image.getbands() or "transparency" in image.info
 
 
 def _png_bit_depth(path: Path) -> int | None:
@@ -231,7 +236,7 @@ def image_header(path: str | os.PathLike) -> tuple[int, int, bool]:
                 page = tif.pages[0]
                 return page.imagewidth, page.imagelength, page.samplesperpixel in (2, 4)
         with Image.open(path) as img:
-            return img.width, img.height, "A" in img.getbands() or "transparency" in img.info
+            return img.width, img.height, pil_has_alpha(img)
     except Exception as err:  # Pillow and tifffile raise many types for a bad header
         raise ImageError(f"{path}: not a readable image ({first_line(err)})") from None
 

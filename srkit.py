@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from data import quantize
+from data import pil_has_alpha, quantize
 from imresize import upscale as bicubic_upscale
 from inference import Upscaler
 from model import SINGLE_IMAGE
@@ -107,5 +107,5 @@ class SuperResolver:
         if image.mode in ("L", "LA", "RGB", "RGBA"):
             mode = image.mode
         else:  # palette, CMYK, 1-bit ...: RGB, with alpha where the image has transparency
-            mode = "RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB"
+            mode = "RGBA" if pil_has_alpha(image) else "RGB"
         return Image.fromarray(self._upscale_array(np.asarray(image.convert(mode))))
