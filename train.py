@@ -354,18 +354,20 @@ def summary(info: dict) -> list[str]:
 
 def time_to_quality(info: dict, target: float) -> str:
     """The first validated epoch at or above `target` dB and the summed epoch time up to it."""
-    seconds = 0.0
+    seconds, best = 0.0, None
     for row in info["history"]:
         seconds += row["seconds"]
         score = validation_of(row)[0]
-        if score is not None and score >= target:
+        if score is None:
+            continue
+        if score >= target:
             return (
                 f"reached    {target:.3f} dB at epoch {row['epoch']} ({score:.3f}), after {seconds:,.0f} s "
                 f"({seconds / 60:.0f} min) of epoch time"
             )
-    scores = [validation_of(row)[0] for row in info["history"] if validation_of(row)[0] is not None]
-    best = f" (best {max(scores):.3f} dB)" if scores else " (no validation recorded)"
-    return f"reached    {target:.3f} dB: not in {len(info['history'])} epochs{best}"
+        best = score if best is None else max(best, score)
+    best_text = f" (best {best:.3f} dB)" if best is not None else " (no validation recorded)"
+    return f"reached    {target:.3f} dB: not in {len(info['history'])} epochs{best_text}"
 
 
 def print_history(info: dict) -> None:
