@@ -173,12 +173,12 @@ def _lossless(image: Path) -> tuple[bytes, str]:
 
 def _copy_weights(source: Path, target: Path) -> None:
     """A train.py checkpoint without Adam's moments (half the size; --init-from reads only weights)."""
-    import torch
+    from utils import load_checkpoint, save_checkpoint
 
-    checkpoint = torch.load(source, weights_only=True)
+    checkpoint = load_checkpoint(source)
     checkpoint["optimizer"] = {"state": {}, "param_groups": checkpoint["optimizer"]["param_groups"]}
     target.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(checkpoint, target)
+    save_checkpoint(checkpoint, target)
 
 
 def _tree_bytes(folder: Path = PACK_DIR) -> int:
