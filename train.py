@@ -109,6 +109,13 @@ def _add_training_options(parser: argparse.ArgumentParser, resume: bool) -> None
     add("--save-freq", type=int, help="write epoch-NNNN.pth every this many epochs (last.pth every epoch)")
     add("--loss", choices=list(LOSS_NAMES), help="training loss (perceptual: VGG16 features + 0.1 L1)")
     add(
+        "--loss-border",
+        type=int,
+        metavar="PX",
+        help="leave this many HR pixels at each patch edge out of the loss (the SRCNN paper's 'valid' "
+        "training: the zero padding of the convolutions reaches only the edges, rare in full images)",
+    )
+    add(
         "--perceptual-weights",
         metavar="FILE",
         help="torchvision VGG16 weights for --loss perceptual (default: download them)",

@@ -74,6 +74,7 @@ DEFAULTS: dict[str, Any] = {
     "num_epoch": 100,
     "save_freq": 10,
     "loss": "mse",
+    "loss_border": 0,
     "perceptual_weights": None,
     "train_data": "T91",
     "val_data": "Set5",
@@ -154,6 +155,11 @@ def check_config(config: dict) -> None:
         raise UserError(f"--grid-stride must be at least 1, got {config['grid_stride']}")
     if config["patch_size"] % config["scale"]:
         raise UserError(f"--patch-size {config['patch_size']} is not a multiple of --scale {config['scale']}")
+    if not 0 <= 2 * config["loss_border"] < config["patch_size"]:
+        raise UserError(
+            f"--loss-border {config['loss_border']} must be at least 0 and leave part of the "
+            f"{config['patch_size']} px patch"
+        )
     if config["tensorboard"] is not None:
         check_board(config["tensorboard"])
     if config["device"] is not None:  # the more specific choice; --cuda follows it
@@ -161,7 +167,7 @@ def check_config(config: dict) -> None:
     if config["cuda"] and not torch.cuda.is_available():
         raise UserError("--cuda given, but CUDA is not available here (no GPU, or a CPU-only torch)")
     if model_kind(config["model"]) == MULTI_FRAME:
-        for key in ("train_scales", "grid_stride", "degradation"):
+        for key in ("train_scales", "grid_stride", "degradation", "loss_border"):
             if config[key] != DEFAULTS[key]:
                 flag = f"--{key.replace('_', '-')}"
                 raise UserError(

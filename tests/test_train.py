@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import smooth_image_folder
 
 import train
@@ -21,8 +22,11 @@ from data import save_image
 from inference import Upscaler
 from losses import LOSSES
 from metrics import psnr
-from model import load_model
+from model import build_model, load_model
+from runtime import Runtime
+from trainer import DEFAULTS
 from utils import load_checkpoint, run_cli
+from validation import single_image_task
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,6 +154,26 @@ def test_scale_augmentation_is_recorded_and_grows_the_epoch(data, tmp_path, caps
     assert _load(out / "last.pth")["args"]["train_scales"] == [1.0, 0.5]
 
 
+def test_loss_border_leaves_the_patch_edges_out_of_the_loss(data):
+    config = {**DEFAULTS, "train_data": str(data["train"]), "val_data": str(data["val"]), "patch_size": 12}
+    net = build_model("srcnn", 3)
+    runtime = Runtime(torch.device("cpu"))
+    lr, hr = (
+        torch.stack(t)
+        for t in zip(*(single_image_task(config, net, runtime, False).dataset[i] for i in range(4)))
+    )
+    edited = hr.clone()
+    edited[..., :3, :] = edited[..., -3:, :] = edited[..., :, :3] = edited[..., :, -3:] = 0.5
+    losses = {}
+    for border in (0, 3):
+        step_loss = single_image_task({**config, "loss_border": border}, net, runtime, False).step_loss
+        losses[border] = [step_loss(net, [lr, target], 1).item() for target in (hr, edited)]
+    with torch.no_grad():
+        inner = F.mse_loss(net(lr)[..., 3:9, 3:9], hr[..., 3:9, 3:9]).item()
+    assert losses[3][0] == losses[3][1] == pytest.approx(inner, rel=1e-6)  # the edges do not count
+    assert losses[0][0] != losses[0][1]  # without a border they do
+
+
 def test_resume_overrides_and_reports_them(data, tmp_path, capsys):
     out = tmp_path / "run"
     assert _run(["train", *_args(data, out, "--num-epoch", "1")]) == 0
@@ -203,6 +227,7 @@ def test_bad_input_is_one_line_and_status_2(data, tmp_path, capsys):
         "unknown model": ["train", *_args(data, tmp_path / "o1", "--model", "nope")],
         "batch size": ["train", *_args(data, tmp_path / "o2", "--batch-size", "0")],
         "scale factor": ["train", *_args(data, tmp_path / "o5", "--train-scales", "1,1.5")],
+        "loss border": ["train", *_args(data, tmp_path / "o7", "--loss-border", "6")],  # 12 px patches
         "scales for bursts": [
             "train",
             *_args(data, tmp_path / "o6", "--model", "piunet", "--train-scales", "1,0.5"),
