@@ -126,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     out.add_argument("--no-baseline", action="store_true", help="do not write the bicubic image")
     out.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse)")
+    parser.add_argument(
+        "--shave",
+        type=int,
+        metavar="PX",
+        help="border pixels left out of PSNR/SSIM (default: the scale, as the benchmark protocol)",
+    )
     parser.add_argument("--tile", type=int, default=256, help="tile size in LR pixels (default 256)")
     parser.add_argument("--tile-overlap", type=int, default=16, help="tile overlap in LR pixels (default 16)")
     parser.add_argument("--cuda", action="store_true", help="run the model on the GPU (--device cuda)")
@@ -154,6 +160,8 @@ def check_options(args: argparse.Namespace) -> torch.device:
     if args.cuda and args.device and not args.device.startswith("cuda"):
         raise UserError(f"--cuda and --device {args.device} disagree")
     device = parse_device(args.device or ("cuda" if args.cuda else "cpu"))
+    if args.shave is not None and args.shave < 0:
+        raise UserError(f"--shave must be at least 0, got {args.shave}")
     if args.tile < 8 or args.tile_overlap < 0:
         raise UserError(
             f"--tile must be at least 8 and --tile-overlap at least 0, got {args.tile}, {args.tile_overlap}"
@@ -184,9 +192,14 @@ def bicubic_array(lr: Tensor, scale: int, bits: int) -> np.ndarray:
     return tiled_apply(lambda crop: bicubic(crop, scale), lr, scale, tile=256, overlap=4, bits=bits)
 
 
-def score(sr: Tensor, hr: Tensor, scale: int) -> tuple[float, float]:
-    """PSNR and SSIM by the benchmark protocol (shave = scale)."""
-    return psnr(sr, hr, shave=scale).item(), ssim(sr, hr, shave=scale).item()
+def score(sr: Tensor, hr: Tensor, shave: int) -> tuple[float, float]:
+    """PSNR and SSIM by the benchmark protocol (which shaves `scale` pixels)."""
+    return psnr(sr, hr, shave=shave).item(), ssim(sr, hr, shave=shave).item()
+
+
+def shave_of(args: argparse.Namespace, scale: int) -> int:
+    """The border left out of the scores: --shave, or the protocol's `scale` pixels."""
+    return scale if args.shave is None else args.shave
 
 
 # ---------------------------------------------------------------------------------------
@@ -238,7 +251,9 @@ def check_size(lr: Tensor, where: str) -> None:
         )
 
 
-def check_gt(gt: Tensor, lr: Tensor, gt_path: Path, lr_path: Path, scale: int) -> Tensor:
+def check_gt(
+    gt: Tensor, lr: Tensor, gt_path: Path, lr_path: Path, scale: int, shave: int | None = None
+) -> Tensor:
     """Ground truth in the channels of the SR image of `lr` (cropped to a multiple of the
     scale, as the protocol does), or an error naming both sizes."""
     size = (lr.shape[-2] * scale, lr.shape[-1] * scale)
@@ -250,14 +265,14 @@ def check_gt(gt: Tensor, lr: Tensor, gt_path: Path, lr_path: Path, scale: int) -
             f"{gt_path}: ground truth is {gt.shape[-1]}x{gt.shape[-2]} but the x{scale} output of "
             f"{lr_path.name} is {size[1]}x{size[0]}"
         )
-    check_scorable(gt, str(gt_path), scale)
+    check_scorable(gt, str(gt_path), scale if shave is None else shave)
     return to_channels(gt, lr.shape[0])
 
 
-def check_scorable(hr: Tensor, where: str, scale: int) -> None:
-    """Refuse HR images too small for SSIM (11x11 pixels) once `scale` pixels are shaved."""
-    if min(hr.shape[-2:]) - 2 * scale < 11:
-        raise ImageError(f"{where}: too small to score (SSIM needs 11x11 pixels after shaving {scale})")
+def check_scorable(hr: Tensor, where: str, shave: int) -> None:
+    """Refuse HR images too small for SSIM (11x11 pixels) once `shave` pixels are shaved."""
+    if min(hr.shape[-2:]) - 2 * shave < 11:
+        raise ImageError(f"{where}: too small to score (SSIM needs 11x11 pixels after shaving {shave})")
 
 
 # ---------------------------------------------------------------------------------------
@@ -335,9 +350,9 @@ def check_outputs(outputs: list[Path], inputs: list[Path], overwrite: bool) -> N
         check_writable(output)
 
 
-def image_row(name: str, sr: Tensor, bic: Tensor, hr: Tensor, scale: int) -> dict:
+def image_row(name: str, sr: Tensor, bic: Tensor, hr: Tensor, shave: int) -> dict:
     """PSNR/SSIM of the model's and of bicubic's upscale of one image, by the benchmark protocol."""
-    (model_psnr, model_ssim), (bicubic_psnr, bicubic_ssim) = score(sr, hr, scale), score(bic, hr, scale)
+    (model_psnr, model_ssim), (bicubic_psnr, bicubic_ssim) = score(sr, hr, shave), score(bic, hr, shave)
     return {"name": name, "model_psnr": model_psnr, "model_ssim": model_ssim,
             "bicubic_psnr": bicubic_psnr, "bicubic_ssim": bicubic_ssim}  # fmt: skip
 
@@ -403,9 +418,9 @@ def run_dataset(args: argparse.Namespace, upscaler: Upscaler) -> int:
     spectra: dict[str, list[Tensor]] = {}
     for index, pair in enumerate(tqdm(pairs, desc=args.dataset, disable=not show, leave=False)):
         check_size(pair.lr, pair.name)
-        check_scorable(pair.hr, pair.name, upscaler.scale)
+        check_scorable(pair.hr, pair.name, shave_of(args, upscaler.scale))
         sr, bic = upscaler(pair.lr), bicubic(pair.lr, upscaler.scale)
-        row = image_row(pair.name, sr, bic, pair.hr, upscaler.scale)
+        row = image_row(pair.name, sr, bic, pair.hr, shave_of(args, upscaler.scale))
         for who, image in (("model", sr), ("bicubic", bic)):
             for band, ratio in band_energy_ratios(image, pair.hr).items():
                 row[f"{who}_energy_{band}"] = ratio
@@ -434,6 +449,8 @@ def report(
 ) -> None:
     """Print the results as a table or as JSON (single-image PSNR/SSIM or multi-frame cPSNR/cSSIM)."""
     protocol = PROTOCOL if metric == "psnr" else BURST_PROTOCOL
+    if args.shave is not None:
+        protocol += f" Here {args.shave} pixels are shaved, not the protocol's {scale}."
     mean = {k: v for k, v in mean_row(rows).items() if k != "name"}
     if args.json:
         result = {
@@ -443,6 +460,7 @@ def report(
             "dataset": args.dataset,
             "protocol": protocol,
             "self_ensemble": args.self_ensemble,
+            **({"shave": args.shave} if args.shave is not None else {}),
             "images": rows,
             "mean": mean,
         }
@@ -483,10 +501,10 @@ def run_robustness(args: argparse.Namespace, upscaler: Upscaler) -> int:
             check_size(pair.lr, pair.name)
             for name, method in methods.items():
                 sr = method(pair.lr)
-                p, q = score(sr, pair.hr, scale)
+                p, q = score(sr, pair.hr, shave_of(args, scale))
                 sums[name]["psnr"] += p
                 sums[name]["ssim"] += q
-                sums[name]["l1"] += l1_error(sr, pair.hr, scale)
+                sums[name]["l1"] += l1_error(sr, pair.hr, shave_of(args, scale))
         results[kernel] = {
             name: {k: v / len(pairs) for k, v in values.items()} for name, values in sums.items()
         }
@@ -570,7 +588,8 @@ def write_outputs(
 def l1_error(sr: Tensor, hr: Tensor, shave: int) -> float:
     """Mean absolute error in [0, 1] of the 8-bit-rounded SR on all channels, border shaved."""
     a = torch.round(sr.clamp(0, 1) * 255) / 255
-    return (a - hr).abs()[..., shave:-shave, shave:-shave].mean().item()
+    height, width = hr.shape[-2:]
+    return (a - hr).abs()[..., shave : height - shave, shave : width - shave].mean().item()
 
 
 def run_inputs(args: argparse.Namespace, upscaler: Upscaler) -> int:
@@ -594,7 +613,10 @@ def run_inputs(args: argparse.Namespace, upscaler: Upscaler) -> int:
         check_memory(str(lr_path), *image_size(lr_path), largest, scoring=scoring)
         lr, bits, alpha = read_image_and_alpha(lr_path)
         check_size(lr, str(lr_path))
-        gt = check_gt(read_image(gt_path)[0], lr, gt_path, lr_path, upscaler.scale) if gt_path else None
+        shave = shave_of(args, upscaler.scale)
+        gt = (
+            check_gt(read_image(gt_path)[0], lr, gt_path, lr_path, upscaler.scale, shave) if gt_path else None
+        )
         write_outputs(args, upscaler, lr_path, lr, bits, alpha, outputs)
         if gt is None and not outputs.panel:
             continue
@@ -602,7 +624,7 @@ def run_inputs(args: argparse.Namespace, upscaler: Upscaler) -> int:
         bic = load_image(outputs.bicubic) if outputs.bicubic else bicubic(lr, upscaler.scale)
         row = None
         if gt is not None:
-            row = image_row(lr_path.stem, sr, bic, gt, upscaler.scale)
+            row = image_row(lr_path.stem, sr, bic, gt, shave)
             rows.append(row)
         if outputs.panel:
             panels = panel_images(lr, bic, sr, gt, row, upscaler.name)
@@ -757,6 +779,8 @@ def main(argv: list[str] | None = None) -> int:
         kind = checkpoint.get("kind", SINGLE_IMAGE)
         if kind == MULTI_FRAME and args.self_ensemble:
             raise UserError("--self-ensemble is for single-image models; this checkpoint fuses bursts")
+        if kind == MULTI_FRAME and args.shave is not None:
+            raise UserError("--shave is for single-image models; cPSNR of bursts has its own border")
         if kind == MULTI_FRAME:
             return (run_burst_dataset if args.dataset else run_scene)(args, checkpoint, device)
         if kind != SINGLE_IMAGE:

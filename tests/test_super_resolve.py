@@ -155,6 +155,26 @@ def test_dataset_report_table_and_json(world, tmp_path, capsys):
     assert "p0_HR" in table and "mean" in table and "Y channel" in table
 
 
+def test_shave_changes_only_the_border_left_out_and_says_so(world, capsys):
+    argv = ["--checkpoint", str(world["rgb"]), "--dataset", str(world["pairs"]), "--quiet", "--json"]
+    results = {}
+    for shave in (None, 0, 3, 7):
+        assert _sr(*argv, *(["--shave", str(shave)] if shave is not None else [])) == 0
+        results[shave] = json.loads(capsys.readouterr().out)
+    hr = load_image(world["pairs"] / "p1_HR.png")
+    bic = imresize(load_image(world["pairs"] / "p1_LR.png"), 3)
+    for shave in (0, 3, 7):
+        assert results[shave]["images"][1]["bicubic_psnr"] == pytest.approx(psnr(bic, hr, shave=shave).item())
+        assert (
+            results[shave]["shave"] == shave
+            and f"Here {shave} pixels are shaved" in results[shave]["protocol"]
+        )
+    assert "shave" not in results[None] and results[None]["mean"] == results[3]["mean"]  # the protocol: scale
+    assert results[0]["mean"]["model_psnr"] != results[7]["mean"]["model_psnr"]
+    assert _sr(*argv, "--shave", "18") == 2  # 45 px high: SSIM needs the 11 px that 17 leaves
+    assert "after shaving 18" in capsys.readouterr().err
+
+
 def test_dataset_by_name_reproduces_the_bicubic_baseline(world, data_root, monkeypatch, capsys):
     monkeypatch.setenv("SR_DATA_ROOT", str(data_root))
     assert _sr("--checkpoint", str(world["rgb"]), "--dataset", "Set5", "--json", "--quiet") == 0
@@ -521,6 +541,7 @@ def test_alpha_is_kept_by_bicubic_or_by_the_model(world, tmp_path):
         (["--device", "tpu"], "--device"),
         (["--device", "cuda:x"], "--device"),
         (["--device", "cpu", "--cuda"], "disagree"),
+        (["--shave", "-1"], "--shave"),
     ],
 )
 def test_bad_output_options_are_one_line_and_write_nothing(world, tmp_path, capsys, extra, message):
