@@ -332,10 +332,13 @@ def summary(info: dict) -> list[str]:
     metric = "cPSNR" if info["kind"] == MULTI_FRAME else "PSNR"
     options = f"  options {info['options']}" if info["options"] else ""
     partial = (info["in_epoch"] or {}).get("batches", 0)
+    scales = args.get("train_scales") or [1.0]
+    augmented = f" at scales {','.join(f'{f:g}' for f in scales)}" if scales != [1.0] else ""
     lines = [
         f"model      {info['model']} x{info['scale']}{options}  {info['params']:,} parameters",
-        f"data       {args.get('train_data') or 'the default set'} ({args.get('patches_per_image')} patches "
-        f"of {args.get('patch_size')} px per image, batch {args.get('batch_size')}), "
+        f"data       {args.get('train_data') or 'the default set'}{augmented} "
+        f"({args.get('patches_per_image')} patches of {args.get('patch_size')} px per image, "
+        f"batch {args.get('batch_size')}), "
         f"validation {args.get('val_data')}",
         f"epochs     {info['epoch']} of {args.get('num_epoch')}"
         f"{f' (+{partial} steps of the next, interrupted)' if partial else ''}",

@@ -152,6 +152,8 @@ def test_scale_augmentation_is_recorded_and_grows_the_epoch(data, tmp_path, caps
     assert _run(argv) == 0
     assert "12 images, 96 patches/epoch" in capsys.readouterr().out  # 6 images + 6 at half size
     assert _load(out / "last.pth")["args"]["train_scales"] == [1.0, 0.5]
+    assert _run(["inspect", str(out / "last.pth")]) == 0
+    assert "at scales 1,0.5 (8 patches" in capsys.readouterr().out  # inspect names the augmentation
 
 
 def test_loss_border_leaves_the_patch_edges_out_of_the_loss(data):
