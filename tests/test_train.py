@@ -230,6 +230,10 @@ def test_bad_input_is_one_line_and_status_2(data, tmp_path, capsys):
         "batch size": ["train", *_args(data, tmp_path / "o2", "--batch-size", "0")],
         "scale factor": ["train", *_args(data, tmp_path / "o5", "--train-scales", "1,1.5")],
         "loss border": ["train", *_args(data, tmp_path / "o7", "--loss-border", "6")],  # 12 px patches
+        "loss border for bursts": [
+            "train",
+            *_args(data, tmp_path / "o8", "--model", "piunet", "--loss-border", "1"),
+        ],
         "scales for bursts": [
             "train",
             *_args(data, tmp_path / "o6", "--model", "piunet", "--train-scales", "1,0.5"),
