@@ -102,17 +102,22 @@ def _read_pil(path: Path, max_pixels: int) -> np.ndarray:
     with Image.open(path) as img:
         _check_pixels(path, img.width, img.height, max_pixels)
         img.load()
-        img = ImageOps.exif_transpose(img)
-        if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-            return np.asarray(img, dtype=np.uint16)
-        if img.mode == "I":  # 32-bit integer grayscale (how Pillow opens some 16-bit files)
-            return np.asarray(img, dtype=np.int64).clip(0, 65535).astype(np.uint16)
-        if img.mode == "F":
-            raise ImageError(f"{path}: floating-point images are not supported")
-        alpha = pil_has_alpha(img)
-        gray = img.mode in ("1", "L", "LA", "La")
-        mode = ("LA" if alpha else "L") if gray else ("RGBA" if alpha else "RGB")
-        return np.asarray(img.convert(mode), dtype=np.uint8)
+        return pil_array(ImageOps.exif_transpose(img), str(path))
+
+
+def pil_array(img: Image.Image, where: str) -> np.ndarray:
+    """A Pillow image as the (H, W) or (H, W, C) array `read_image` decodes: uint16 for 16-bit
+    grayscale, else uint8 gray or RGB, with alpha last where the image has transparency."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return np.asarray(img, dtype=np.uint16)
+    if img.mode == "I":  # 32-bit integer grayscale (how Pillow opens some 16-bit files)
+        return np.asarray(img, dtype=np.int64).clip(0, 65535).astype(np.uint16)
+    if img.mode == "F":
+        raise ImageError(f"{where}: floating-point images are not supported")
+    alpha = pil_has_alpha(img)
+    gray = img.mode in ("1", "L", "LA", "La")
+    mode = ("LA" if alpha else "L") if gray else ("RGBA" if alpha else "RGB")
+    return np.asarray(img.convert(mode), dtype=np.uint8)
 
 
 def pil_has_alpha(image: Image.Image) -> bool:

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from data import pil_has_alpha, quantize
+from data import pil_array, quantize
 from imresize import upscale as bicubic_upscale
 from inference import Upscaler
 from model import SINGLE_IMAGE
@@ -102,10 +102,5 @@ class SuperResolver:
         return out[..., 0] if array.ndim == 2 else out
 
     def _upscale_pil(self, image: Image.Image) -> Image.Image:
-        if image.mode.startswith("I;16"):  # 16-bit gray stays 16-bit
-            return Image.fromarray(self._upscale_array(np.asarray(image, dtype=np.uint16)))
-        if image.mode in ("L", "LA", "RGB", "RGBA"):
-            mode = image.mode
-        else:  # palette, CMYK, 1-bit ...: RGB, with alpha where the image has transparency
-            mode = "RGBA" if pil_has_alpha(image) else "RGB"
-        return Image.fromarray(self._upscale_array(np.asarray(image.convert(mode))))
+        """Decoded as a file is by `read_image` (16-bit gray stays 16-bit, transparency kept)."""
+        return Image.fromarray(self._upscale_array(pil_array(image, "the PIL image")))

@@ -56,6 +56,29 @@ def test_each_kind_comes_back_as_it_went_in_with_the_cli_pixels(tmp_path):
     assert batch.shape == (2, 3, 24, 24) and batch.min() >= 0 and batch.max() <= 1
 
 
+def test_a_pil_image_is_decoded_as_the_same_image_read_from_a_file(tmp_path):
+    from data import read_image_and_alpha
+
+    rng = np.random.default_rng(1)
+    gray = Image.fromarray(rng.integers(0, 256, (12, 14), dtype=np.uint8))
+    keyed = gray.copy()
+    keyed.info["transparency"] = int(np.asarray(gray)[0, 0])  # gray with a transparent value
+    images = {
+        "1-bit": gray.convert("1"),
+        "gray, transparent value": keyed,
+        "palette": gray.convert("RGB").convert("P"),
+        "16-bit": Image.fromarray(rng.integers(0, 65536, (12, 14), dtype=np.uint16)),
+    }
+    sr = SuperResolver(CHECKPOINT)
+    for kind, image in images.items():
+        image.save(tmp_path / "in.png")
+        color, _, alpha = read_image_and_alpha(tmp_path / "in.png")
+        out = np.asarray(sr.upscale(Image.open(tmp_path / "in.png")))
+        channels = color.shape[0] + (alpha is not None)
+        assert (out.shape[-1] if out.ndim == 3 else 1) == channels, kind
+        assert out.dtype == (np.uint16 if kind == "16-bit" else np.uint8), kind
+
+
 @pytest.mark.parametrize(
     "bad",
     [
