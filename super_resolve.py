@@ -251,9 +251,7 @@ def check_size(lr: Tensor, where: str) -> None:
         )
 
 
-def check_gt(
-    gt: Tensor, lr: Tensor, gt_path: Path, lr_path: Path, scale: int, shave: int | None = None
-) -> Tensor:
+def check_gt(gt: Tensor, lr: Tensor, gt_path: Path, lr_path: Path, scale: int, shave: int) -> Tensor:
     """Ground truth in the channels of the SR image of `lr` (cropped to a multiple of the
     scale, as the protocol does), or an error naming both sizes."""
     size = (lr.shape[-2] * scale, lr.shape[-1] * scale)
@@ -265,7 +263,7 @@ def check_gt(
             f"{gt_path}: ground truth is {gt.shape[-1]}x{gt.shape[-2]} but the x{scale} output of "
             f"{lr_path.name} is {size[1]}x{size[0]}"
         )
-    check_scorable(gt, str(gt_path), scale if shave is None else shave)
+    check_scorable(gt, str(gt_path), shave)
     return to_channels(gt, lr.shape[0])
 
 
@@ -416,11 +414,12 @@ def run_dataset(args: argparse.Namespace, upscaler: Upscaler) -> int:
     check_outputs(sr_paths + panel_paths, [], args.overwrite)
     rows: list[dict] = []
     spectra: dict[str, list[Tensor]] = {}
+    shave = shave_of(args, upscaler.scale)
     for index, pair in enumerate(tqdm(pairs, desc=args.dataset, disable=not show, leave=False)):
         check_size(pair.lr, pair.name)
-        check_scorable(pair.hr, pair.name, shave_of(args, upscaler.scale))
+        check_scorable(pair.hr, pair.name, shave)
         sr, bic = upscaler(pair.lr), bicubic(pair.lr, upscaler.scale)
-        row = image_row(pair.name, sr, bic, pair.hr, shave_of(args, upscaler.scale))
+        row = image_row(pair.name, sr, bic, pair.hr, shave)
         for who, image in (("model", sr), ("bicubic", bic)):
             for band, ratio in band_energy_ratios(image, pair.hr).items():
                 row[f"{who}_energy_{band}"] = ratio
@@ -494,6 +493,7 @@ def run_robustness(args: argparse.Namespace, upscaler: Upscaler) -> int:
                "bilinear": lambda lr: imresize(lr, size=(lr.shape[-2] * scale, lr.shape[-1] * scale),
                                                method="bilinear").clamp(0, 1)}  # fmt: skip
     results: dict[str, dict[str, dict[str, float]]] = {}
+    shave = shave_of(args, scale)
     for kernel in kernels:
         pairs = load_pairs(args.dataset, scale, degradations=(kernel,), progress=show)
         sums = {name: {"l1": 0.0, "psnr": 0.0, "ssim": 0.0} for name in methods}
@@ -501,10 +501,10 @@ def run_robustness(args: argparse.Namespace, upscaler: Upscaler) -> int:
             check_size(pair.lr, pair.name)
             for name, method in methods.items():
                 sr = method(pair.lr)
-                p, q = score(sr, pair.hr, shave_of(args, scale))
+                p, q = score(sr, pair.hr, shave)
                 sums[name]["psnr"] += p
                 sums[name]["ssim"] += q
-                sums[name]["l1"] += l1_error(sr, pair.hr, shave_of(args, scale))
+                sums[name]["l1"] += l1_error(sr, pair.hr, shave)
         results[kernel] = {
             name: {k: v / len(pairs) for k, v in values.items()} for name, values in sums.items()
         }
@@ -606,6 +606,7 @@ def run_inputs(args: argparse.Namespace, upscaler: Upscaler) -> int:
     plans = plan_outputs(paths, args, upscaler.scale)
     rows = []
     show = not args.quiet and not args.json and len(paths) > 1
+    shave = shave_of(args, upscaler.scale)
     for lr_path, outputs in zip(tqdm(paths, desc="super-resolving", disable=not show, leave=False), plans):
         gt_path = find_gt(args.gt, lr_path, single=len(paths) == 1) if args.gt else None
         scoring = bool(gt_path or outputs.panel or args.outscale)
@@ -613,7 +614,6 @@ def run_inputs(args: argparse.Namespace, upscaler: Upscaler) -> int:
         check_memory(str(lr_path), *image_size(lr_path), largest, scoring=scoring)
         lr, bits, alpha = read_image_and_alpha(lr_path)
         check_size(lr, str(lr_path))
-        shave = shave_of(args, upscaler.scale)
         gt = (
             check_gt(read_image(gt_path)[0], lr, gt_path, lr_path, upscaler.scale, shave) if gt_path else None
         )
@@ -743,7 +743,7 @@ def run_scene(args: argparse.Namespace, checkpoint: dict, device: torch.device) 
         gt = to_channels(read_image(args.gt)[0], 1)
         mask = torch.ones_like(gt)
     if gt is not None:  # checked before anything is written
-        gt = check_gt(gt, burst.frames[:1], Path(args.gt or scene / "HR.png"), scene, scale)
+        gt = check_gt(gt, burst.frames[:1], Path(args.gt or scene / "HR.png"), scene, scale, scale)
         mask = mask[..., : gt.shape[-2], : gt.shape[-1]]
     sr, log_scale = fuse(model, burst, device)
     folder = ensure_folder(args.out_dir) if args.out_dir else scene.parent
