@@ -87,9 +87,10 @@ class Task:
     baseline_name: str = "bicubic"
 
 
-def _inner_region(border: int, patch_size: int) -> tuple[slice, ...]:
-    """The index of a batch of patches without `border` pixels at each edge (all of it for 0)."""
-    return (..., slice(border, patch_size - border), slice(border, patch_size - border))
+def _inner(patches: Tensor, border: int) -> Tensor:
+    """A batch of patches without `border` pixels at each edge (all of it for 0)."""
+    height, width = patches.shape[-2:]
+    return patches[..., border : height - border, border : width - border]
 
 
 def single_image_task(config: dict, model: nn.Module, runtime: Runtime, show: bool) -> Task:
@@ -112,13 +113,13 @@ def single_image_task(config: dict, model: nn.Module, runtime: Runtime, show: bo
     )
     loss_fn = make_loss(config["loss"], runtime.device, config["perceptual_weights"])
     scale = config["scale"]
-    inner = _inner_region(config["loss_border"], config["patch_size"])
+    border = config["loss_border"]
 
     def step_loss(net: nn.Module, batch: list[Tensor], epoch: int) -> Tensor:
         lr, hr = batch
         with autocast(runtime):
             sr = net(lr.contiguous(memory_format=torch.channels_last))
-        return loss_fn(sr.float()[inner], hr[inner])
+        return loss_fn(_inner(sr.float(), border), _inner(hr, border))
 
     def scores(upscale: Callable[[Tensor], Tensor]) -> tuple[float, float]:
         results = [
