@@ -59,14 +59,18 @@ def quantize(img: Tensor) -> Tensor:
     return torch.round(img.detach().to(torch.float64).clamp(0.0, 1.0) * 255.0)
 
 
+def shave_border(img: Tensor, shave: int) -> Tensor:
+    """(..., H, W) without `shave` pixels at each edge (all of it for 0)."""
+    height, width = img.shape[-2:]
+    return img[..., shave : height - shave, shave : width - shave]
+
+
 def _protocol_planes(img: Tensor, shave: int, y_channel: bool) -> Tensor:
     """The (B, C, H, W) float64 0..255 planes that the protocol scores."""
     planes = quantize(img)
     if y_channel and planes.shape[-3] == 3:
         planes = rgb_to_y(planes)
-    if shave > 0:
-        planes = planes[..., shave:-shave, shave:-shave]
-    return planes
+    return shave_border(planes, shave)
 
 
 def _check_pair(sr: Tensor, hr: Tensor, shave: int) -> tuple[Tensor, Tensor, bool]:

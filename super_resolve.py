@@ -59,6 +59,7 @@ from metrics import (
     psnr,
     radial_power_spectrum,
     scene_scores,
+    shave_border,
     ssim,
     uncertainty_rank_correlation,
 )
@@ -588,8 +589,7 @@ def write_outputs(
 def l1_error(sr: Tensor, hr: Tensor, shave: int) -> float:
     """Mean absolute error in [0, 1] of the 8-bit-rounded SR on all channels, border shaved."""
     a = torch.round(sr.clamp(0, 1) * 255) / 255
-    height, width = hr.shape[-2:]
-    return (a - hr).abs()[..., shave : height - shave, shave : width - shave].mean().item()
+    return shave_border((a - hr).abs(), shave).mean().item()
 
 
 def run_inputs(args: argparse.Namespace, upscaler: Upscaler) -> int:

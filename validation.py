@@ -20,7 +20,7 @@ from data import PatchDataset
 from imresize import DEGRADATIONS, upscale
 from inference import Upscaler
 from losses import make_loss, registered_l1, registered_uncertainty_loss
-from metrics import psnr, scene_scores, ssim
+from metrics import psnr, scene_scores, shave_border, ssim
 from model import MULTI_FRAME, SINGLE_IMAGE, parse_model_options
 from runtime import Runtime, autocast
 from utils import (
@@ -87,12 +87,6 @@ class Task:
     baseline_name: str = "bicubic"
 
 
-def _inner(patches: Tensor, border: int) -> Tensor:
-    """A batch of patches without `border` pixels at each edge (all of it for 0)."""
-    height, width = patches.shape[-2:]
-    return patches[..., border : height - border, border : width - border]
-
-
 def single_image_task(config: dict, model: nn.Module, runtime: Runtime, show: bool) -> Task:
     """LR/HR patches, the chosen loss, PSNR/SSIM of full validation images against bicubic."""
     options = parse_model_options(config["model_option"])
@@ -119,7 +113,7 @@ def single_image_task(config: dict, model: nn.Module, runtime: Runtime, show: bo
         lr, hr = batch
         with autocast(runtime):
             sr = net(lr.contiguous(memory_format=torch.channels_last))
-        return loss_fn(_inner(sr.float(), border), _inner(hr, border))
+        return loss_fn(shave_border(sr.float(), border), shave_border(hr, border))
 
     def scores(upscale: Callable[[Tensor], Tensor]) -> tuple[float, float]:
         results = [
