@@ -1,0 +1,67 @@
+"""The READMEs name the code as it is: every `module.name` they cite exists, and the model
+table lists every registered model with options its constructor takes."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import typing
+from pathlib import Path
+
+import pytest
+
+from model import MODELS
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ["README.md", "checkpoints/README.md", "wip/README.md"]
+MODULES = {path.stem for path in ROOT.glob("*.py")}
+FILE_SUFFIXES = {"py", "log", "json", "csv", "pth", "png", "txt", "md"}
+
+
+def cited_names(text: str) -> set[tuple[str, str]]:
+    """(module, attribute) pairs cited as `module.name`, `module.name(...)` or `module.name[...]`."""
+    pairs = re.findall(r"`(\w+)\.(\w+)(?=[`(\[])", text)
+    return {(module, name) for module, name in pairs if module in MODULES and name not in FILE_SUFFIXES}
+
+
+def model_table(readme: str) -> dict[str, list[str]]:
+    """The README's model table: name -> the option names in its options column."""
+    table = readme.split("| name | network | options |", 1)[1].split("\n\n", 1)[0]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        name = cells[0].strip("`")
+        rows[name] = [token.split("=")[0] for token in re.findall(r"`([^`]+)`", cells[-1])]
+    return rows
+
+
+def constructor_parameters(make) -> set[str]:
+    """Keyword names a registry entry takes, following **options into the class it returns."""
+    parameters = inspect.signature(make).parameters
+    names = {name for name, p in parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    if len(names) < len(parameters):
+        names |= constructor_parameters(typing.get_type_hints(make)["return"])
+    return names
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_cited_module_name_exists(doc):
+    cited = cited_names((ROOT / doc).read_text())
+    missing = [f"{m}.{name}" for m, name in sorted(cited) if not hasattr(importlib.import_module(m), name)]
+    assert not missing, f"{doc} cites names the code does not have: {missing}"
+
+
+def test_the_citation_pattern_finds_stale_names():
+    text = "`utils.psnr(sr, hr)` and `metrics.ssim(...)`, written by `train.py` to `gpu_check.log`"
+    assert cited_names(text) == {("utils", "psnr"), ("metrics", "ssim")}
+    assert not hasattr(importlib.import_module("utils"), "psnr")
+
+
+def test_the_model_table_lists_every_registered_model_and_real_options():
+    rows = model_table((ROOT / "README.md").read_text())
+    assert set(rows) == set(MODELS)
+    for name, options in rows.items():
+        parameters = constructor_parameters(MODELS[name][0])
+        unknown = [o for o in options if o not in MODELS and o not in parameters]
+        assert not unknown, f"README's {name} row names options {name} does not take: {unknown}"
