@@ -357,9 +357,24 @@ def summary(info: dict) -> list[str]:
         seconds = sum(row["seconds"] for row in history)
         loss = history[-1]["train_loss"]
         lines.append(f"time       {seconds / 3600:.2f} h over {len(history)} epochs, last loss {loss:.6f}")
+        lines += [line for line in [time_to_go(info)] if line]
     if args.get("ema"):
         lines.append(f"weights    moving average, decay {args['ema']} (validated, used by super_resolve.py)")
     return lines
+
+
+def time_to_go(info: dict, recent: int = 10) -> str | None:
+    """For an unfinished run: the epochs left and their time at the median pace of the last few."""
+    history, planned = info["history"], info["args"].get("num_epoch") or 0
+    left = planned - info["epoch"]
+    if not history or left <= 0:
+        return None
+    times = sorted(row["seconds"] for row in history[-recent:])
+    pace = times[len(times) // 2]
+    return (
+        f"to go      {left} epochs, about {left * pace / 3600:.1f} h at the recent pace "
+        f"({pace:.0f} s an epoch, the median of the last {len(times)})"
+    )
 
 
 def time_to_quality(info: dict, target: float) -> str:

@@ -310,6 +310,7 @@ def test_inspect_text_json_and_plot(data, tmp_path, capsys):
     assert "srcnn x3" in text and "20,099 parameters" in text and "epochs     2 of 2" in text
     assert "best PSNR" in text and "last PSNR" in text and "time " in text and "--all" in text
     assert "arguments" not in text and "\n    1 " not in text  # a summary: no per-epoch rows
+    assert "to go" not in text  # finished
     assert _run(["inspect", str(out / "last.pth"), "--all"]) == 0
     full = capsys.readouterr().out
     assert full.startswith(text.rsplit("\n(", 1)[0]) and "arguments" in full
@@ -328,6 +329,26 @@ def test_inspect_text_json_and_plot(data, tmp_path, capsys):
     assert info["params"] == 20099 and info["epoch"] == 2 and len(info["history"]) == 2
     png = (tmp_path / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_inspect_estimates_the_time_left_from_the_recent_pace(data, tmp_path):
+    out = tmp_path / "run"
+    assert _run(["train", *_args(data, out, "--num-epoch", "2")]) == 0
+    info = train.describe(load_checkpoint(out / "last.pth"))
+    info["args"]["num_epoch"] = 12
+    for row, seconds in zip(info["history"], (30.0, 90.0)):
+        row["seconds"] = seconds
+    assert (
+        train.time_to_go(info)
+        == "to go      10 epochs, about 0.2 h at the recent pace (90 s an epoch, the median of the last 2)"
+    )
+    assert "(90 s an epoch, the median of the last 1)" in train.time_to_go(info, recent=1)
+    info["history"].append({**info["history"][-1], "seconds": 200.0})  # one slow epoch moves no median
+    info["epoch"] = 3
+    assert "9 epochs, about 0.2 h" in train.time_to_go(info) and "(90 s an epoch" in train.time_to_go(info)
+    assert train.time_to_go(info) in train.summary(info)
+    info["epoch"] = 12
+    assert train.time_to_go(info) is None
 
 
 def test_device_option(data, tmp_path, capsys):
