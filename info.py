@@ -61,28 +61,40 @@ def environment() -> dict[str, str]:
 
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+BENCHMARKS = ("PROBAV-sample", "Set5", "Set14")  # the recorded results info.py shows
 
 
 def shipped_checkpoints(folder: Path = CHECKPOINTS) -> list[tuple[str, str]]:
-    """(file name, Set5 result line) of each shipped checkpoint, from its recorded results."""
+    """(file name, results line) of each shipped checkpoint, from its recorded results: the real
+    PROBA-V scenes for a multi-frame model that has them, else Set5 and Set14."""
     rows = []
     for path in sorted(folder.glob("*.pth")):
-        results = folder / "results" / f"{path.stem}_Set5.json"
-        if not results.is_file():
+        records = {name: folder / "results" / f"{path.stem}_{name}.json" for name in BENCHMARKS}
+        recorded = {name: json.loads(file.read_text()) for name, file in records.items() if file.is_file()}
+        if "PROBAV-sample" in recorded:
+            recorded = {"PROBAV-sample": recorded["PROBAV-sample"]}
+        if not recorded:
             rows.append((path.name, "no recorded results (make results)"))
             continue
-        record = json.loads(results.read_text())
         cost = f", {_multiply_adds(path) / 1e3:.0f}k multiply-adds per pixel"
-        metric = "cpsnr" if "model_cpsnr" in record["mean"] else "psnr"
-        mean, label = record["mean"], "cPSNR" if metric == "cpsnr" else "PSNR"
-        rows.append(
-            (
-                path.name,
-                f"{record['model']} x{record['scale']}, Set5 {label} {mean[f'model_{metric}']:.2f} dB "
-                f"(bicubic {mean[f'bicubic_{metric}']:.2f} dB){cost}",
-            )
-        )
+        rows.append((path.name, results_line(recorded) + cost))
     return rows
+
+
+def results_line(recorded: dict[str, dict]) -> str:
+    """`model xS, Set5 / Set14 PSNR a / b dB (bicubic c / d dB)` from results JSONs by dataset."""
+    first = next(iter(recorded.values()))
+    metric = "cpsnr" if "model_cpsnr" in first["mean"] else "psnr"
+    label, baseline = ("cPSNR", "baseline") if metric == "cpsnr" else ("PSNR", "bicubic")
+
+    def joined(key: str) -> str:
+        return " / ".join(f"{record['mean'][key]:.2f}" for record in recorded.values())
+
+    score = f", score {first['mean']['score']:.3f}" if metric == "cpsnr" and len(recorded) == 1 else ""
+    return (
+        f"{first['model']} x{first['scale']}, {' / '.join(recorded)} {label} {joined(f'model_{metric}')} dB "
+        f"({baseline} {joined(f'bicubic_{metric}')} dB{score})"
+    )
 
 
 def _multiply_adds(path: Path) -> float:

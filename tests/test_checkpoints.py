@@ -83,8 +83,14 @@ def test_info_lists_the_shipped_checkpoints_with_their_recorded_results(tmp_path
     listed = dict(info.shipped_checkpoints())
     assert sorted(listed) == sorted(SHIPPED)
     for name, (metric, _) in SHIPPED.items():
-        recorded = json.loads((RESULTS / f"{Path(name).stem}_Set5.json").read_text())["mean"]
-        assert f"{recorded[f'model_{metric}']:.2f} dB" in listed[name]
+        sets = ["PROBAV-sample"] if metric == "cpsnr" else ["Set5", "Set14"]  # the real scenes for PIUnet
+        recorded = [json.loads((RESULTS / f"{Path(name).stem}_{s}.json").read_text())["mean"] for s in sets]
+        figures = " / ".join(f"{mean[f'model_{metric}']:.2f}" for mean in recorded)
+        baselines = " / ".join(f"{mean[f'bicubic_{metric}']:.2f}" for mean in recorded)
+        assert f"{' / '.join(sets)} {metric.replace('psnr', 'PSNR')} {figures} dB" in listed[name], listed[
+            name
+        ]
+        assert f"{baselines} dB" in listed[name]
     (tmp_path / "new.pth").write_bytes(b"")
     assert info.shipped_checkpoints(tmp_path) == [("new.pth", "no recorded results (make results)")]
 
