@@ -92,9 +92,14 @@ def _resize_axis_gather(x: Tensor, axis: int, out_len: int, scale: float, method
     return out
 
 
-@functools.lru_cache(maxsize=32)
 @torch.compiler.assume_constant_result  # plain numbers of (factor, method): no graph break
 def _phase_kernels(factor: int, method: str) -> tuple[tuple[float, ...], ...]:
+    """MATLAB's weights of each output phase (below); compiled graphs hold them as constants."""
+    return _phase_kernels_cached(factor, method)
+
+
+@functools.lru_cache(maxsize=32)  # behind the plain function above: Dynamo warns on a traced cache
+def _phase_kernels_cached(factor: int, method: str) -> tuple[tuple[float, ...], ...]:
     """Weights of each output phase on input offsets -2..2 for integer upscaling, as MATLAB
     computes them (plain numbers, so that traced and exported graphs hold them as constants)."""
     kernel, _, _ = _KERNELS[method]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -151,8 +152,11 @@ def test_bench_compile_row_computes_the_fast_path_numbers(capsys):
     assert compiled["first_call_seconds"] >= compiled["seconds"] > 0
 
 
-def test_bicubic_skip_compiles_without_graph_breaks():
+def test_bicubic_skip_compiles_without_graph_breaks_or_warnings():
+    torch._dynamo.reset()  # trace afresh, whatever earlier tests compiled
     model = build_model("srcnn", 3).eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         explanation = torch._dynamo.explain(model)(torch.rand(1, 3, 12, 12))
     assert explanation.graph_break_count == 0
+    assert not [str(w.message) for w in caught if "imresize" in str(w.message)]
