@@ -94,7 +94,7 @@ def _resize_axis_gather(x: Tensor, axis: int, out_len: int, scale: float, method
 
 @torch.compiler.assume_constant_result  # plain numbers of (factor, method): no graph break
 def _phase_kernels(factor: int, method: str) -> tuple[tuple[float, ...], ...]:
-    """MATLAB's weights of each output phase (below); compiled graphs hold them as constants."""
+    """MATLAB's weights of each output phase (`_phase_kernels_cached`), constants to compiled graphs."""
     return _phase_kernels_cached(factor, method)
 
 

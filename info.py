@@ -66,7 +66,7 @@ BENCHMARKS = ("PROBAV-sample", "Set5", "Set14")  # the recorded results info.py 
 
 def shipped_checkpoints(folder: Path = CHECKPOINTS) -> list[tuple[str, str]]:
     """(file name, results line) of each shipped checkpoint, from its recorded results: the real
-    PROBA-V scenes for a multi-frame model that has them, else Set5 and Set14."""
+    PROBA-V scenes where recorded, else Set5 and Set14."""
     rows = []
     for path in sorted(folder.glob("*.pth")):
         records = {name: folder / "results" / f"{path.stem}_{name}.json" for name in BENCHMARKS}
@@ -90,7 +90,8 @@ def results_line(recorded: dict[str, dict]) -> str:
     def joined(key: str) -> str:
         return " / ".join(f"{record['mean'][key]:.2f}" for record in recorded.values())
 
-    score = f", score {first['mean']['score']:.3f}" if metric == "cpsnr" and len(recorded) == 1 else ""
+    score = first["mean"].get("score") if len(recorded) == 1 else None
+    score = f", score {score:.3f}" if score is not None else ""
     return (
         f"{first['model']} x{first['scale']}, {' / '.join(recorded)} {label} {joined(f'model_{metric}')} dB "
         f"({baseline} {joined(f'bicubic_{metric}')} dB{score})"

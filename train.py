@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -327,7 +328,7 @@ def command_inspect(args: argparse.Namespace) -> int:
 
 
 def summary(info: dict) -> list[str]:
-    """`inspect`'s summary lines: model, data, epochs, best and last validation, time."""
+    """`inspect`'s summary lines: model, data, epochs, best and last validation, time (and left)."""
     args, history = info["args"], info["history"]
     metric = "cPSNR" if info["kind"] == MULTI_FRAME else "PSNR"
     options = f"  options {info['options']}" if info["options"] else ""
@@ -369,10 +370,12 @@ def time_to_go(info: dict, recent: int = 10) -> str | None:
     left = planned - info["epoch"]
     if not history or left <= 0:
         return None
-    times = sorted(row["seconds"] for row in history[-recent:])
-    pace = times[len(times) // 2]
+    times = [row["seconds"] for row in history[-max(recent, 1) :]]
+    pace = statistics.median(times)
+    total = left * pace
+    duration = f"{total / 3600:.1f} h" if total >= 3600 else f"{total / 60:.0f} min"
     return (
-        f"to go      {left} epochs, about {left * pace / 3600:.1f} h at the recent pace "
+        f"to go      {left} epochs, about {duration} at the recent pace "
         f"({pace:.0f} s an epoch, the median of the last {len(times)})"
     )
 

@@ -95,6 +95,21 @@ def test_info_lists_the_shipped_checkpoints_with_their_recorded_results(tmp_path
     assert info.shipped_checkpoints(tmp_path) == [("new.pth", "no recorded results (make results)")]
 
 
+def test_info_results_line_joins_sets_and_names_the_baseline():
+    def record(model_metric: float, baseline: float, metric: str = "psnr", **extra: float) -> dict:
+        mean = {f"model_{metric}": model_metric, f"bicubic_{metric}": baseline, **extra}
+        return {"model": "edsr", "scale": 2, "mean": mean}
+
+    line = info.results_line({"Set5": record(37.617, 33.68), "Set14": record(33.09, 30.234)})
+    assert line == "edsr x2, Set5 / Set14 PSNR 37.62 / 33.09 dB (bicubic 33.68 / 30.23 dB)"
+    burst = record(51.656, 51.213, "cpsnr", score=0.99162)
+    assert info.results_line({"PROBAV-sample": burst}).endswith(
+        "cPSNR 51.66 dB (baseline 51.21 dB, score 0.992)"
+    )
+    burst["mean"].pop("score")  # written only where the scenes have a baseline
+    assert info.results_line({"PROBAV-sample": burst}).endswith("(baseline 51.21 dB)")
+
+
 def test_info_prints_the_environment_that_figures_depend_on():
     env = info.environment()
     assert env["torch"] == torch.__version__ and env["cpu"] and int(env["threads"]) >= 1

@@ -335,19 +335,23 @@ def test_inspect_estimates_the_time_left_from_the_recent_pace(data, tmp_path):
     out = tmp_path / "run"
     assert _run(["train", *_args(data, out, "--num-epoch", "2")]) == 0
     info = train.describe(load_checkpoint(out / "last.pth"))
-    info["args"]["num_epoch"] = 12
+    info["args"]["num_epoch"] = 102
     for row, seconds in zip(info["history"], (30.0, 90.0)):
         row["seconds"] = seconds
-    assert (
-        train.time_to_go(info)
-        == "to go      10 epochs, about 0.2 h at the recent pace (90 s an epoch, the median of the last 2)"
+    expected = (
+        "to go      100 epochs, about 1.7 h at the recent pace (60 s an epoch, the median of the last 2)"
     )
-    assert "(90 s an epoch, the median of the last 1)" in train.time_to_go(info, recent=1)
-    info["history"].append({**info["history"][-1], "seconds": 200.0})  # one slow epoch moves no median
-    info["epoch"] = 3
-    assert "9 epochs, about 0.2 h" in train.time_to_go(info) and "(90 s an epoch" in train.time_to_go(info)
+    assert train.time_to_go(info) == expected
     assert train.time_to_go(info) in train.summary(info)
-    info["epoch"] = 12
+    assert "about 2.5 h at the recent pace (90 s an epoch, the median of the last 1)" in train.time_to_go(
+        info, 1
+    )
+    info["history"].append({**info["history"][-1], "seconds": 900.0})  # one slow epoch barely moves it
+    info["epoch"], info["args"]["num_epoch"] = 3, 13
+    assert "10 epochs, about 15 min at the recent pace (90 s an epoch" in train.time_to_go(info)
+    info["epoch"] = 13
+    assert train.time_to_go(info) is None
+    info["epoch"], info["args"]["num_epoch"] = 3, None  # no planned length recorded: nothing to estimate
     assert train.time_to_go(info) is None
 
 
