@@ -61,7 +61,8 @@ def environment() -> dict[str, str]:
 
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
-BENCHMARKS = ("PROBAV-sample", "Set5", "Set14")  # the recorded results info.py shows
+# The recorded results info.py shows, the first group that has any: real PROBA-V scenes, else Set5/14.
+BENCHMARKS = (("PROBAV-sample",), ("Set5", "Set14"))
 
 
 def shipped_checkpoints(folder: Path = CHECKPOINTS) -> list[tuple[str, str]]:
@@ -69,16 +70,23 @@ def shipped_checkpoints(folder: Path = CHECKPOINTS) -> list[tuple[str, str]]:
     PROBA-V scenes where recorded, else Set5 and Set14."""
     rows = []
     for path in sorted(folder.glob("*.pth")):
-        records = {name: folder / "results" / f"{path.stem}_{name}.json" for name in BENCHMARKS}
-        recorded = {name: json.loads(file.read_text()) for name, file in records.items() if file.is_file()}
-        if "PROBAV-sample" in recorded:
-            recorded = {"PROBAV-sample": recorded["PROBAV-sample"]}
+        recorded = recorded_results(folder / "results", path.stem)
         if not recorded:
             rows.append((path.name, "no recorded results (make results)"))
             continue
         cost = f", {_multiply_adds(path) / 1e3:.0f}k multiply-adds per pixel"
         rows.append((path.name, results_line(recorded) + cost))
     return rows
+
+
+def recorded_results(folder: Path, stem: str) -> dict[str, dict]:
+    """A checkpoint's results JSONs by dataset, from the first group of BENCHMARKS that has any."""
+    for group in BENCHMARKS:
+        files = {name: folder / f"{stem}_{name}.json" for name in group}
+        recorded = {name: json.loads(file.read_text()) for name, file in files.items() if file.is_file()}
+        if recorded:
+            return recorded
+    return {}
 
 
 def results_line(recorded: dict[str, dict]) -> str:
