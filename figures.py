@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from metrics import score_labels
 from model import MULTI_FRAME
 from utils import UserError, atomic_write
 from validation import validation_of
@@ -136,7 +137,7 @@ def plot_history(info: dict, path: Path) -> None:
     )
     multi = info["kind"] == MULTI_FRAME
     baseline = [validation_of(row)[2] for row in history]
-    ax_psnr.plot(epochs, baseline, linestyle="--", label="baseline" if multi else "bicubic")
+    ax_psnr.plot(epochs, baseline, linestyle="--", label=score_labels(multi)[2])
     ax_psnr.set(
         xlabel="epoch",
         ylabel="cPSNR (dB, PROBA-V challenge)" if multi else "PSNR (dB, Y, shave = scale)",

@@ -92,8 +92,10 @@ def recorded_results(folder: Path, stem: str) -> dict[str, dict]:
 def results_line(recorded: dict[str, dict]) -> str:
     """`model xS, Set5 / Set14 PSNR a / b dB (bicubic c / d dB)` from results JSONs by dataset."""
     first = next(iter(recorded.values()))
-    metric = "cpsnr" if "model_cpsnr" in first["mean"] else "psnr"
-    label, baseline = ("cPSNR", "baseline") if metric == "cpsnr" else ("PSNR", "bicubic")
+    from metrics import score_labels
+
+    label, _, baseline = score_labels("model_cpsnr" in first["mean"])
+    metric = label.lower()
 
     def joined(key: str) -> str:
         return " / ".join(f"{record['mean'][key]:.2f}" for record in recorded.values())

@@ -38,6 +38,11 @@ BURST_PROTOCOL = (
 )
 
 
+def score_labels(multi_frame: bool) -> tuple[str, str, str]:
+    """(score, similarity index, baseline) as printed for one protocol or the other."""
+    return ("cPSNR", "cSSIM", "baseline") if multi_frame else ("PSNR", "SSIM", "bicubic")
+
+
 # ---------------------------------------------------------------------------------------
 # Benchmark metrics
 # ---------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from figures import plot_history
 from imresize import DEGRADATIONS
 from inference import export_onnx
 from losses import LOSS_NAMES
-from metrics import PROTOCOL
+from metrics import PROTOCOL, score_labels
 from model import KINDS, MODELS, MULTI_FRAME, SINGLE_IMAGE, load_model, model_zoo
 from runtime import process_rank
 from trainer import DEFAULTS, SCHEDULES, TrainingStopped, train
@@ -330,7 +330,7 @@ def command_inspect(args: argparse.Namespace) -> int:
 def summary(info: dict) -> list[str]:
     """`inspect`'s summary lines: model, data, epochs, best and last validation, time (and left)."""
     args, history = info["args"], info["history"]
-    metric = "cPSNR" if info["kind"] == MULTI_FRAME else "PSNR"
+    metric, similarity, baseline = score_labels(info["kind"] == MULTI_FRAME)
     options = f"  options {info['options']}" if info["options"] else ""
     partial = (info["in_epoch"] or {}).get("batches", 0)
     scales = args.get("train_scales") or [1.0]
@@ -348,7 +348,6 @@ def summary(info: dict) -> list[str]:
     if scored:
         best = max(scored, key=lambda entry: entry[1])
         last = scored[-1]
-        similarity, baseline = metric.replace("PSNR", "SSIM"), "baseline" if metric == "cPSNR" else "bicubic"
         lines.append(f"best {metric:5} {best[1]:.3f} dB at epoch {best[0]} ({similarity} {best[2]:.4f})")
         lines.append(f"last {metric:5} {last[1]:.3f} dB at epoch {last[0]} ({baseline} {last[3]:.3f} dB)")
     else:
@@ -402,8 +401,7 @@ def print_history(info: dict) -> None:
     """`inspect --all`'s table: loss, validation, baseline, learning rate, time per epoch."""
     if not info["history"]:
         return
-    metric = "cPSNR" if info["kind"] == MULTI_FRAME else "PSNR"
-    similarity, baseline = metric.replace("PSNR", "SSIM"), "baseline" if metric == "cPSNR" else "bicubic"
+    metric, similarity, baseline = score_labels(info["kind"] == MULTI_FRAME)
     say(f"\n{'epoch':>5} {'loss':>10} {metric:>7} {similarity:>7} {baseline:>8} {'lr':>9} {'seconds':>8}")
 
     def fmt(value: float | None, spec: str) -> str:
