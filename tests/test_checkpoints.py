@@ -39,6 +39,11 @@ PUBLISHED_BAR = {
 }
 
 
+def recorded(name: str, dataset: str) -> dict:
+    """The results JSON `make results` wrote for a shipped file on one dataset."""
+    return json.loads((RESULTS / f"{Path(name).stem}_{dataset}.json").read_text())
+
+
 def test_every_shipped_file_is_guarded():
     assert sorted(p.name for p in CHECKPOINTS.glob("*.pth")) == sorted(SHIPPED)
 
@@ -62,9 +67,9 @@ def test_checkpoint_beats_bicubic_on_set5_as_recorded(name, data_root, capsys):
     assert run_cli(super_resolve.main, argv) == 0
     mean = json.loads(capsys.readouterr().out)["mean"]
     assert mean[f"model_{metric}"] - mean[f"bicubic_{metric}"] >= least_gain, mean
-    recorded = json.loads((RESULTS / f"{Path(name).stem}_Set5.json").read_text())["mean"]
+    expected = recorded(name, "Set5")["mean"]
     for key in (f"model_{metric}", f"bicubic_{metric}"):
-        assert mean[key] == pytest.approx(recorded[key], abs=1e-3), key
+        assert mean[key] == pytest.approx(expected[key], abs=1e-3), key
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_BAR))
@@ -72,8 +77,8 @@ def test_recorded_results_reach_the_published_bar_trained_on_291(name):
     # the Set5 figures are the ones re-scored above to 0.001 dB
     assert torch.load(CHECKPOINTS / name, weights_only=True)["args"]["train_data"] == "291"
     for dataset, bar in PUBLISHED_BAR[name].items():
-        recorded = json.loads((RESULTS / f"{Path(name).stem}_{dataset}.json").read_text())["mean"]
-        assert recorded["model_psnr"] >= bar, (dataset, recorded["model_psnr"], bar)
+        psnr = recorded(name, dataset)["mean"]["model_psnr"]
+        assert psnr >= bar, (dataset, psnr, bar)
 
 
 @pytest.mark.parametrize("name", sorted(n for n, (metric, _) in SHIPPED.items() if metric == "cpsnr"))
@@ -83,8 +88,7 @@ def test_multi_frame_checkpoint_beats_the_challenge_on_real_probav_scenes(name, 
     assert run_cli(super_resolve.main, argv) == 0
     rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)["images"]}
     assert sorted(rows) == ["imgset0000", "imgset0594"]  # the two scenes with HR
-    recorded = json.loads((RESULTS / f"{Path(name).stem}_PROBAV-sample.json").read_text())["images"]
-    for row in recorded:
+    for row in recorded(name, "PROBAV-sample")["images"]:
         scene = rows[row["name"]]
         assert scene["score"] < 1.0, scene  # beats the challenge's baseline (norm / cPSNR)
         assert scene["uncertainty_rank_correlation"] > 0, scene  # sigma ranks the errors
@@ -102,9 +106,9 @@ def test_info_lists_the_shipped_checkpoints_with_their_recorded_results(tmp_path
     assert sorted(listed) == sorted(SHIPPED)
     for name, (metric, _) in SHIPPED.items():
         sets = ["PROBAV-sample"] if metric == "cpsnr" else ["Set5", "Set14"]  # the real scenes for PIUnet
-        recorded = [json.loads((RESULTS / f"{Path(name).stem}_{s}.json").read_text())["mean"] for s in sets]
-        figures = " / ".join(f"{mean[f'model_{metric}']:.2f}" for mean in recorded)
-        baselines = " / ".join(f"{mean[f'bicubic_{metric}']:.2f}" for mean in recorded)
+        means = [recorded(name, s)["mean"] for s in sets]
+        figures = " / ".join(f"{mean[f'model_{metric}']:.2f}" for mean in means)
+        baselines = " / ".join(f"{mean[f'bicubic_{metric}']:.2f}" for mean in means)
         assert f"{' / '.join(sets)} {metric.replace('psnr', 'PSNR')} {figures} dB" in listed[name], listed[
             name
         ]
