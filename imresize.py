@@ -7,7 +7,6 @@ Never `F.interpolate(mode="bicubic")` where the protocol says bicubic: MATLAB's 
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 
@@ -92,14 +91,14 @@ def _resize_axis_gather(x: Tensor, axis: int, out_len: int, scale: float, method
     return out
 
 
-@torch.compiler.assume_constant_result  # plain numbers of (factor, method): no graph break
 def _phase_kernels(factor: int, method: str) -> tuple[tuple[float, ...], ...]:
-    """MATLAB's weights of each output phase (`_phase_kernels_cached`), constants to compiled graphs."""
-    return _phase_kernels_cached(factor, method)
+    """MATLAB's weights of each output phase: the table's for the model scales (a constant to
+    compiled graphs, with no import of Dynamo at start-up), computed for any other factor."""
+    kernels = _PHASE_KERNELS.get((factor, method))
+    return kernels if kernels is not None else _compute_phase_kernels(factor, method)
 
 
-@functools.lru_cache(maxsize=32)  # behind the plain function above: Dynamo warns on a traced cache
-def _phase_kernels_cached(factor: int, method: str) -> tuple[tuple[float, ...], ...]:
+def _compute_phase_kernels(factor: int, method: str) -> tuple[tuple[float, ...], ...]:
     """Weights of each output phase on input offsets -2..2 for integer upscaling, as MATLAB
     computes them (plain numbers, so that traced and exported graphs hold them as constants)."""
     kernel, _, _ = _KERNELS[method]
@@ -111,6 +110,11 @@ def _phase_kernels_cached(factor: int, method: str) -> tuple[tuple[float, ...], 
         total = sum(taps)
         kernels.append(tuple(t / total for t in taps))
     return tuple(kernels)
+
+
+_PHASE_KERNELS = {
+    (factor, method): _compute_phase_kernels(factor, method) for factor in (2, 3, 4) for method in _KERNELS
+}
 
 
 def _upsample_axis(x: Tensor, axis: int, factor: int, method: str) -> Tensor:

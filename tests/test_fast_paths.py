@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -153,6 +156,8 @@ def test_bench_compile_row_computes_the_fast_path_numbers(capsys):
 
 
 def test_bicubic_skip_compiles_without_graph_breaks_or_warnings():
+    import torch._dynamo
+
     torch._dynamo.reset()  # trace afresh, whatever earlier tests compiled
     model = build_model("srcnn", 3).eval()
     with torch.inference_mode(), warnings.catch_warnings(record=True) as caught:
@@ -160,3 +165,12 @@ def test_bicubic_skip_compiles_without_graph_breaks_or_warnings():
         explanation = torch._dynamo.explain(model)(torch.rand(1, 3, 12, 12))
     assert explanation.graph_break_count == 0
     assert not [str(w.message) for w in caught if "imresize" in str(w.message)]
+
+
+def test_no_command_imports_dynamo_at_start_up():
+    """torch._dynamo costs about a second of every start-up; only torch.compile should load it."""
+    code = "import sys, super_resolve, train, srkit; print('torch._dynamo' in sys.modules)"
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
