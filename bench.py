@@ -37,7 +37,6 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -230,16 +229,13 @@ def _bench_model_inference(name: str, args: argparse.Namespace, ceiling: float) 
 
 def _training_setup(name: str, options: list[str], args: argparse.Namespace):
     """The trainer module and a real training Run (task, model, optimizer, loader) for a model on
-    the bench data."""
+    the bench data, built by the trainer's own `build_run`."""
     import trainer
-    from model import parse_model_options
-    from runtime import setup_runtime
-    from validation import single_image_task
+    from config import TrainConfig
 
-    config = dict(trainer.DEFAULTS)
-    config.update(
+    config = TrainConfig(
         model=name,
-        model_option=options,
+        model_option=tuple(options),
         train_data=args.train_data,
         val_data="sample-test",
         patch_size=33,
@@ -248,27 +244,9 @@ def _training_setup(name: str, options: list[str], args: argparse.Namespace):
         workers=args.workers,
         cuda=args.cuda,
         out_dir="unused",
-        amp=None,
+        quiet=True,
     )
-    runtime = setup_runtime(config)
-    torch.manual_seed(0)
-    model = build_model(name, 3, **parse_model_options(options))
-    model.to(runtime.device, memory_format=torch.channels_last)
-    task = single_image_task(config, model, runtime, show=False)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp_dtype == torch.float16)
-    loader = DataLoader(
-        task.dataset,
-        batch_size=128,
-        sampler=PatchSampler(len(task.dataset)),
-        num_workers=args.workers,
-        pin_memory=args.cuda,
-        drop_last=True,
-        persistent_workers=args.workers > 0,
-    )
-    progress, out_dir = trainer.Progress(), Path("unused")
-    run = trainer.Run(config, runtime, model, model, optimizer, scaler, task, loader, progress, None, out_dir)
-    return trainer, run
+    return trainer, trainer.build_run(trainer.check_config(config), None)
 
 
 def bench_training(args: argparse.Namespace, ceiling: float) -> list[dict]:

@@ -15,6 +15,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -24,6 +25,9 @@ from catalog import SCENE_SETS, canonical_name, load_pairs, resolve_dataset
 from data import dihedral, load_image, mix_seed, to_channels
 from imresize import gaussian_filter, imresize, modcrop
 from utils import DatasetError, ImageError
+
+if TYPE_CHECKING:
+    from config import TrainConfig
 
 
 @dataclass
@@ -62,16 +66,16 @@ class BurstConfig:
     style: str = "plain"  # "probav": PROBA-V-like bursts (synthesize_probav_burst)
 
     @classmethod
-    def from_options(cls, options: dict) -> BurstConfig:
-        """The burst settings of a train.py configuration (frames, scale, burst_*)."""
+    def from_options(cls, options: TrainConfig) -> BurstConfig:
+        """The burst settings of a training configuration (frames, scale, burst_*)."""
         return cls(
-            frames=options["frames"],
-            scale=options["scale"],
-            max_shift=options["burst_shift"],
-            blur=options["burst_blur"],
-            noise=options["burst_noise"],
-            occlusion=options["burst_occlusion"],
-            style=options.get("burst_style") or "plain",
+            frames=options.frames,
+            scale=options.scale,
+            max_shift=options.burst_shift,
+            blur=options.burst_blur,
+            noise=options.burst_noise,
+            occlusion=options.burst_occlusion,
+            style=options.burst_style,
         )
 
 

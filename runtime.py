@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
 from utils import UserError
+
+if TYPE_CHECKING:
+    from config import TrainConfig
 
 
 @dataclass
@@ -54,25 +58,23 @@ def process_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def setup_runtime(config: dict) -> Runtime:
+def setup_runtime(config: TrainConfig) -> Runtime:
     """Pick the device and precision; join the process group when launched by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = process_rank(), int(os.environ.get("LOCAL_RANK", "0"))
-    chosen = torch.device(config["device"]) if config.get("device") else None
-    if config["cuda"]:
+    chosen = torch.device(config.device) if config.device else None
+    if config.cuda:
         device = torch.device("cuda", local_rank if chosen is None or chosen.index is None else chosen.index)
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
     else:
         device = chosen if chosen is not None and chosen.type == "mps" else torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if config["cuda"] else "gloo")
-    amp = config["amp"] if config["amp"] is not None else config["cuda"]
+        dist.init_process_group("nccl" if config.cuda else "gloo")
+    amp = config.amp if config.amp is not None else config.cuda
     amp_dtype = None
     if amp:
-        amp_dtype = (
-            torch.bfloat16 if (not config["cuda"] or torch.cuda.is_bf16_supported()) else torch.float16
-        )
+        amp_dtype = torch.bfloat16 if (not config.cuda or torch.cuda.is_bf16_supported()) else torch.float16
     return Runtime(device, rank, world, amp_dtype)
 
 

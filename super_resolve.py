@@ -35,6 +35,7 @@ from bursts import (
     probav_layout,
 )
 from catalog import ImagePair, load_pairs
+from config import recorded_config
 from data import (
     IMAGE_SUFFIXES,
     has_alpha,
@@ -698,7 +699,7 @@ def run_burst_dataset(args: argparse.Namespace, checkpoint: dict, device: torch.
 
     model = load_fusion_model(args, checkpoint, device)
     name, scale = checkpoint["model"]["name"], checkpoint["model"]["scale"]
-    config = BurstConfig.from_options(checkpoint["args"])
+    config = BurstConfig.from_options(recorded_config(checkpoint, args.checkpoint))
     show = not args.quiet and not args.json
     bursts = burst_evaluation_set(args.dataset, config, progress=show, scored_only=False)
     unscored = [b for b in bursts if not b.hr.numel()]

@@ -19,17 +19,18 @@ import argparse
 import json
 import statistics
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from config import FIXED_EPOCH, FIXED_RUN, TrainConfig, fixed, load_recipe, recorded_config
 from figures import plot_history
 from imresize import DEGRADATIONS
 from inference import export_onnx
-from losses import LOSS_NAMES
 from metrics import PROTOCOL, score_labels
-from model import KINDS, MODELS, MULTI_FRAME, SINGLE_IMAGE, load_model, model_zoo
+from model import KINDS, MULTI_FRAME, SCALES, SINGLE_IMAGE, load_model, model_zoo
 from runtime import process_rank
-from trainer import DEFAULTS, SCHEDULES, TrainingStopped, train
+from trainer import TrainingStopped, train
 from utils import (
     CheckpointError,
     Parser,
@@ -39,27 +40,9 @@ from utils import (
 )
 from validation import named_history, validation_of
 
-# Changing these on resume would not continue the same run.
-FIXED_ON_RESUME = ("model", "model_option", "scale")
-# Changing these inside an interrupted epoch would skip or repeat part of its data.
-FIXED_MID_EPOCH = ("batch_size", "patch_size", "patches_per_image", "grid_stride", "train_data", "seed",
-                   "degradation", "frames", "train_scales")  # fmt: skip
-
-
 # ---------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown after each option, once: not where the help says its own default or
-    there is none (None, empty); description and epilog kept as written."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "default" in text or action.default in (None, [], "", argparse.SUPPRESS):
-            return text
-        return super()._get_help_string(action)
 
 
 def _degradation(text: str) -> str:
@@ -85,116 +68,36 @@ def _factors(text: str) -> list[float]:
     return factors
 
 
+# How a field's value is read from the command line: by its type, or by its name.
+PARSERS: dict[str, Any] = {"int": int, "float": float, "str": str, "degradation": _degradation,
+                           "train_scales": _factors}  # fmt: skip
+
+
 def _add_training_options(parser: argparse.ArgumentParser, resume: bool) -> None:
-    """Options of `train`; for `resume` they default to 'not given' and override the saved ones."""
-
-    def add(*flags: str, **kwargs: Any) -> None:
-        dest = flags[0].lstrip("-").replace("-", "_")
-        if resume:
-            kwargs["default"] = argparse.SUPPRESS
+    """The options of `train` and `resume`, one per TrainConfig field. None has an argparse
+    default: a flag not given stays absent, so that a recipe file (train) or the checkpoint's
+    arguments (resume) fill it, and the defaults come from TrainConfig alone."""
+    for spec in fields(TrainConfig):
+        if spec.name == "config":
+            continue
+        meta, kind = spec.metadata, spec.type.replace(" | None", "")
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": meta["help"]}
+        if not resume and spec.default not in (None, (), ""):
+            shown = ",".join(map(str, spec.default)) if isinstance(spec.default, tuple) else spec.default
+            kwargs["help"] += f" (default: {shown})"
+        if kind == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs.setdefault("default", DEFAULTS[dest])
-        parser.add_argument(*flags, **kwargs)
-
-    add("--model", choices=list(MODELS), help="network (the models are listed below)")
-    add(
-        "--model-option",
-        action="append",
-        metavar="KEY=VALUE",
-        help="model constructor option, repeatable (value parsed as JSON), e.g. f2=5",
-    )
-    add("--scale", type=int, choices=(2, 3, 4), help="upscaling factor")
-    add("--lr", type=float, help="peak learning rate (Adam)")
-    add("--batch-size", type=int, help="patches per step (per process under torchrun)")
-    add("--num-epoch", type=int, help="train until this epoch")
-    add("--save-freq", type=int, help="write epoch-NNNN.pth every this many epochs (last.pth every epoch)")
-    add("--loss", choices=list(LOSS_NAMES), help="training loss (perceptual: VGG16 features + 0.1 L1)")
-    add(
-        "--loss-border",
-        type=int,
-        metavar="PX",
-        help="leave this many HR pixels at each patch edge out of the loss (the SRCNN paper's 'valid' "
-        "training: the zero padding of the convolutions reaches only the edges, rare in full images)",
-    )
-    add(
-        "--perceptual-weights",
-        metavar="FILE",
-        help="torchvision VGG16 weights for --loss perceptual (default: download them)",
-    )
-    add(
-        "--train-data",
-        help="training set: a name (T91, BSD200, 291 = T91+BSD200, sample-train, ...), a folder of "
-        "images, or several joined by commas (T91,my/photos)",
-    )
-    add("--val-data", help="validation set: a name (Set5, Set14, sample-test, ...) or a folder")
-    add("--degradation", type=_degradation, help="LR kernel: bicubic, bilinear, nearest, a,b list, or random")
-    add("--patch-size", type=int, help="HR patch size in pixels (a multiple of the scale)")
-    add("--patches-per-image", type=int, help="random patches per training image per epoch")
-    add("--grid-stride", type=int, help="instead: the SRCNN paper's fixed grid of patches at this stride")
-    add(
-        "--train-scales",
-        type=_factors,
-        metavar="F,F,...",
-        help="scale augmentation: train on every image at each of these factors, 1 being the original "
-        "(e.g. 1,0.9,0.8,0.7,0.6: five times the images)",
-    )
-    add("--workers", type=int, help="DataLoader worker processes")
-    add("--seed", type=int, help="seed of initialisation, data order, crops and augmentation")
-    add(
-        "--out-dir",
-        help="folder for checkpoints and history.csv (default runs/<model>_x<scale>; on resume, "
-        "the checkpoint's folder)",
-    )
-    add("--val-freq", type=int, help="validate every this many epochs (and at the last)")
-    add(
-        "--schedule",
-        choices=SCHEDULES,
-        help="learning-rate schedule: constant, step (x gamma every "
-        "--lr-step epochs) or cosine (to 0 at --num-epoch)",
-    )
-    add("--lr-step", type=int, help="epochs between decays of the step schedule")
-    add("--lr-gamma", type=float, help="decay factor of the step schedule")
-    add("--warmup-epochs", type=float, help="linear warm-up from 0 over this many epochs")
-    add("--grad-clip", type=float, help="clip the gradient norm to this value (piunet: 15 unless given)")
-    add(
-        "--ema",
-        type=float,
-        metavar="DECAY",
-        help="keep an exponential moving average of the weights (e.g. 0.999, as BasicSR's params_ema); "
-        "validation and super_resolve.py use it",
-    )
-    add(
-        "--init-from",
-        metavar="CKPT",
-        help="start from another run's weights wherever name and shape match (e.g. x3 from a "
-        "trained x2 body, as EDSR does); the rest is initialised as usual",
-    )
-    add("--frames", type=int, help="piunet: LR frames per scene")
-    add("--burst-shift", type=int, help="piunet synthetic bursts: largest frame shift, in HR pixels")
-    add("--burst-noise", type=float, help="piunet synthetic bursts: Gaussian noise on the LR frames")
-    add("--burst-blur", type=float, help="piunet synthetic bursts: extra Gaussian blur (HR pixels)")
-    add("--burst-occlusion", type=float, help="piunet synthetic bursts: chance of an occluded rectangle")
-    add(
-        "--burst-style",
-        choices=("plain", "probav"),
-        help="piunet synthetic bursts: plain, or PROBA-V-like (radiometry, per-day changes, real "
-        "cloud statistics, clearest frames kept; --burst-blur/--burst-noise are then upper bounds, "
-        "the noise relative to the scene's contrast)",
-    )
-    add(
-        "--amp",
-        action=argparse.BooleanOptionalAction,
-        help="mixed precision (bf16 where supported, else fp16); default: on with --cuda",
-    )
-    add("--cuda", action=argparse.BooleanOptionalAction, help="train on the GPU (error if CUDA is missing)")
-    add("--device", help="where to train: cpu, cuda, cuda:N or mps (--cuda is --device cuda)")
-    add(
-        "--tensorboard",
-        metavar="DIR",
-        help="also log losses, validation, learning rate and a validation image for TensorBoard "
-        "(pip install -r requirements-tensorboard.txt)",
-    )
-    add("--quiet", action=argparse.BooleanOptionalAction, help="no progress bars (the per-epoch line stays)")
+            kwargs["metavar"] = meta["metavar"]
+            if kind == "tuple[str, ...]":
+                kwargs["action"] = "append"
+            else:
+                kwargs["type"] = PARSERS.get(spec.name, PARSERS.get(kind))
+            if meta["choices"] is not None:
+                kwargs["choices"] = list(meta["choices"])
+            if spec.name == "scale":
+                kwargs["choices"] = list(SCALES)
+        parser.add_argument(f"--{spec.name.replace('_', '-')}", **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,8 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train",
         help="train a model from scratch",
-        formatter_class=HelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"models (x3):\n{zoo}\n\n{PROTOCOL}",
+    )
+    train.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a recipe file (TOML, e.g. configs/edsr_x2.toml): its settings, then the flags given beside it",
     )
     _add_training_options(train, resume=False)
     resume = sub.add_parser("resume", help="continue from a checkpoint; given flags override saved ones")
@@ -238,48 +146,57 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------
 
 
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The training settings given on the command line (flags not given are absent)."""
+    return {spec.name: getattr(args, spec.name) for spec in fields(TrainConfig) if hasattr(args, spec.name)}
+
+
 def command_train(args: argparse.Namespace) -> int:
-    """`train`: a new run from the defaults and the given flags."""
-    config = {key: getattr(args, key) for key in DEFAULTS}
-    config["model_option"] = list(config["model_option"] or [])
-    if args.device and args.cuda and not args.device.startswith("cuda"):
-        raise UserError(f"--cuda and --device {args.device} disagree")
-    if config["out_dir"] is None:
-        config["out_dir"] = str(Path("runs") / f"{config['model']}_x{config['scale']}")
+    """`train`: a new run from the defaults, the recipe file (--config) and the given flags, each
+    overriding the one before."""
+    recipe = load_recipe(args.config) if args.config else {}
+    config = TrainConfig.from_dict({**recipe, **given_settings(args), "config": args.config}, "option")
+    if config.device and config.cuda and not config.device.startswith("cuda"):
+        raise UserError(f"--cuda and --device {config.device} disagree")
+    if config.out_dir is None:
+        name = Path(args.config).stem if args.config else f"{config.model}_x{config.scale}"
+        config = config.replace(out_dir=str(Path("runs") / name))
     return train(config)
 
 
 def command_resume(args: argparse.Namespace) -> int:
     """`resume`: the saved arguments, overridden by the flags given now."""
     checkpoint = load_checkpoint(args.checkpoint)
-    if checkpoint.get("kind") not in KINDS or not isinstance(checkpoint.get("args"), dict):
+    if checkpoint.get("kind") not in KINDS:
         raise CheckpointError(f"{args.checkpoint}: not a training checkpoint written by train.py")
-    config = {**DEFAULTS, **checkpoint["args"]}
+    saved = recorded_config(checkpoint, args.checkpoint)
     # the run goes on beside the file it resumes, not in the folder recorded inside it (a copied
     # run must not write into the original, nor a checkpoint from elsewhere choose where to write)
-    config["out_dir"] = str(Path(args.checkpoint).parent)
-    given = {key: getattr(args, key) for key in DEFAULTS if hasattr(args, key)}
+    config = saved.replace(out_dir=str(Path(args.checkpoint).parent))
+    given = given_settings(args)
+    wanted = TrainConfig.from_dict({**config.to_dict(), **given}, "option")
     rank0 = process_rank() == 0
     mid_epoch = (checkpoint.get("in_epoch") or {}).get("samples", 0) > 0
-    for key, value in given.items():
-        if value == config[key]:
+    for key in given:
+        old, new = getattr(config, key), getattr(wanted, key)
+        if new == old:
             continue
-        if mid_epoch and key in FIXED_MID_EPOCH:
+        shown = repr(list(old) if isinstance(old, tuple) else old)
+        if mid_epoch and key in fixed(FIXED_EPOCH):
             raise UserError(
                 f"--{key.replace('_', '-')} cannot change when resuming inside an interrupted epoch "
-                f"(saved {config[key]!r}); resume without it, then change it at the next run"
+                f"(saved {shown}); resume without it, then change it at the next run"
             )
-        if key in FIXED_ON_RESUME:
+        if key in fixed(FIXED_RUN):
             raise UserError(
-                f"--{key.replace('_', '-')} cannot change on resume "
-                f"(saved {config[key]!r}); start a new run with train"
+                f"--{key.replace('_', '-')} cannot change on resume (saved {shown}); "
+                "start a new run with train"
             )
         if rank0:
-            print(f"override {key}: {config[key]!r} -> {value!r}")
-        config[key] = value
+            print(f"override {key}: {shown} -> {given[key]!r}")
     if "cuda" in given and "device" not in given:  # a new --cuda / --no-cuda replaces the saved device
-        config["device"] = None
-    return train(config, checkpoint)
+        wanted = wanted.replace(device=None)
+    return train(wanted, checkpoint)
 
 
 def describe(checkpoint: dict) -> dict:

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -25,10 +24,10 @@ from torch.utils.data import DataLoader
 
 from board import check_board, log_epoch, open_board
 from catalog import canonical_name, resolve_dataset, set_names
+from config import TrainConfig, check, default
 from data import PatchSampler
 from model import (
     MULTI_FRAME,
-    SCALES,
     build_model,
     checkpoint_weights,
     count_parameters,
@@ -64,115 +63,36 @@ from validation import (
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
-# Defaults: SRCNN's classic set-up (x3, Adam, lr 1e-4, batch 128, 100 epochs, MSE, T91 / Set5).
-DEFAULTS: dict[str, Any] = {
-    "model": "srcnn",
-    "model_option": [],
-    "scale": 3,
-    "lr": 1e-4,
-    "batch_size": 128,
-    "num_epoch": 100,
-    "save_freq": 10,
-    "loss": "mse",
-    "loss_border": 0,
-    "perceptual_weights": None,
-    "train_data": "T91",
-    "val_data": "Set5",
-    "degradation": "bicubic",
-    "patch_size": 33,
-    "patches_per_image": 256,
-    "grid_stride": None,
-    "train_scales": [1.0],
-    "workers": min(4, max(0, (os.cpu_count() or 1) - 2)),
-    "seed": 0,
-    "out_dir": None,
-    "val_freq": 1,
-    "schedule": "constant",
-    "lr_step": 30,
-    "lr_gamma": 0.5,
-    "warmup_epochs": 0,
-    "grad_clip": None,
-    "ema": None,
-    "init_from": None,
-    "frames": 9,
-    "burst_shift": 2,
-    "burst_noise": 0.01,
-    "burst_blur": 0.0,
-    "burst_occlusion": 0.3,
-    "burst_style": "plain",
-    "amp": None,
-    "cuda": False,
-    "device": None,
-    "tensorboard": None,
-    "quiet": False,
-}
-
-
-SCHEDULES = ("constant", "step", "cosine")
-
 
 class TrainingStopped(Exception):
     """Training cannot go on (non-finite loss); the last good checkpoint is kept."""
 
 
-# Every numeric option's range: (key, low, high, "[]" both bounds allowed, "(]" low excluded,
-# "()" both excluded). A list (train_scales) is checked element by element; None is unset.
-RANGES = (
-    ("scale", SCALES[0], SCALES[-1], "[]"), ("workers", 0, 256, "[]"), ("lr", 0, 1, "(]"),
-    ("grad_clip", 0, 1e6, "(]"), ("warmup_epochs", 0, 10**6, "[]"), ("lr_gamma", 0, 1, "(]"),
-    ("ema", 0, 1, "()"), ("frames", 1, 64, "[]"), ("burst_shift", 0, 64, "[]"), ("burst_noise", 0, 1, "[]"),
-    ("burst_blur", 0, 16, "[]"), ("burst_occlusion", 0, 1, "[]"), ("train_scales", 0, 1, "(]"),
-)  # fmt: skip
-
-
-def _in_range(value: float, low: float, high: float, bounds: str) -> bool:
-    """Whether a finite value lies in the interval, each bound included or not as `bounds` says."""
-    above = value > low if bounds[0] == "(" else value >= low
-    below = value < high if bounds[1] == ")" else value <= high
-    return math.isfinite(value) and above and below
-
-
-def check_config(config: dict) -> None:
-    """Reject settings that cannot train, before anything is loaded or written."""
-    for key in (
-        "batch_size",
-        "num_epoch",
-        "save_freq",
-        "val_freq",
-        "patch_size",
-        "patches_per_image",
-        "lr_step",
-    ):
-        if config[key] < 1:
-            raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {config[key]}")
-    for key, low, high, bounds in RANGES:
-        value = config[key]
-        values = value if isinstance(value, list) else [value]
-        if value is not None and not all(_in_range(v, low, high, bounds) for v in values):
-            interval = f"{bounds[0]}{low}, {high}{bounds[1]}"
-            raise UserError(f"--{key.replace('_', '-')} must be in {interval}, got {value}")
-    if config["grid_stride"] is not None and config["grid_stride"] < 1:
-        raise UserError(f"--grid-stride must be at least 1, got {config['grid_stride']}")
-    if config["patch_size"] % config["scale"]:
-        raise UserError(f"--patch-size {config['patch_size']} is not a multiple of --scale {config['scale']}")
-    if not 0 <= 2 * config["loss_border"] < config["patch_size"]:
+def check_config(config: TrainConfig) -> TrainConfig:
+    """Reject settings that cannot train, before anything is loaded or written; returns the
+    configuration with --cuda following --device."""
+    check(config)
+    if config.patch_size % config.scale:
+        raise UserError(f"--patch-size {config.patch_size} is not a multiple of --scale {config.scale}")
+    if not 2 * config.loss_border < config.patch_size:
         raise UserError(
-            f"--loss-border {config['loss_border']} must be at least 0 and leave part of the "
-            f"{config['patch_size']} px patch"
+            f"--loss-border {config.loss_border} must be at least 0 and leave part of the "
+            f"{config.patch_size} px patch"
         )
-    if config["tensorboard"] is not None:
-        check_board(config["tensorboard"])
-    if config["device"] is not None:  # the more specific choice; --cuda follows it
-        config["cuda"] = parse_device(config["device"]).type == "cuda"
-    if config["cuda"] and not torch.cuda.is_available():
+    if config.tensorboard is not None:
+        check_board(config.tensorboard)
+    if config.device is not None:  # the more specific choice; --cuda follows it
+        config = config.replace(cuda=parse_device(config.device).type == "cuda")
+    if config.cuda and not torch.cuda.is_available():
         raise UserError("--cuda given, but CUDA is not available here (no GPU, or a CPU-only torch)")
-    if model_kind(config["model"]) == MULTI_FRAME:
+    if model_kind(config.model) == MULTI_FRAME:
         for key in ("train_scales", "grid_stride", "degradation", "loss_border"):
-            if config[key] != DEFAULTS[key]:
+            if getattr(config, key) != default(key):
                 flag = f"--{key.replace('_', '-')}"
                 raise UserError(
-                    f"{flag} is for single-image models; {config['model']} trains on bursts (--burst-*)"
+                    f"{flag} is for single-image models; {config.model} trains on bursts (--burst-*)"
                 )
+    return config
 
 
 @dataclass
@@ -196,16 +116,16 @@ def make_checkpoint(run: Run) -> dict:
         "version": CHECKPOINT_VERSION,
         "kind": run.task.kind,
         "model": {
-            "name": config["model"],
-            "scale": config["scale"],
-            "options": parse_model_options(config["model_option"]),
+            "name": config.model,
+            "scale": config.scale,
+            "options": parse_model_options(config.model_option),
         },
         "params": count_parameters(model),
         "state_dict": model.state_dict(),
         "ema_state_dict": ema.model.state_dict() if ema else None,
         "optimizer": run.optimizer.state_dict(),
         "scaler": run.scaler.state_dict(),
-        "args": dict(config),
+        "args": config.to_dict(),
         "epoch": progress.epoch,
         "in_epoch": {
             "world": run.runtime.world,
@@ -234,15 +154,15 @@ def progress_from(checkpoint: dict) -> Progress:
     )
 
 
-def learning_rate(config: dict, progress: float) -> float:
+def learning_rate(config: TrainConfig, progress: float) -> float:
     """Learning rate at a point of training, `progress` in epochs (a pure function)."""
-    peak = config["lr"]
-    if config["warmup_epochs"] and progress < config["warmup_epochs"]:
-        return peak * progress / config["warmup_epochs"]
-    if config["schedule"] == "step":
-        return peak * config["lr_gamma"] ** int(progress // config["lr_step"])
-    if config["schedule"] == "cosine":
-        return 0.5 * peak * (1 + math.cos(math.pi * min(progress / config["num_epoch"], 1.0)))
+    peak = config.lr
+    if config.warmup_epochs and progress < config.warmup_epochs:
+        return peak * progress / config.warmup_epochs
+    if config.schedule == "step":
+        return peak * config.lr_gamma ** int(progress // config.lr_step)
+    if config.schedule == "cosine":
+        return 0.5 * peak * (1 + math.cos(math.pi * min(progress / config.num_epoch, 1.0)))
     return peak
 
 
@@ -286,7 +206,7 @@ class StopFlag:
 class Run:
     """The training loop's state: what its functions take instead of a dozen parameters."""
 
-    config: dict
+    config: TrainConfig
     runtime: Runtime
     model: nn.Module  # the network whose weights are saved
     net: nn.Module  # what is called: the model, or its DistributedDataParallel wrapper
@@ -303,7 +223,7 @@ class Run:
     @property
     def show(self) -> bool:
         """Whether this process draws progress bars."""
-        return not self.config["quiet"] and self.runtime.main
+        return not self.config.quiet and self.runtime.main
 
     @property
     def steps_per_epoch(self) -> int:
@@ -314,12 +234,12 @@ class Run:
         self.runtime.log(text)
 
 
-def train(config: dict, checkpoint: dict | None = None) -> int:
+def train(config: TrainConfig, checkpoint: dict | None = None) -> int:
     """Train (or continue) the run described by `config`; returns the exit status."""
-    check_config(config)
+    config = check_config(config)
     if process_rank() != 0:  # the main process owns the out-dir
         return _train_locked(config, checkpoint)
-    out_dir = ensure_folder(config["out_dir"])
+    out_dir = ensure_folder(config.out_dir)
     lock = FolderLock(out_dir)
     try:
         for tmp in clear_stale_temporaries(out_dir):  # only once the folder is this run's
@@ -329,18 +249,18 @@ def train(config: dict, checkpoint: dict | None = None) -> int:
         lock.release()
 
 
-def _train_locked(config: dict, checkpoint: dict | None) -> int:
+def _train_locked(config: TrainConfig, checkpoint: dict | None) -> int:
     """`train` once this process holds the out-dir (the main process locks it)."""
     run = build_run(config, checkpoint)
     progress, runtime, log = run.progress, run.runtime, run.log
-    if progress.epoch >= config["num_epoch"]:
+    if progress.epoch >= config.num_epoch:
         log(
             f"nothing to do: the checkpoint is at epoch {progress.epoch} "
-            f"and --num-epoch is {config['num_epoch']}"
+            f"and --num-epoch is {config.num_epoch}"
         )
         return 0
     log(
-        f"training {config['model']} x{config['scale']} ({count_parameters(run.model):,} parameters) on "
+        f"training {config.model} x{config.scale} ({count_parameters(run.model):,} parameters) on "
         f"{runtime.device}{f' x{runtime.world} processes' if runtime.world > 1 else ''}"
         f"{f', {runtime.amp_dtype} autocast' if runtime.amp_dtype else ''}: {run.task.summary}; "
         f"{run.steps_per_epoch} steps/epoch; writing to {run.out_dir}"
@@ -348,7 +268,7 @@ def _train_locked(config: dict, checkpoint: dict | None) -> int:
 
     previous = {s: signal.signal(s, run.stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        for epoch in range(progress.epoch + 1, config["num_epoch"] + 1):
+        for epoch in range(progress.epoch + 1, config.num_epoch + 1):
             status = _train_epoch(run, epoch)
             if status is not None:  # interrupted: save where we are
                 if runtime.main:
@@ -381,30 +301,30 @@ def _train_locked(config: dict, checkpoint: dict | None) -> int:
     return 0
 
 
-def build_run(config: dict, checkpoint: dict | None) -> Run:
+def build_run(config: TrainConfig, checkpoint: dict | None) -> Run:
     """Model, optimizer, data and validation of a run, restored from the checkpoint if given."""
     runtime = setup_runtime(config)
-    out_dir = Path(config["out_dir"])
+    out_dir = Path(config.out_dir)
     log = runtime.log
-    options = parse_model_options(config["model_option"])
+    options = parse_model_options(config.model_option)
 
-    seed_everything(config["seed"] + runtime.rank)
+    seed_everything(config.seed + runtime.rank)
     try:
-        model = build_model(config["model"], scale=config["scale"], **options)
+        model = build_model(config.model, scale=config.scale, **options)
     except TypeError as err:
-        raise UserError(f"model {config['model']}: bad --model-option ({err})") from None
-    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
+        raise UserError(f"model {config.model}: bad --model-option ({err})") from None
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     progress = Progress()
-    if checkpoint is None and config["init_from"]:
-        log(initialise_from(model, config["init_from"]))
+    if checkpoint is None and config.init_from:
+        log(initialise_from(model, config.init_from))
     if checkpoint is not None:
         progress = _restore(checkpoint, model, optimizer)
     # channels_last: faster convolutions on GPUs and on CPUs alike (bench.py measures it)
     model.to(runtime.device, memory_format=torch.channels_last)
     _move_optimizer_state(optimizer, runtime.device)
     ema = None
-    if config["ema"] is not None:  # from the saved average when there is one, else from the weights
-        ema = WeightAverage(model, config["ema"], (checkpoint or {}).get("ema_state_dict"))
+    if config.ema is not None:  # from the saved average when there is one, else from the weights
+        ema = WeightAverage(model, config.ema, (checkpoint or {}).get("ema_state_dict"))
     scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp_dtype == torch.float16)
     if checkpoint is not None and checkpoint.get("scaler"):
         scaler.load_state_dict(checkpoint["scaler"])
@@ -412,7 +332,7 @@ def build_run(config: dict, checkpoint: dict | None) -> Run:
     if runtime.world > 1:
         net = nn.parallel.DistributedDataParallel(
             model,
-            device_ids=[runtime.device] if config["cuda"] else None,
+            device_ids=[runtime.device] if config.cuda else None,
             find_unused_parameters=model_kind(model) == MULTI_FRAME,  # sigma head idle in epoch 1
         )
 
@@ -420,25 +340,25 @@ def build_run(config: dict, checkpoint: dict | None) -> Run:
     if progress.samples and saved_world != runtime.world:
         raise UserError(f"the checkpoint stopped inside an epoch with {saved_world} processes; "
                         f"resume it with {saved_world}, not {runtime.world}")  # fmt: skip
-    show = not config["quiet"] and runtime.main
+    show = not config.quiet and runtime.main
     if runtime.world > 1:  # one process downloads missing sets, the others wait for it
         if runtime.main:
-            for name in (*set_names(config["train_data"]), config["val_data"]):
+            for name in (*set_names(config.train_data), config.val_data):
                 if canonical_name(name):
-                    resolve_dataset(name, config["scale"], progress=show)
+                    resolve_dataset(name, config.scale, progress=show)
         dist.barrier()
     make_task = multi_frame_task if model_kind(model) == MULTI_FRAME else single_image_task
     task = make_task(config, model, runtime, show)
     loader = DataLoader(
         task.dataset,
-        batch_size=config["batch_size"],
-        sampler=PatchSampler(len(task.dataset), seed=config["seed"], rank=runtime.rank, world=runtime.world),
-        num_workers=config["workers"],
-        persistent_workers=config["workers"] > 0,
+        batch_size=config.batch_size,
+        sampler=PatchSampler(len(task.dataset), seed=config.seed, rank=runtime.rank, world=runtime.world),
+        num_workers=config.workers,
+        persistent_workers=config.workers > 0,
         pin_memory=runtime.device.type == "cuda",
         worker_init_fn=_leave_signals_to_the_trainer,
     )
-    board = open_board(config["tensorboard"]) if config["tensorboard"] and runtime.main else None
+    board = open_board(config.tensorboard) if config.tensorboard and runtime.main else None
     return Run(
         config, runtime, model, net, optimizer, scaler, task, loader, progress, ema, out_dir, board=board
     )
@@ -493,7 +413,7 @@ def train_step(run: Run, batch: list[Tensor], epoch: int) -> Tensor:
     loss = run.task.step_loss(run.net, batch, epoch)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
-    clip = run.config["grad_clip"] or (15.0 if run.task.kind == MULTI_FRAME else None)  # PIUnet's 15
+    clip = run.config.grad_clip or (15.0 if run.task.kind == MULTI_FRAME else None)  # PIUnet's 15
     if clip:
         scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(run.model.parameters(), clip)
@@ -517,7 +437,7 @@ def _train_epoch(run: Run, epoch: int) -> int | None:
     bar = tqdm(
         total=steps_per_epoch,
         initial=progress.batches,
-        desc=f"epoch {epoch}/{config['num_epoch']}",
+        desc=f"epoch {epoch}/{config.num_epoch}",
         disable=not run.show,
         leave=False,
         unit="step",
@@ -588,7 +508,7 @@ def _end_epoch(run: Run, epoch: int) -> None:
                               device=runtime.device)  # fmt: skip
         dist.all_reduce(totals)
         loss = (totals[0] / totals[1]).item()
-    due = epoch % config["val_freq"] == 0 or epoch == config["num_epoch"]
+    due = epoch % config.val_freq == 0 or epoch == config.num_epoch
     score = task.validate(run.ema.model if run.ema else run.model) if due and runtime.main else None
     bicubic = task.baseline
     samples = progress.samples * runtime.world
@@ -610,7 +530,7 @@ def _end_epoch(run: Run, epoch: int) -> None:
         progress.best_psnr = score[0]
     if runtime.main:  # last.pth is written last: it commits the epoch once all else is on disk
         checkpoint = make_checkpoint(run)
-        if epoch % config["save_freq"] == 0:
+        if epoch % config.save_freq == 0:
             save_checkpoint(checkpoint, out_dir / f"epoch-{epoch:04d}.pth")
         if new_best:
             save_checkpoint(checkpoint, out_dir / "best.pth")
@@ -618,13 +538,13 @@ def _end_epoch(run: Run, epoch: int) -> None:
         save_checkpoint(checkpoint, out_dir / "last.pth")
         similarity = task.metric.replace("PSNR", "SSIM")
         val = (
-            f"{config['val_data']} {task.metric} {score[0]:.2f} dB {similarity} {score[1]:.4f} "
+            f"{config.val_data} {task.metric} {score[0]:.2f} dB {similarity} {score[1]:.4f} "
             f"({task.baseline_name} {bicubic[0]:.2f} / {bicubic[1]:.4f}){' best' if new_best else ''}"
             if score
             else "no validation"
         )
         run.log(
-            f"epoch {epoch}/{config['num_epoch']}  loss {loss:.6f}  {val}  lr {row['lr']:.3g}  "
+            f"epoch {epoch}/{config.num_epoch}  loss {loss:.6f}  {val}  lr {row['lr']:.3g}  "
             f"{row['seconds']:.1f}s  {row['patches_per_s']:,.0f} patches/s"
         )
     if runtime.world > 1:

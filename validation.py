@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from bursts import Burst, BurstConfig, burst_evaluation_set, burst_training_set
 from catalog import load_pairs, rescaled_pairs
+from config import TrainConfig
 from data import PatchDataset
 from imresize import DEGRADATIONS, upscale
 from inference import Upscaler
@@ -87,27 +88,27 @@ class Task:
     baseline_name: str = "bicubic"
 
 
-def single_image_task(config: dict, model: nn.Module, runtime: Runtime, show: bool) -> Task:
+def single_image_task(config: TrainConfig, model: nn.Module, runtime: Runtime, show: bool) -> Task:
     """LR/HR patches, the chosen loss, PSNR/SSIM of full validation images against bicubic."""
-    options = parse_model_options(config["model_option"])
+    options = parse_model_options(config.model_option)
     channels = options.get("in_channels", 3)
-    kernels = DEGRADATIONS if config["degradation"] == "random" else tuple(config["degradation"].split(","))
-    train_pairs = load_pairs(config["train_data"], config["scale"], kernels, channels=channels, progress=show)
+    kernels = DEGRADATIONS if config.degradation == "random" else tuple(config.degradation.split(","))
+    train_pairs = load_pairs(config.train_data, config.scale, kernels, channels=channels, progress=show)
     train_pairs = rescaled_pairs(
-        train_pairs, config["train_scales"], config["scale"], kernels, min_size=config["patch_size"]
+        train_pairs, config.train_scales, config.scale, kernels, min_size=config.patch_size
     )
     # validation images keep their own channels: gray ones are scored on gray, as in the tables
-    val_pairs = load_pairs(config["val_data"], config["scale"], progress=show)
+    val_pairs = load_pairs(config.val_data, config.scale, progress=show)
     dataset = PatchDataset(
         train_pairs,
-        config["patch_size"],
-        config["patches_per_image"],
-        seed=config["seed"],
-        grid_stride=config["grid_stride"],
+        config.patch_size,
+        config.patches_per_image,
+        seed=config.seed,
+        grid_stride=config.grid_stride,
     )
-    loss_fn = make_loss(config["loss"], runtime.device, config["perceptual_weights"])
-    scale = config["scale"]
-    border = config["loss_border"]
+    loss_fn = make_loss(config.loss, runtime.device, config.perceptual_weights)
+    scale = config.scale
+    border = config.loss_border
 
     def step_loss(net: nn.Module, batch: list[Tensor], epoch: int) -> Tensor:
         lr, hr = batch
@@ -125,9 +126,7 @@ def single_image_task(config: dict, model: nn.Module, runtime: Runtime, show: bo
 
     def evaluated(net: nn.Module, use: Callable[[Upscaler], Any]) -> Any:
         mode = net.training
-        upscaler = Upscaler(
-            net.eval(), config["model"], scale, channels, runtime.device, tile=256, overlap=16
-        )
+        upscaler = Upscaler(net.eval(), config.model, scale, channels, runtime.device, tile=256, overlap=16)
         try:
             return use(upscaler)
         finally:
@@ -141,22 +140,22 @@ def single_image_task(config: dict, model: nn.Module, runtime: Runtime, show: bo
 
     baseline = scores(lambda lr: upscale(lr, scale))
     summary = (
-        f"{len(train_pairs)} images, {len(dataset)} patches/epoch, loss {config['loss']}; validation "
-        f"PSNR on {config['val_data']} (bicubic {baseline[0]:.2f} dB)"
+        f"{len(train_pairs)} images, {len(dataset)} patches/epoch, loss {config.loss}; validation "
+        f"PSNR on {config.val_data} (bicubic {baseline[0]:.2f} dB)"
     )
     return Task(SINGLE_IMAGE, dataset, step_loss, validate, baseline, summary, example)
 
 
-def multi_frame_task(config: dict, model: nn.Module, runtime: Runtime, show: bool) -> Task:
+def multi_frame_task(config: TrainConfig, model: nn.Module, runtime: Runtime, show: bool) -> Task:
     """Bursts (synthetic from any image set, or PROBA-V scenes), the paper's registered loss
     schedule, cPSNR/cSSIM of held-out scenes against the bicubic upscale of the frames' mean."""
     burst = BurstConfig.from_options(config)
     dataset = burst_training_set(
-        config["train_data"], burst, config["patch_size"], config["patches_per_image"], config["seed"], show
+        config.train_data, burst, config.patch_size, config.patches_per_image, config.seed, show
     )
-    val_bursts = burst_evaluation_set(config["val_data"], burst, show)
+    val_bursts = burst_evaluation_set(config.val_data, burst, show)
     if not val_bursts:
-        raise DatasetError(f"{config['val_data']}: no validation scene with an HR image")
+        raise DatasetError(f"{config.val_data}: no validation scene with an HR image")
 
     def step_loss(net: nn.Module, batch: list[Tensor], epoch: int) -> Tensor:
         frames, weights, hr, mask = batch
@@ -193,10 +192,10 @@ def multi_frame_task(config: dict, model: nn.Module, runtime: Runtime, show: boo
     def example(net: nn.Module) -> Tensor:
         return evaluated(net, lambda fuse: fuse(val_bursts[0]).clamp(0, 1))
 
-    baseline = scores(lambda burst: burst.baseline_image(config["scale"]))
+    baseline = scores(lambda burst: burst.baseline_image(config.scale))
     summary = (
-        f"{len(dataset)} bursts/epoch of {config['frames']} frames, registered L1 (epoch 1) then "
-        f"registered Laplace NLL; validation cPSNR on {len(val_bursts)} {config['val_data']} scenes "
+        f"{len(dataset)} bursts/epoch of {config.frames} frames, registered L1 (epoch 1) then "
+        f"registered Laplace NLL; validation cPSNR on {len(val_bursts)} {config.val_data} scenes "
         f"(baseline {baseline[0]:.2f} dB: bicubic of the frames' mean; for PROBA-V-like and real scenes "
         "of the clearest frames')"
     )

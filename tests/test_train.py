@@ -18,13 +18,13 @@ from conftest import smooth_image_folder
 
 import train
 from catalog import load_pairs
+from config import TrainConfig
 from data import save_image
 from inference import Upscaler
 from losses import LOSSES
 from metrics import psnr
 from model import build_model, load_model
 from runtime import Runtime
-from trainer import DEFAULTS
 from utils import load_checkpoint, run_cli
 from validation import single_image_task
 
@@ -157,7 +157,7 @@ def test_scale_augmentation_is_recorded_and_grows_the_epoch(data, tmp_path, caps
 
 
 def test_loss_border_leaves_the_patch_edges_out_of_the_loss(data):
-    config = {**DEFAULTS, "train_data": str(data["train"]), "val_data": str(data["val"]), "patch_size": 12}
+    config = TrainConfig(train_data=str(data["train"]), val_data=str(data["val"]), patch_size=12)
     net = build_model("srcnn", 3)
     runtime = Runtime(torch.device("cpu"))
     lr, hr = (
@@ -168,7 +168,7 @@ def test_loss_border_leaves_the_patch_edges_out_of_the_loss(data):
     edited[..., :3, :] = edited[..., -3:, :] = edited[..., :, :3] = edited[..., :, -3:] = 0.5
     losses = {}
     for border in (0, 3):
-        step_loss = single_image_task({**config, "loss_border": border}, net, runtime, False).step_loss
+        step_loss = single_image_task(config.replace(loss_border=border), net, runtime, False).step_loss
         losses[border] = [step_loss(net, [lr, target], 1).item() for target in (hr, edited)]
     with torch.no_grad():
         inner = F.mse_loss(net(lr)[..., 3:9, 3:9], hr[..., 3:9, 3:9]).item()
