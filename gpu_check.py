@@ -13,7 +13,7 @@ run still leaves one), gpu_check.log (each command and its output) and the last 
 of the closing training run (split into parts under 16 MiB if it is larger).
 
 Steps, in order of value, each under its own time limit, all inside --budget seconds:
-  tests        every CUDA-marked test and CPU/GPU equality test (pytest -k cuda)
+  tests        every test marked cuda: the CPU/GPU equality tests (pytest -m cuda)
   train        train.py train --cuda (bf16 autocast), resume on the GPU, resume --no-cuda on
                the CPU, and the same with --no-amp
   sr           super_resolve.py --cuda on the validation set against the CPU: PSNR and pixels,
@@ -310,9 +310,9 @@ class Visit:
         return result
 
     def check_tests(self) -> dict:
-        """Every CUDA-marked test and CPU/GPU equality test (not this script's own tests: CPU dry
-        runs that would use up the step's time, as they did on the second visit)."""
-        selection = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cuda or gpu", "tests"]
+        """Every test marked `cuda` (the CPU/GPU equality tests; not this script's own tests: CPU
+        dry runs that would use up the step's time, as they did on the second visit)."""
+        selection = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", "tests"]
         selection += ["--ignore", "tests/test_gpu_check.py"]
         if self.dry:  # the tests skip on a CPU; collecting them is what can rot
             selection.append("--collect-only")

@@ -34,6 +34,7 @@ def test_matches_matlab_reference_at_every_scale(reference_dir):
             np.testing.assert_allclose(out, expected, atol=1e-5, rtol=0, err_msg=f"{key} {dtype}")
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_matches_cpu(reference_dir):
     for key, image, scale, _ in _reference_cases(reference_dir):

@@ -77,6 +77,7 @@ def test_rebuild_from_checkpoint_gives_identical_outputs(name, tmp_path):
         assert torch.equal(model(lr), rebuilt(lr))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("name", SINGLE_IMAGE)
 def test_cuda_matches_cpu(name):
