@@ -140,8 +140,8 @@ class TrainConfig:
     )
     out_dir: str | None = option(
         None,
-        "folder for checkpoints and history.csv (default runs/<model>_x<scale>; on resume, the "
-        "checkpoint's folder)",
+        "folder for checkpoints and history.csv (default runs/<model>_x<scale>, with --config "
+        "runs/<recipe name>; on resume, the checkpoint's folder)",
         recipe=False,
     )
     val_freq: int = option(1, "validate every this many epochs (and at the last)", low=1)

@@ -1,12 +1,14 @@
 """Super-resolve images with a trained checkpoint, beside bicubic, with metrics and panels.
 
-    python super_resolve.py --checkpoint checkpoint.x lr.bmp
-    python super_resolve.py --checkpoint X photos/ 'more/*.png' --out-dir out/ --compare-dir panels/
-    python super_resolve.py --checkpoint X lr.png --gt hr.png --compare panel.png
-    python super_resolve.py --checkpoint X --dataset Set5 [--json] [--save] [--compare-dir panels/]
+    python super_resolve.py --checkpoint checkpoints/edsr_x3.pth lr.bmp
+    python super_resolve.py --checkpoint CKPT photos/ 'more/*.png' --out-dir out/ --compare-dir panels/
+    python super_resolve.py --checkpoint CKPT lr.png --gt hr.png --compare panel.png
+    python super_resolve.py --checkpoint CKPT --dataset Set5 [--json] [--save] [--compare-dir panels/]
 
-For each LR input it writes `<name>_<model>_x<scale>.png` (the model) and
-`<name>_bicubic_x<scale>.png` (MATLAB-compatible bicubic) beside the input or in --out-dir.
+For each LR input it writes `<name>_<checkpoint>.<ext>` (the model; `--suffix` names it
+otherwise, and a run's last/best/epoch file is named with its folder: `<name>_<run>_last.png`)
+and `<name>_bicubic_x<scale>.<ext>` (MATLAB-compatible bicubic) beside the input or in
+--out-dir, `<ext>` being the input's unless --ext says otherwise.
 Large images run in overlapping tiles, so memory stays bounded whatever their size.
 """
 

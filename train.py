@@ -2,9 +2,10 @@
 
     python train.py train --cuda --lr=0.0005 --batch-size=256 --num-epoch=100 --save-freq=10
     python train.py train --lr=0.001 --batch-size=128 --num-epoch=20 --save-freq=2
-    python train.py resume checkpoint.x --cuda
-    python train.py resume checkpoint.x --batch-size=16 --num-epoch=200
-    python train.py inspect checkpoint.x [--json] [--plot curves.png] [--all] [--reach DB]
+    python train.py train --config configs/edsr_x3.toml     # a shipped model's recipe
+    python train.py resume runs/srcnn_x3/last.pth --cuda
+    python train.py resume runs/srcnn_x3/last.pth --batch-size=16 --num-epoch=200
+    python train.py inspect runs/srcnn_x3/last.pth [--json] [--plot curves.png] [--all] [--reach DB]
 
 The command line of the training loop in `trainer.py`: `train` starts a run from the
 defaults and the flags given, `resume` continues a checkpoint (as if never stopped; flags

@@ -1,5 +1,6 @@
-"""The READMEs name the code as it is: every `module.name` they cite exists, and the model
-table lists every registered model with options its constructor takes."""
+"""The READMEs and docs/ name the code as it is: every `module.name` they cite exists, the model
+table (docs/models.md) lists every registered model with options its constructor takes, the
+README keeps its size and its sections in order, and every relative link points to a file."""
 
 from __future__ import annotations
 
@@ -15,6 +16,21 @@ from model import MODELS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ["README.md", "checkpoints/README.md", "wip/README.md"]
+DOCS += sorted(path.relative_to(ROOT).as_posix() for path in (ROOT / "docs").glob("*.md"))
+MODEL_TABLE = "docs/models.md"  # where the `| name | network | options |` table lives
+README_MAX_BYTES = 15_000
+# The README's sections (its `## ` headings), in this order and no others.
+README_SECTIONS = [
+    "What it is",
+    "Two commands: `make demo` and `make test`",
+    "Upscale your own image",
+    "Evaluate on a benchmark",
+    "Train",
+    "Remote sensing",
+    "Python API",
+    "File map",
+    "Where the rest is",
+]
 MODULES = {path.stem for path in ROOT.glob("*.py")}
 FILE_SUFFIXES = {
     "py",
@@ -40,10 +56,10 @@ def cited_names(text: str) -> set[tuple[str, str]]:
     return {(module, name) for module, name in pairs if module in MODULES and name not in FILE_SUFFIXES}
 
 
-def model_table(readme: str) -> dict[str, list[str]]:
-    """The README's model table: name -> the option names in its options column ("as `basic`"
+def model_table(text: str) -> dict[str, list[str]]:
+    """The model table of a document: name -> the option names in its options column ("as `basic`"
     standing for that row's options)."""
-    table = readme.split("| name | network | options |", 1)[1].split("\n\n", 1)[0]
+    table = text.split("| name | network | options |", 1)[1].split("\n\n", 1)[0]
     rows = {}
     for line in table.splitlines()[2:]:
         cells = [cell.strip() for cell in line.strip("|").split("|")]
@@ -85,11 +101,64 @@ def test_the_citation_pattern_finds_stale_names():
 
 
 def test_the_model_table_lists_every_registered_model_and_real_options():
-    rows = model_table((ROOT / "README.md").read_text())
+    rows = model_table((ROOT / MODEL_TABLE).read_text())
     assert set(rows) == set(MODELS)
     assert rows["residual"] == rows["basic"]  # "as `basic`"
     for name, options in rows.items():
         parameters = constructor_parameters(MODELS[name][0])
-        assert "in_channels" in parameters, f"{name} does not take in_channels, as the README says each does"
+        assert "in_channels" in parameters, (
+            f"{name} does not take in_channels, as {MODEL_TABLE} says each does"
+        )
         unknown = [o for o in options if o not in parameters]
-        assert not unknown, f"README's {name} row names options {name} does not take: {unknown}"
+        assert not unknown, f"{MODEL_TABLE}'s {name} row names options {name} does not take: {unknown}"
+
+
+def without_fences(text: str) -> str:
+    """Markdown text with its fenced code blocks removed."""
+    return re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+
+
+def without_code(text: str) -> str:
+    """Markdown text with its fenced code blocks and inline code spans removed."""
+    return re.sub(r"`[^`\n]*`", "", without_fences(text))
+
+
+def relative_links(text: str) -> list[str]:
+    """Targets of the Markdown links and images that are not URLs or in-page anchors."""
+    targets = re.findall(r"\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)", without_code(text))
+    return [t for t in targets if not re.match(r"[a-z][a-z0-9+.-]*:", t) and not t.startswith("#")]
+
+
+def test_the_readme_is_short_and_its_sections_come_in_order():
+    readme = ROOT / "README.md"
+    size = readme.stat().st_size
+    assert size <= README_MAX_BYTES, (
+        f"README.md is {size} bytes; at most {README_MAX_BYTES} (move detail to docs/)"
+    )
+    text = without_fences(readme.read_text())
+    assert text.startswith("# "), "README.md starts with its title"
+    assert re.findall(r"^## (.+?)\s*$", text, re.M) == README_SECTIONS
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_relative_link_points_to_a_file_that_exists(doc):
+    path = ROOT / doc
+    links = relative_links(path.read_text())
+    broken = [link for link in links if not (path.parent / link.split("#", 1)[0]).exists()]
+    assert not broken, f"{doc} links to files that do not exist: {broken}"
+
+
+def test_the_link_pattern_finds_relative_links_only():
+    text = (
+        'See [training](docs/training.md), ![panel](docs/p.png "title"), [sec](docs/a.md#part), '
+        "[web](https://example.org/x.md), [here](#top), `[not](code.md)` and\n```\n[nor](block.md)\n```\n"
+    )
+    assert relative_links(text) == ["docs/training.md", "docs/p.png", "docs/a.md#part"]
+
+
+def test_the_readme_links_every_docs_page():
+    linked = {
+        (ROOT / link.split("#", 1)[0]).resolve() for link in relative_links((ROOT / "README.md").read_text())
+    }
+    unlinked = [p.name for p in sorted((ROOT / "docs").glob("*.md")) if p.resolve() not in linked]
+    assert not unlinked, f"README.md does not link these docs pages: {unlinked}"
