@@ -43,8 +43,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from catalog import load_pairs
-from data import PatchDataset, PatchSampler
+from data import PatchDataset, PatchSampler, load_pairs
 from inference import Upscaler
 from info import cpu_name
 from model import build_model

@@ -21,8 +21,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from catalog import SCENE_SETS, canonical_name, load_pairs, resolve_dataset
-from data import dihedral, load_image, mix_seed, to_channels
+from catalog import SCENE_SETS, canonical_name, resolve_dataset
+from data import load_pairs, mix_seed
+from images import dihedral, load_image, to_channels
 from imresize import gaussian_filter, imresize, modcrop
 from utils import DatasetError, ImageError
 

@@ -16,11 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from torch import Tensor
-
-from data import IMAGE_SUFFIXES, list_images, load_image, to_channels
-from imresize import DEGRADATIONS, degrade, imresize, modcrop
+from images import IMAGE_SUFFIXES, list_images
 from utils import DatasetError, first_line
 
 # ---------------------------------------------------------------------------------------
@@ -264,25 +260,6 @@ SAMPLE_IMAGES = {
 }
 
 
-@dataclass
-class ImagePair:
-    """An HR image and its LR version(s): one per degradation kernel in use."""
-
-    name: str
-    hr: Tensor
-    lrs: tuple[Tensor, ...]
-
-    @property
-    def lr(self) -> Tensor:
-        """The first (usually only) LR version."""
-        return self.lrs[0]
-
-    @property
-    def scale(self) -> int:
-        """The SR factor between the HR image and its LR versions."""
-        return self.hr.shape[-1] // self.lrs[0].shape[-1]
-
-
 def sample_paths(split: str = "all") -> list[Path]:
     """Paths of the photos bundled with scikit-image ('train', 'test' or 'all')."""
     import skimage.data
@@ -339,78 +316,3 @@ def dataset_sources(
     if not paths:
         raise DatasetError(f"{folder}: holds no images ({', '.join(IMAGE_SUFFIXES)})")
     return [(p, None) for p in paths]
-
-
-def load_pairs(
-    name: str,
-    scale: int,
-    degradations: Sequence[str] = ("bicubic",),
-    channels: int | None = None,
-    download: bool = True,
-    progress: bool = True,
-) -> list[ImagePair]:
-    """Decode a dataset into memory as HR/LR pairs.
-
-    A given LR image (SelfExSR layout) is used for the bicubic degradation; other kernels,
-    and sets without LR images, get LR made from the HR image cropped to a multiple of
-    `scale`. `channels` (1 or 3) converts every image; None keeps each as it is.
-    """
-    for kernel in degradations:
-        if kernel not in DEGRADATIONS:
-            raise DatasetError(f"unknown degradation {kernel!r}; use one of {DEGRADATIONS}")
-    pairs = []
-    for hr_path, lr_path in dataset_sources(name, scale, None, download, progress):
-        hr = modcrop(load_image(hr_path), scale)
-        if channels is not None:
-            hr = to_channels(hr, channels)
-        if min(hr.shape[-2:]) < scale:
-            raise DatasetError(f"{hr_path}: too small for scale x{scale}")
-        lrs = []
-        for kernel in degradations:
-            if kernel == "bicubic" and lr_path is not None:
-                lr = load_image(lr_path)
-                lr = to_channels(lr, hr.shape[0])
-                if tuple(lr.shape[-2:]) != (hr.shape[-2] // scale, hr.shape[-1] // scale):
-                    raise DatasetError(
-                        f"{lr_path}: {lr.shape[-1]}x{lr.shape[-2]} is not HR "
-                        f"{hr.shape[-1]}x{hr.shape[-2]} divided by {scale}"
-                    )
-            else:
-                lr = degrade(hr, scale, kernel)
-            lrs.append(lr)
-        pairs.append(ImagePair(hr_path.stem, hr, tuple(lrs)))
-    return pairs
-
-
-def rescaled_pairs(
-    pairs: Sequence[ImagePair],
-    factors: Sequence[float],
-    scale: int,
-    degradations: Sequence[str] = ("bicubic",),
-    min_size: int = 1,
-) -> list[ImagePair]:
-    """Every pair at each factor (1: the pair itself; below 1: the HR image shrunk, with its own LR).
-
-    The scale augmentation of FSRCNN and VDSR: the HR copy is MATLAB-bicubic resized,
-    rounded to 8 bits as a saved image would be (after any conversion to Y, where VDSR
-    rounds in RGB), and cropped to a multiple of `scale`; its LR versions are made with
-    `degradations`. Copies smaller than `min_size` pixels on a side are left out; a factor
-    given twice counts once.
-    """
-    factors = list(dict.fromkeys(float(f) for f in factors))
-    for factor in factors:
-        if not 0 < factor <= 1:
-            raise DatasetError(f"scale-augmentation factor {factor:g} is not in (0, 1]")
-    out = list(pairs) if 1 in factors else []
-    for factor in (f for f in factors if f != 1):
-        for pair in pairs:
-            hr = imresize(pair.hr, float(factor)).clamp(0, 1)
-            hr = modcrop(torch.round(hr * 255) / 255, scale)
-            if min(hr.shape[-2:]) < max(min_size, scale):
-                continue
-            lrs = tuple(degrade(hr, scale, kernel) for kernel in degradations)
-            out.append(ImagePair(f"{pair.name}@{factor:g}", hr, lrs))
-    return out
-
-
-# ---------------------------------------------------------------------------------------

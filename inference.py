@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from data import dihedral, quantize, rgb_to_ycbcr, to_channels, undo_dihedral, ycbcr_to_rgb
+from images import dihedral, quantize, rgb_to_ycbcr, to_channels, undo_dihedral, ycbcr_to_rgb
 from imresize import imresize
 from model import SCALES, load_model
 from utils import CheckpointError, ImageError, UserError, atomic_write, first_line, memory_available

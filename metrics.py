@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor
 
-from data import luma
+from images import luma
 from imresize import gaussian_filter
 
 PROTOCOL = (

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from data import pil_array, quantize
+from images import pil_array, quantize
 from imresize import upscale as bicubic_upscale
 from inference import Upscaler
 from model import SINGLE_IMAGE

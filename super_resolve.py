@@ -36,9 +36,10 @@ from bursts import (
     load_probav_scene,
     probav_layout,
 )
-from catalog import ImagePair, load_pairs
 from config import recorded_config
-from data import (
+from data import ImagePair, load_pairs
+from figures import panel_images, save_panel, save_spectra_plot
+from images import (
     IMAGE_SUFFIXES,
     has_alpha,
     image_size,
@@ -51,7 +52,6 @@ from data import (
     save_image,
     to_channels,
 )
-from figures import panel_images, save_panel, save_spectra_plot
 from imresize import DEGRADATIONS, imresize, upscale
 from inference import OnnxModel, Upscaler, check_memory, tiled_apply
 from metrics import (

@@ -15,9 +15,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from bursts import Burst, BurstConfig, burst_evaluation_set, burst_training_set
-from catalog import load_pairs, rescaled_pairs
 from config import TrainConfig
-from data import PatchDataset
+from data import PatchDataset, load_pairs, rescaled_pairs
 from imresize import DEGRADATIONS, upscale
 from inference import Upscaler
 from losses import make_loss, registered_l1, registered_uncertainty_loss

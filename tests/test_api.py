@@ -57,7 +57,7 @@ def test_each_kind_comes_back_as_it_went_in_with_the_cli_pixels(tmp_path):
 
 
 def test_a_pil_image_is_decoded_as_the_same_image_read_from_a_file(tmp_path):
-    from data import read_image_and_alpha
+    from images import read_image_and_alpha
 
     rng = np.random.default_rng(1)
     gray = Image.fromarray(rng.integers(0, 256, (12, 14), dtype=np.uint8))

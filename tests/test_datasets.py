@@ -11,16 +11,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from catalog import (
-    ImagePair,
-    dataset_sources,
-    load_pairs,
-    manifest_files,
-    rescaled_pairs,
-    resolve_dataset,
-    set_names,
-)
-from data import PatchDataset, PatchSampler, dihedral, undo_dihedral
+from catalog import dataset_sources, manifest_files, resolve_dataset, set_names
+from data import ImagePair, PatchDataset, PatchSampler, load_pairs, rescaled_pairs
+from images import dihedral, undo_dihedral
 from imresize import degrade, imresize, modcrop
 from utils import DatasetError
 

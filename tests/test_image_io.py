@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 import data
-from data import load_image, save_image
+import images
+from images import load_image, save_image
 from utils import ImageError, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,24 +98,24 @@ def test_alpha_comes_from_the_same_decoding_as_the_image(tmp_path):
     tifffile.imwrite(tmp_path / "rgba.tif", files["rgba.png"], extrasamples=["unassalpha"])
     files["rgba.tif"] = files["rgba.png"]
     for name, array in files.items():
-        image, bits, read = data.read_image_and_alpha(tmp_path / name)
+        image, bits, read = images.read_image_and_alpha(tmp_path / name)
         assert bits == 8 and read is not None and read.shape == (1, 12, 17), name
         np.testing.assert_array_equal(np.round(read[0].numpy() * 255), array[..., -1])
         pixels = np.round(image.permute(1, 2, 0).numpy() * 255)
         np.testing.assert_array_equal(pixels, array[..., :-1].reshape(pixels.shape))
-        assert data.read_image(tmp_path / name)[0].shape == image.shape  # read_image drops alpha
+        assert images.read_image(tmp_path / name)[0].shape == image.shape  # read_image drops alpha
     wide = np.dstack([rgb.astype(np.uint16) * 257, alpha.astype(np.uint16) * 257])
-    data.save_array(wide, tmp_path / "rgba16.png")
-    image, bits, read = data.read_image_and_alpha(tmp_path / "rgba16.png")
+    images.save_array(wide, tmp_path / "rgba16.png")
+    image, bits, read = images.read_image_and_alpha(tmp_path / "rgba16.png")
     assert bits == 16 and image.shape == (3, 12, 17)
     np.testing.assert_array_equal(np.round(read[0].numpy() * 65535), wide[..., -1])
     palette = Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE, colors=16)
     palette.info["transparency"] = 0
     palette.save(tmp_path / "pal.png", transparency=0)
-    image, _, read = data.read_image_and_alpha(tmp_path / "pal.png")
+    image, _, read = images.read_image_and_alpha(tmp_path / "pal.png")
     assert image.shape == (3, 12, 17) and read is not None and read.min() == 0 and read.max() == 1
     Image.fromarray(rgb).save(tmp_path / "rgb.png")
-    assert data.read_image_and_alpha(tmp_path / "rgb.png")[2] is None
+    assert images.read_image_and_alpha(tmp_path / "rgb.png")[2] is None
 
 
 def test_exif_orientation_is_applied(tmp_path):

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from catalog import load_pairs
+from data import load_pairs
 from imresize import imresize
 from metrics import psnr, rgb_to_y, ssim
 

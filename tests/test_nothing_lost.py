@@ -371,7 +371,7 @@ def test_inspect_escapes_control_characters_from_a_checkpoint(data, tmp_path, ca
 def test_tiff_planar_rgb_reads_as_rgb_and_a_stack_is_refused(tmp_path):
     import tifffile
 
-    from data import load_image
+    from images import load_image
     from utils import ImageError
 
     rgb = np.random.default_rng(0).integers(0, 65536, (3, 10, 12), dtype=np.uint16)

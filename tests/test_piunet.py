@@ -23,7 +23,7 @@ from bursts import (
     synthetic_bursts,
 )
 from catalog import sample_paths
-from data import load_image, save_image
+from images import load_image, save_image
 from losses import registered_l1, registered_uncertainty_loss
 from metrics import cpsnr, cssim
 from model import PIUnet, TemporalAttention, build_model, piunet_from_official

@@ -10,7 +10,7 @@ import torch
 import super_resolve
 import train
 from bursts import bicubic_of_mean, challenge_baseline, load_probav_scene, probav_scenes
-from data import save_image
+from images import save_image
 from metrics import cpsnr
 from utils import run_cli
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 import super_resolve
 import train
-from data import save_image
+from images import save_image
 from inference import OnnxModel
 from metrics import band_energy_ratios, radial_power_spectrum
 from model import build_model, load_model

@@ -14,7 +14,7 @@ from PIL import Image
 
 import super_resolve
 import train
-from data import dihedral, load_image, save_image
+from images import dihedral, load_image, save_image
 from imresize import degrade, imresize
 from inference import Upscaler, tiled_forward
 from metrics import psnr, ssim
@@ -248,7 +248,7 @@ def test_output_built_tile_by_tile_in_8_and_16_bits_is_the_rounded_whole_image(c
     """`Upscaler.to_array` (tiles rounded straight into the output array, which bounds memory)
     gives the file `save_image` would write from the whole float image: RGB, gray through an
     RGB model, RGB through a Y model (Cb/Cr by bicubic per tile)."""
-    from data import quantize
+    from images import quantize
 
     torch.manual_seed(0)
     model = build_model("srcnn", in_channels=channels).eval()
@@ -267,7 +267,7 @@ def test_output_built_tile_by_tile_in_8_and_16_bits_is_the_rounded_whole_image(c
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_bicubic_built_tile_by_tile_is_the_whole_image_bicubic(scale):
-    from data import quantize
+    from images import quantize
 
     torch.manual_seed(scale)
     lr = torch.rand(3, 300, 270)  # more than one 256-pixel tile each way
@@ -486,7 +486,7 @@ def test_outputs_carry_the_checkpoint_name_and_are_never_overwritten_silently(wo
 
 
 def test_formats_quality_and_outscale(world, tmp_path):
-    from data import quantize
+    from images import quantize
 
     Image.fromarray(_smooth((20, 24), 4)).save(tmp_path / "lr.png")
     base = ["--checkpoint", str(world["rgb"]), str(tmp_path / "lr.png"), "--quiet"]
@@ -512,7 +512,7 @@ def test_formats_quality_and_outscale(world, tmp_path):
 
 
 def test_alpha_is_kept_by_bicubic_or_by_the_model(world, tmp_path):
-    from data import quantize
+    from images import quantize
 
     rgba = np.dstack([_smooth((16, 18), 5), _smooth((16, 18), 6, channels=1)])
     Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")

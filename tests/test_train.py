@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from conftest import smooth_image_folder
 
 import train
-from catalog import load_pairs
 from config import TrainConfig
-from data import save_image
+from data import load_pairs
+from images import save_image
 from inference import Upscaler
 from losses import LOSSES
 from metrics import psnr
