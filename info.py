@@ -120,9 +120,14 @@ def _multiply_adds(path: Path) -> float:
     )
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Print the toolkit's identity, the environment and the model zoo."""
     from model import model_zoo
+    from utils import Parser
+
+    Parser(
+        description=f"{DESCRIPTION} Prints the environment, the models and the shipped checkpoints."
+    ).parse_args(argv)
 
     print(f"{NAME} {VERSION} ({LICENSE}) by {', '.join(AUTHORS)}")
     print(DESCRIPTION)
@@ -141,4 +146,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils import run_cli
+
+    sys.exit(run_cli(main))

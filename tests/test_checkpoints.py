@@ -60,6 +60,7 @@ def test_checkpoint_loads_safely_with_its_history(name):
     assert name in readme and all(f"{Path(name).stem}_{s}.json" in readme for s in ("Set5", "Set14"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_checkpoint_beats_bicubic_on_set5_as_recorded(name, data_root, capsys):
     metric, least_gain = SHIPPED[name]
@@ -81,6 +82,7 @@ def test_recorded_results_reach_the_published_bar_trained_on_291(name):
         assert psnr >= bar, (dataset, psnr, bar)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(n for n, (metric, _) in SHIPPED.items() if metric == "cpsnr"))
 def test_multi_frame_checkpoint_beats_the_challenge_on_real_probav_scenes(name, data_root, capsys, tmp_path):
     argv = ["--checkpoint", str(CHECKPOINTS / name), "--dataset", "PROBAV-sample", "--json",
@@ -132,6 +134,7 @@ def test_info_results_line_joins_sets_and_names_the_baseline():
     assert info.results_line({"PROBAV-sample": burst}).endswith("(baseline 51.21 dB)")
 
 
+@pytest.mark.slow
 def test_info_prints_the_environment_that_figures_depend_on():
     env = info.environment()
     assert env["torch"] == torch.__version__ and env["cpu"] and int(env["threads"]) >= 1

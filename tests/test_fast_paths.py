@@ -121,6 +121,7 @@ def test_bench_layers_reports_each_srcnn_convolution(capsys):
     assert rows[-1]["seconds"] == pytest.approx(sum(row["seconds"] for row in rows[:-1]))
 
 
+@pytest.mark.slow
 def test_bench_training_times_train_py_step_and_profiles_it(capsys):
     argv = ["--only", "training", "--train-data", "sample-train", "--steps", "1", "--repeats", "1"]
     assert bench.main(argv + ["--profile", "--json"]) == 0
@@ -137,6 +138,7 @@ def test_bench_training_times_train_py_step_and_profiles_it(capsys):
     assert "srcnn: 1 training steps" in captured.err and "convolution" in captured.err
 
 
+@pytest.mark.slow
 def test_bench_piunet_compares_both_layouts_on_their_outputs(capsys):
     assert bench.main(["--only", "piunet", "--piunet-batch", "1", "--repeats", "1", "--json"]) == 0
     rows = [row for row in json.loads(capsys.readouterr().out)["rows"] if row["section"] == "piunet"]
@@ -145,6 +147,7 @@ def test_bench_piunet_compares_both_layouts_on_their_outputs(capsys):
     assert all(row["same_output"] and row["seconds"] > 0 and row["peak_bytes"] > 0 for row in rows)
 
 
+@pytest.mark.slow
 def test_bench_compile_row_computes_the_fast_path_numbers(capsys):
     argv = ["--only", "inference", "--models", "srcnn", "--size", "24", "--repeats", "1", "--json"]
     argv.append("--compile")

@@ -50,6 +50,7 @@ def dry_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     return done, out
 
 
+@pytest.mark.slow
 def test_dry_run_passes_every_step_and_writes_its_summary(dry_run):
     done, out = dry_run
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -73,6 +74,7 @@ def test_dry_run_passes_every_step_and_writes_its_summary(dry_run):
     ]
 
 
+@pytest.mark.slow
 def test_returned_checkpoint_resumes_on_the_cpu(dry_run, tmp_path):
     _, out = dry_run
     checkpoint = tmp_path / "last.pth"
@@ -80,6 +82,7 @@ def test_returned_checkpoint_resumes_on_the_cpu(dry_run, tmp_path):
     assert json.loads(_inspect(checkpoint))["model"] == "edsr"
 
 
+@pytest.mark.slow
 def test_the_closing_run_can_continue_a_checkpoint_until_the_budget_is_spent(dry_run, tmp_path):
     _, out = dry_run
     train = smooth_image_folder(tmp_path / "train", 4, 66, seed=2)
@@ -97,6 +100,7 @@ def test_the_closing_run_can_continue_a_checkpoint_until_the_budget_is_spent(dry
     assert json.loads(_inspect(tmp_path / "out" / "gpu_run2_last.pth"))["scale"] == 3
 
 
+@pytest.mark.slow
 def test_a_failing_step_fails_the_visit_and_is_named(tmp_path):
     done = _gpu_check("--out", str(tmp_path), "--steps", "sr", "--val-data", str(tmp_path / "missing"))
     assert done.returncode == 1

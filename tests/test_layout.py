@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,3 +51,19 @@ def test_imports_run_one_way():
 def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_every_cli_starts_as_a_script():
+    """One subprocess smoke test per command-line script (the other tests call them in-process)."""
+    scripts = [name for name, path in MODULES.items() if '__name__ == "__main__"' in path.read_text()]
+    running = {
+        name: subprocess.Popen(
+            [sys.executable, f"{name}.py", "--help"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for name in sorted(scripts)
+    }
+    for name, process in running.items():
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, (name, err.decode()[-2000:])
+        assert b"usage:" in out, name
+    assert {"train", "super_resolve", "data", "info"} <= set(running)

@@ -15,6 +15,7 @@ import torch
 from conftest import smooth_image_folder
 from PIL import Image
 
+import super_resolve
 import train
 from utils import FolderLock, run_cli
 
@@ -58,6 +59,7 @@ def test_last_pth_commits_the_epoch_only_once_its_other_files_are_written(data, 
     assert _epoch(out / "best.pth") == best_epoch
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_status_2_with_nothing_half_written(data, tmp_path):
     out = tmp_path / "run"
     limit = 64 * 1024  # smaller than an SRCNN checkpoint: its first write fails (EFBIG)
@@ -179,20 +181,21 @@ def test_malformed_checkpoints_are_one_line_and_status_2(trained, data, tmp_path
 
     checkpoint = torch.load(trained, map_location="cpu", weights_only=True)
     spoiled = save_checkpoint(_malformed(checkpoint, case), tmp_path / "spoiled.pth")
-    commands = [["train.py", "resume", str(spoiled), "--num-epoch", "2", "--out-dir", str(tmp_path / "out")]]
+    commands = [
+        (train.main, ["resume", str(spoiled), "--num-epoch", "2", "--out-dir", str(tmp_path / "out")])
+    ]
     if case in MODEL_CASES:
         lr = data["val"] / "img0.png"
-        sr = ["super_resolve.py", "--checkpoint", str(spoiled), str(lr), "--out-dir", str(tmp_path / "sr")]
-        commands += [sr, ["train.py", "export", str(spoiled), str(tmp_path / "model.onnx")]]
-    for command in commands:
-        done = subprocess.run(
-            [sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=300
-        )
-        assert done.returncode == 2, (case, command[:2], done.stderr[-2000:])
-        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, (
-            case,
-            done.stderr,
-        )
+        sr = ["--checkpoint", str(spoiled), str(lr), "--out-dir", str(tmp_path / "sr")]
+        commands += [
+            (super_resolve.main, sr),
+            (train.main, ["export", str(spoiled), str(tmp_path / "model.onnx")]),
+        ]
+    for main, argv in commands:  # in-process: an exception other than the one-line kind fails the test
+        capsys.readouterr()
+        assert run_cli(main, argv) == 2, (case, argv[:2])
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, (case, err)
     assert not list(tmp_path.rglob("*.png")) and not (tmp_path / "model.onnx").exists()
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.pth"))
 
@@ -208,6 +211,7 @@ def _photo(path: Path, seed: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_outputs_never_collide_nor_become_inputs(tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -279,6 +283,7 @@ def _smooth_photo(path: Path, side: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_inference_memory_is_the_tiles_plus_the_output_in_its_final_form(tmp_path):
     """Peak memory at two input sizes (same tiles): what the larger input adds is its output
     in 8 bits plus Pillow's copy while encoding and the input itself, as `check_memory`

@@ -311,11 +311,13 @@ def trained(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_short_training_beats_bicubic_of_mean_on_held_out_scenes(trained):
     history = torch.load(trained / "last.pth", weights_only=True)["history"]
     assert history[-1]["cpsnr"] > history[-1]["baseline_cpsnr"], history[-1]  # held-out scenes
 
 
+@pytest.mark.slow
 def test_super_resolve_fuses_a_folder_of_frames(trained, tmp_path, capsys):
     image = load_image(sample_paths("test")[0])  # chelsea, held out
     burst = synthetic_bursts([("scene", image[:, :120, :150])], BurstConfig())[0]
@@ -355,6 +357,7 @@ def test_super_resolve_fuses_a_folder_of_frames(trained, tmp_path, capsys):
     assert list((tmp_path / "out").iterdir()) == []  # the wrong ground truth is found before any writing
 
 
+@pytest.mark.slow
 def test_dataset_scores_bursts_as_training_validated_them(trained, capsys):
     checkpoint = str(trained / "last.pth")
     history = torch.load(checkpoint, weights_only=True)["history"][-1]
@@ -405,6 +408,7 @@ def test_frame_weights_choose_the_global_residual():
     torch.testing.assert_close(uniform[0], bicubic_of_mean(frames[0], 3))
 
 
+@pytest.mark.slow
 def test_multi_frame_history_names_its_columns_and_old_runs_read_the_same(trained, tmp_path, capsys):
     checkpoint = torch.load(trained / "last.pth", weights_only=True)
     header = (trained / "history.csv").read_text().splitlines()[0].split(",")

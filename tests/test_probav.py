@@ -117,6 +117,7 @@ def test_probav_like_bursts_have_the_measured_statistics():
     assert max(bright) < 0.02
 
 
+@pytest.mark.slow
 def test_training_on_probav_like_bursts(tmp_path, capsys):
     argv = ["train", "--model", "piunet", "--model-option", "features=8", "--model-option", "blocks=1",
             "--model-option", "normalize=true", "--model-option", "upsample=bicubic",

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import skip_summary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,6 +23,7 @@ def test_skip_summary_groups_reasons_by_what_enables_them():
     assert skip_summary([]) == "skipped: none"
 
 
+@pytest.mark.slow
 def test_a_run_without_the_data_ends_with_the_skip_line():
     env = {k: v for k, v in os.environ.items() if k not in ("SR_DATA_ROOT", "SR_REFERENCE_DIR", "CI")}
     done = subprocess.run(

@@ -79,6 +79,7 @@ def test_radial_spectrum_of_white_noise_is_flat_and_blur_lowers_high_frequencies
     assert ratios["high"] < ratios["mid"] < ratios["low"] < 1
 
 
+@pytest.mark.slow
 def test_dataset_report_has_energy_ratios_and_plots_spectra(world, tmp_path, capsys):
     argv = ["--checkpoint", str(world / "srcnn" / "last.pth"), "--dataset", str(world / "hr"), "--quiet"]
     assert run_cli(super_resolve.main, [*argv, "--json", "--fda-plot", str(tmp_path / "fda.png")]) == 0
@@ -117,6 +118,7 @@ def test_degradation_study_reports_every_kernel_and_method(world, capsys):
 # -- ONNX ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["srcnn", "residual"])
 def test_onnx_export_matches_pytorch(world, tmp_path, name, capsys):
     checkpoint = world / name / "last.pth"

@@ -230,6 +230,7 @@ def test_comparison_panels(world, tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_tiled_output_equals_whole_image_output():
     torch.manual_seed(0)
     model = build_model("srcnn").eval()
@@ -334,6 +335,7 @@ sys.exit(status)
 """
 
 
+@pytest.mark.slow
 def test_peak_memory_stays_flat_as_the_image_grows(world, tmp_path):
     peaks = {}
     for side in (100, 400):
@@ -438,6 +440,7 @@ def _last_error(capsys, argv: list[str]) -> str:
     return capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_demo_pipeline_small(tmp_path):
     done = subprocess.run(
         [
