@@ -73,7 +73,7 @@ def smooth_image_folder(folder: Path, count: int, size: int, seed: int) -> Path:
 SKIP_CAUSES = {
     "SR_DATA_ROOT": "benchmark sets (set SR_DATA_ROOT to their folder, or `python data.py fetch`)",
     "SR_REFERENCE_DIR": "reference vectors (set SR_REFERENCE_DIR to their folder)",
-    "CUDA device": "a CUDA GPU (run on one, or `gpu_check.py run` on a lent one)",
+    "CUDA device": "a CUDA GPU (run on one, or `tools/gpu_check.py run` on a lent one)",
     "CUDA is present": "a machine without CUDA (they check what --cuda says where there is none)",
 }
 

@@ -7,12 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gpu_check
 import numpy as np
 import pytest
 import torch
 from conftest import smooth_image_folder
-
-import gpu_check
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +30,7 @@ def _inspect(checkpoint: Path) -> str:
 
 def _gpu_check(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(ROOT / "gpu_check.py"), "run", "--dry-run", *args],
+        [sys.executable, str(ROOT / "tools" / "gpu_check.py"), "run", "--dry-run", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = {path.stem: path for path in ROOT.glob("*.py")}
+MODULES = {path.stem: path for path in [*ROOT.glob("*.py"), *ROOT.glob("tools/*.py")]}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -58,7 +58,10 @@ def test_every_cli_starts_as_a_script():
     scripts = [name for name, path in MODULES.items() if '__name__ == "__main__"' in path.read_text()]
     running = {
         name: subprocess.Popen(
-            [sys.executable, f"{name}.py", "--help"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            [sys.executable, str(MODULES[name].relative_to(ROOT)), "--help"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         for name in sorted(scripts)
     }
@@ -66,4 +69,4 @@ def test_every_cli_starts_as_a_script():
         out, err = process.communicate(timeout=300)
         assert process.returncode == 0, (name, err.decode()[-2000:])
         assert b"usage:" in out, name
-    assert {"train", "super_resolve", "data", "info"} <= set(running)
+    assert {"train", "super_resolve", "data", "info", "bench", "gpu_check"} <= set(running)

@@ -1,8 +1,8 @@
 """One short GPU visit that proves every --cuda path and then trains with the minutes left.
 
-    python gpu_check.py pack                  # here: copy the data it needs into .gpudata/
-    python3 gpu_check.py run --out "$OUT"     # there, on the bare GPU machine (about 9 minutes)
-    python gpu_check.py run --dry-run         # anywhere: the same steps on the CPU, tiny, seconds
+    python tools/gpu_check.py pack                  # here: copy the data it needs into .gpudata/
+    python3 tools/gpu_check.py run --out "$OUT"     # there, on the bare GPU machine (about 9 minutes)
+    python tools/gpu_check.py run --dry-run         # anywhere: the same steps on the CPU, tiny, seconds
 
 `run` needs nothing beyond a CUDA PyTorch and the packages such machines carry (numpy,
 Pillow, tqdm, scikit-image, matplotlib, pytest): no pip, no network, no benchmark folder
@@ -18,7 +18,7 @@ Steps, in order of value, each under its own time limit, all inside --budget sec
                the CPU, and the same with --no-amp
   sr           super_resolve.py --cuda on the validation set against the CPU: PSNR and pixels,
                bf16 and fp32, whole images and small tiles
-  bench        bench.py --cuda: inference, training step and PIUnet layouts, as fractions of
+  bench        tools/bench.py --cuda: inference, training step and PIUnet layouts, as fractions of
                the bf16 matrix-product ceiling
   piunet       PIUnet training steps at the published size and on a 256x256 scene (attention
                split into CUDA-sized pieces), the fast layout against the authors' outputs
@@ -43,8 +43,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-PACK_DIR = HERE / ".gpudata"
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: commands run there
+if str(ROOT) not in sys.path:  # run as `python tools/gpu_check.py`: the toolkit's modules sit one folder up
+    sys.path.insert(0, str(ROOT))
+PACK_DIR = ROOT / ".gpudata"
 PART_BYTES = 15 * 2**20  # returned files must stay under 16 MiB each
 
 # the closing training run (wip/README.md: an EDSR body on the LR grid with at most half of
@@ -54,8 +56,8 @@ RUN_OPTIONS = ["--scale", "2", "--patch-size", "64", "--patches-per-image", "128
 RUN_OPTIONS += ["--lr", "3e-4", "--schedule", "constant", "--num-epoch", "10000", "--val-freq", "5"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`pack` the data, or `run` the checks."""
+def build_parser() -> argparse.ArgumentParser:
+    """The pack / run command line."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1],
@@ -98,7 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         'string (e.g. "train --scale 3 --init-from CKPT ..."); its checkpoint returns as gpu_runN_last.pth',
     )
     run.add_argument(PIUNET_WORKER, nargs=4, metavar=("B", "H", "W", "DEVICE"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`pack` the data, or `run` the checks."""
+    args = build_parser().parse_args(argv)
     if args.command == "pack":
         return pack_data(args.limit_mib, run_only=args.run_only, init=args.init)
     if args.piunet_step:
@@ -120,7 +127,9 @@ def pack_data(
     data_root = os.environ.get("SR_DATA_ROOT")
     reference = os.environ.get("SR_REFERENCE_DIR")
     if not data_root or (not reference and not run_only):
-        print("gpu_check.py: error: set SR_DATA_ROOT and SR_REFERENCE_DIR (see README)", file=sys.stderr)
+        print(
+            "tools/gpu_check.py: error: set SR_DATA_ROOT and SR_REFERENCE_DIR (see README)", file=sys.stderr
+        )
         return 2
     shutil.rmtree(folder, ignore_errors=True)
     for name in ("Set5",) if run_only else ("Set5", "PROBAV-sample"):
@@ -185,12 +194,12 @@ def _tree_bytes(folder: Path = PACK_DIR) -> int:
     """Bytes of what would travel: git's tracked and untracked-not-ignored files, and `folder`."""
     listed = (
         subprocess.run(
-            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=HERE, capture_output=True, check=True
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True
         )
         .stdout.decode()
         .split("\0")
     )
-    files = [HERE / name for name in listed if name] + list(folder.rglob("*"))
+    files = [ROOT / name for name in listed if name] + list(folder.rglob("*"))
     return sum(path.stat().st_size for path in files if path.is_file())
 
 
@@ -228,20 +237,20 @@ class Visit:
 
     def run(self) -> int:
         """Every step in turn; exit status 0 when every check passed."""
-        steps: dict[str, Callable[[], dict]] = {
-            "env": self.check_env,
-            "tests": self.check_tests,
-            "train": self.check_train,
-            "sr": self.check_super_resolve,
-            "bench": self.check_bench,
-            "piunet": self.check_piunet,
-            "run": self.training_run,
+        steps: dict[str, Callable[[Visit], dict]] = {
+            "env": check_env,
+            "tests": check_tests,
+            "train": check_train,
+            "sr": check_super_resolve,
+            "bench": check_bench,
+            "piunet": check_piunet,
+            "run": training_run,
         }
         for name in self.args.steps or STEPS:
             self.say(f"=== {name} ({self.left():.0f} s left)")
             began = time.monotonic()
             try:
-                result = steps[name]()
+                result = steps[name](self)
             except Exception as error:  # a step that breaks is a failed check, not a lost visit
                 result = {"passed": False, "error": f"{type(error).__name__}: {error}"}
             result["seconds"] = round(time.monotonic() - began, 1)
@@ -286,162 +295,6 @@ class Visit:
         start = output.find("{") if output.lstrip().startswith("{") else output.find("\n{") + 1
         return json.loads(output[start:])
 
-    # -- the checks ---------------------------------------------------------------------
-
-    def check_env(self) -> dict:
-        """The interpreter, torch, the GPU and what it supports."""
-        import torch
-
-        result: dict[str, Any] = {"python": sys.version.split()[0], "torch": torch.__version__}
-        result["cuda_available"] = torch.cuda.is_available()
-        if torch.cuda.is_available():
-            result["device"] = torch.cuda.get_device_name(0)
-            result["capability"] = list(torch.cuda.get_device_capability(0))
-            result["bf16"] = torch.cuda.is_bf16_supported()
-            result["memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
-            self.sh(["nvidia-smi"], 30)
-        for module in ("numpy", "PIL", "tqdm", "skimage", "matplotlib", "png", "tifffile", "onnxruntime"):
-            try:
-                __import__(module)
-                result[module] = True
-            except ImportError:
-                result[module] = False
-        result["passed"] = result["cuda_available"] or self.dry
-        return result
-
-    def check_tests(self) -> dict:
-        """Every test marked `cuda` (the CPU/GPU equality tests; not this script's own tests: CPU
-        dry runs that would use up the step's time, as they did on the second visit)."""
-        selection = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", "tests"]
-        selection += ["--ignore", "tests/test_gpu_check.py"]
-        if self.dry:  # the tests skip on a CPU; collecting them is what can rot
-            selection.append("--collect-only")
-        status, output = self.sh(selection, 180)
-        counts = _pytest_counts(output)
-        selected = counts.get("passed", 0) + counts.get("tests collected", 0) + counts.get("collected", 0)
-        return {"passed": status == 0 and selected > 0 and not counts.get("failed"), **counts}
-
-    def check_train(self) -> dict:
-        """train --cuda, resume on the GPU, resume on the CPU; with bf16 autocast and without."""
-        result: dict[str, Any] = {"passed": True}
-        common = ["--model", "srcnn", "--train-data", self.train_data, "--val-data", self.val_data]
-        common += ["--patches-per-image", "2" if self.dry else "16", "--batch-size", "16", "--quiet"]
-        for amp in ("--amp", "--no-amp"):
-            run = self.work / f"train{amp}"
-            steps = [
-                ["train.py", "train", *common, *self.cuda, amp, "--num-epoch", "2", "--out-dir", str(run)],
-                ["train.py", "resume", str(run / "last.pth"), "--num-epoch", "3"],
-                ["train.py", "resume", str(run / "last.pth"), "--num-epoch", "4", "--no-cuda"],
-            ]
-            for step in steps:
-                status, _ = self.sh(step, 90)
-                if status != 0:
-                    result["passed"] = False
-                    result[f"{amp}_failed"] = " ".join(step[:2])
-                    break
-            else:
-                history = self.json_of(["train.py", "inspect", str(run / "last.pth"), "--json"], 60)
-                result[amp.lstrip("-")] = _history_figures(history)
-                result["passed"] &= result[amp.lstrip("-")]["epochs"] == 4
-        return result
-
-    def check_super_resolve(self) -> dict:
-        """super_resolve.py --cuda against the CPU on the validation set: PSNR and pixels."""
-        checkpoint = str(HERE / "checkpoints" / "edsr_x3.pth")
-        base = ["super_resolve.py", "--checkpoint", checkpoint, "--dataset", self.val_data, "--json"]
-        base += ["--quiet", "--save"]
-        variants = {"cpu": [], "gpu_bf16": [*self.cuda, "--amp"], "gpu_fp32": [*self.cuda, "--no-amp"]}
-        variants["gpu_bf16_tiled"] = [*self.cuda, "--amp", "--tile", "24", "--tile-overlap", "8"]
-        variants["gpu_fp32_tiled"] = [*self.cuda, "--no-amp", "--tile", "24", "--tile-overlap", "8"]
-        outputs = {}
-        for name, flags in variants.items():
-            outputs[name] = self.json_of([*base, *flags, "--out-dir", str(self.work / f"sr_{name}")], 90)
-        # fp32 on the GPU (TF32 off in super_resolve) equals the CPU to rounding; bf16 within
-        # the tests' 2e-2 of the [0, 1] range, i.e. 5 grey levels, and 0.1 dB of PSNR
-        tolerances = {"fp32": (0.01, 1), "bf16": (0.1, 5)}
-        result: dict[str, Any] = {"passed": True}
-        cpu = outputs["cpu"]
-        for name, output in outputs.items():
-            if name == "cpu":
-                continue
-            db, levels = tolerances["bf16" if "bf16" in name else "fp32"]
-            psnr_diff = abs(_mean_psnr(output) - _mean_psnr(cpu))
-            pixel_diff = _max_pixel_diff(self.work / "sr_cpu", self.work / f"sr_{name}")
-            ok = psnr_diff <= db and pixel_diff <= levels
-            result[name] = {"psnr": _mean_psnr(output), "psnr_diff": psnr_diff, "max_level_diff": pixel_diff}
-            result[name]["passed"] = ok
-            result["passed"] &= ok
-        result["cpu_psnr"] = _mean_psnr(cpu)
-        return result
-
-    def check_bench(self) -> dict:
-        """bench.py --cuda: each figure as a fraction of the bf16 ceiling."""
-        if self.dry:
-            flags = ["--size", "48", "--tile", "64", "--models", "srcnn", "--steps", "1", "--repeats", "1"]
-            flags += ["--train-data", self.train_data, "--only", "inference", "training"]
-        else:  # the piunet section's CPU path is bench.py's own test; the dry run skips it for time
-            flags = ["--cuda", "--repeats", "3", "--train-data", self.train_data, "--only"]
-            flags += ["inference", "training", "piunet"]
-        report = self.json_of(["bench.py", "--json", *flags], 200)
-        rows = [
-            {key: value for key, value in row.items() if key not in ("output",)} for row in report["rows"]
-        ]
-        piunet_same = all(row.get("same_output", True) for row in rows if row["section"] == "piunet")
-        return {"passed": bool(rows) and piunet_same, "device": report["device"], "rows": rows}
-
-    def check_piunet(self) -> dict:
-        """PIUnet training steps at the published size and on whole scenes up to 256x256."""
-        device = "cpu" if self.dry else "cuda"
-        sizes = [(1, 8, 8)] if self.dry else [(24, 32, 32), (4, 128, 128), (1, 256, 256)]
-        result: dict[str, Any] = {"passed": True}
-        for batch, height, width in sizes:
-            step = [__file__, "run", PIUNET_WORKER, str(batch), str(height), str(width), device]
-            try:
-                figures = self.json_of(step, 90)
-            except RuntimeError as error:
-                figures = {"passed": False, "error": str(error)}
-            result[f"{batch}x9x{height}x{width}"] = figures
-            result["passed"] &= figures["passed"]
-        return result
-
-    def training_run(self) -> dict:
-        """Train until the budget is spent, then SIGTERM (train.py saves its place); return the
-        checkpoints. The --also runs share the GPU with the closing run, each its own process."""
-        if self.args.resume:  # the data folder differs from the one it was trained on: an epoch's end
-            main = ["resume", self.args.resume, "--num-epoch", "10000"]
-        else:
-            main = ["train", *RUN_MODEL, *RUN_OPTIONS]
-        runs = [main + shlex.split(self.args.run_option or "")]
-        runs += [shlex.split(extra) for extra in self.args.also or []]
-        workers = "0" if self.dry else str(max(1, min(8, (os.cpu_count() or 1) // len(runs) - 1)))
-        commands, folders = [], []
-        for index, arguments in enumerate(runs):
-            folders.append(self.work / ("run" if index == 0 else f"run{index + 1}"))
-            command = ["train.py", *arguments, *self.cuda, "--quiet", "--train-data", self.run_data]
-            command += ["--val-data", self.val_data, "--out-dir", str(folders[-1]), "--workers", workers]
-            if self.dry and arguments[0] == "train":
-                command += ["--model-option", "blocks=1", "--model-option", "features=8"]
-                command += ["--patches-per-image", "1", "--num-epoch", "1", "--batch-size", "4"]
-                command += ["--patch-size", "48"]
-            commands.append(command)
-        results = self.sh_together(commands, self.left() - 25 * len(runs), stop_signal=signal.SIGTERM)
-        result: dict[str, Any] = {"passed": True}
-        for index, (folder, (status, _)) in enumerate(zip(folders, results, strict=True)):
-            name = "gpu_run" if index == 0 else f"gpu_run{index + 1}"
-            figures: dict[str, Any] = {"status": status, "args": " ".join(runs[index])}
-            checkpoint = folder / "last.pth"
-            if checkpoint.is_file():
-                history = self.json_of(["train.py", "inspect", str(checkpoint), "--json"], 60)
-                figures.update(files=_copy_in_parts(checkpoint, self.out / f"{name}_last.pth"))
-                figures.update(_history_figures(history))
-            figures["passed"] = checkpoint.is_file() and status in (0, 128 + signal.SIGTERM)
-            result["passed"] &= figures["passed"]
-            if index == 0:
-                result.update(figures)
-            else:
-                result[name] = figures
-        return result
-
     def sh_together(self, commands: list[list[str]], limit: float, stop_signal: int) -> list[tuple[int, str]]:
         """Run commands side by side (python scripts with this interpreter) under one time limit,
         then stop those still running (`stop_signal`, SIGKILL a minute later); each one's
@@ -454,7 +307,7 @@ class Visit:
             command = [sys.executable, *command] if python else command
             self.say("$ " + " ".join(command) + f"   [limit {limit:.0f} s{together}]")
             pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
-            processes.append(subprocess.Popen(command, cwd=HERE, env=self.env, **pipes))
+            processes.append(subprocess.Popen(command, cwd=ROOT, env=self.env, **pipes))
             outputs.append(Collector(processes[-1]))
         deadline = time.monotonic() + limit
         stopped = []
@@ -480,6 +333,169 @@ class Visit:
         return results
 
 
+# ---------------------------------------------------------------------------------------
+# the checks: each takes the visit and returns its result (passed, figures)
+
+
+def check_env(visit: Visit) -> dict:
+    """The interpreter, torch, the GPU and what it supports."""
+    import torch
+
+    result: dict[str, Any] = {"python": sys.version.split()[0], "torch": torch.__version__}
+    result["cuda_available"] = torch.cuda.is_available()
+    if torch.cuda.is_available():
+        result["device"] = torch.cuda.get_device_name(0)
+        result["capability"] = list(torch.cuda.get_device_capability(0))
+        result["bf16"] = torch.cuda.is_bf16_supported()
+        result["memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+        visit.sh(["nvidia-smi"], 30)
+    for module in ("numpy", "PIL", "tqdm", "skimage", "matplotlib", "png", "tifffile", "onnxruntime"):
+        try:
+            __import__(module)
+            result[module] = True
+        except ImportError:
+            result[module] = False
+    result["passed"] = result["cuda_available"] or visit.dry
+    return result
+
+
+def check_tests(visit: Visit) -> dict:
+    """Every test marked `cuda` (the CPU/GPU equality tests; not this script's own tests: CPU
+    dry runs that would use up the step's time, as they did on the second visit)."""
+    selection = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", "tests"]
+    selection += ["--ignore", "tests/test_gpu_check.py"]
+    if visit.dry:  # the tests skip on a CPU; collecting them is what can rot
+        selection.append("--collect-only")
+    status, output = visit.sh(selection, 180)
+    counts = _pytest_counts(output)
+    selected = counts.get("passed", 0) + counts.get("tests collected", 0) + counts.get("collected", 0)
+    return {"passed": status == 0 and selected > 0 and not counts.get("failed"), **counts}
+
+
+def check_train(visit: Visit) -> dict:
+    """train --cuda, resume on the GPU, resume on the CPU; with bf16 autocast and without."""
+    result: dict[str, Any] = {"passed": True}
+    common = ["--model", "srcnn", "--train-data", visit.train_data, "--val-data", visit.val_data]
+    common += ["--patches-per-image", "2" if visit.dry else "16", "--batch-size", "16", "--quiet"]
+    for amp in ("--amp", "--no-amp"):
+        run = visit.work / f"train{amp}"
+        steps = [
+            ["train.py", "train", *common, *visit.cuda, amp, "--num-epoch", "2", "--out-dir", str(run)],
+            ["train.py", "resume", str(run / "last.pth"), "--num-epoch", "3"],
+            ["train.py", "resume", str(run / "last.pth"), "--num-epoch", "4", "--no-cuda"],
+        ]
+        for step in steps:
+            status, _ = visit.sh(step, 90)
+            if status != 0:
+                result["passed"] = False
+                result[f"{amp}_failed"] = " ".join(step[:2])
+                break
+        else:
+            history = visit.json_of(["train.py", "inspect", str(run / "last.pth"), "--json"], 60)
+            result[amp.lstrip("-")] = _history_figures(history)
+            result["passed"] &= result[amp.lstrip("-")]["epochs"] == 4
+    return result
+
+
+def check_super_resolve(visit: Visit) -> dict:
+    """super_resolve.py --cuda against the CPU on the validation set: PSNR and pixels."""
+    checkpoint = str(ROOT / "checkpoints" / "edsr_x3.pth")
+    base = ["super_resolve.py", "--checkpoint", checkpoint, "--dataset", visit.val_data, "--json"]
+    base += ["--quiet", "--save"]
+    variants = {"cpu": [], "gpu_bf16": [*visit.cuda, "--amp"], "gpu_fp32": [*visit.cuda, "--no-amp"]}
+    variants["gpu_bf16_tiled"] = [*visit.cuda, "--amp", "--tile", "24", "--tile-overlap", "8"]
+    variants["gpu_fp32_tiled"] = [*visit.cuda, "--no-amp", "--tile", "24", "--tile-overlap", "8"]
+    outputs = {}
+    for name, flags in variants.items():
+        outputs[name] = visit.json_of([*base, *flags, "--out-dir", str(visit.work / f"sr_{name}")], 90)
+    # fp32 on the GPU (TF32 off in super_resolve) equals the CPU to rounding; bf16 within
+    # the tests' 2e-2 of the [0, 1] range, i.e. 5 grey levels, and 0.1 dB of PSNR
+    tolerances = {"fp32": (0.01, 1), "bf16": (0.1, 5)}
+    result: dict[str, Any] = {"passed": True}
+    cpu = outputs["cpu"]
+    for name, output in outputs.items():
+        if name == "cpu":
+            continue
+        db, levels = tolerances["bf16" if "bf16" in name else "fp32"]
+        psnr_diff = abs(_mean_psnr(output) - _mean_psnr(cpu))
+        pixel_diff = _max_pixel_diff(visit.work / "sr_cpu", visit.work / f"sr_{name}")
+        ok = psnr_diff <= db and pixel_diff <= levels
+        result[name] = {"psnr": _mean_psnr(output), "psnr_diff": psnr_diff, "max_level_diff": pixel_diff}
+        result[name]["passed"] = ok
+        result["passed"] &= ok
+    result["cpu_psnr"] = _mean_psnr(cpu)
+    return result
+
+
+def check_bench(visit: Visit) -> dict:
+    """tools/bench.py --cuda: each figure as a fraction of the bf16 ceiling."""
+    if visit.dry:
+        flags = ["--size", "48", "--tile", "64", "--models", "srcnn", "--steps", "1", "--repeats", "1"]
+        flags += ["--train-data", visit.train_data, "--only", "inference", "training"]
+    else:  # the piunet section's CPU path is bench.py's own test; the dry run skips it for time
+        flags = ["--cuda", "--repeats", "3", "--train-data", visit.train_data, "--only"]
+        flags += ["inference", "training", "piunet"]
+    report = visit.json_of(["tools/bench.py", "--json", *flags], 200)
+    rows = [{key: value for key, value in row.items() if key not in ("output",)} for row in report["rows"]]
+    piunet_same = all(row.get("same_output", True) for row in rows if row["section"] == "piunet")
+    return {"passed": bool(rows) and piunet_same, "device": report["device"], "rows": rows}
+
+
+def check_piunet(visit: Visit) -> dict:
+    """PIUnet training steps at the published size and on whole scenes up to 256x256."""
+    device = "cpu" if visit.dry else "cuda"
+    sizes = [(1, 8, 8)] if visit.dry else [(24, 32, 32), (4, 128, 128), (1, 256, 256)]
+    result: dict[str, Any] = {"passed": True}
+    for batch, height, width in sizes:
+        step = [__file__, "run", PIUNET_WORKER, str(batch), str(height), str(width), device]
+        try:
+            figures = visit.json_of(step, 90)
+        except RuntimeError as error:
+            figures = {"passed": False, "error": str(error)}
+        result[f"{batch}x9x{height}x{width}"] = figures
+        result["passed"] &= figures["passed"]
+    return result
+
+
+def training_run(visit: Visit) -> dict:
+    """Train until the budget is spent, then SIGTERM (train.py saves its place); return the
+    checkpoints. The --also runs share the GPU with the closing run, each its own process."""
+    if visit.args.resume:  # the data folder differs from the one it was trained on: an epoch's end
+        main = ["resume", visit.args.resume, "--num-epoch", "10000"]
+    else:
+        main = ["train", *RUN_MODEL, *RUN_OPTIONS]
+    runs = [main + shlex.split(visit.args.run_option or "")]
+    runs += [shlex.split(extra) for extra in visit.args.also or []]
+    workers = "0" if visit.dry else str(max(1, min(8, (os.cpu_count() or 1) // len(runs) - 1)))
+    commands, folders = [], []
+    for index, arguments in enumerate(runs):
+        folders.append(visit.work / ("run" if index == 0 else f"run{index + 1}"))
+        command = ["train.py", *arguments, *visit.cuda, "--quiet", "--train-data", visit.run_data]
+        command += ["--val-data", visit.val_data, "--out-dir", str(folders[-1]), "--workers", workers]
+        if visit.dry and arguments[0] == "train":
+            command += ["--model-option", "blocks=1", "--model-option", "features=8"]
+            command += ["--patches-per-image", "1", "--num-epoch", "1", "--batch-size", "4"]
+            command += ["--patch-size", "48"]
+        commands.append(command)
+    results = visit.sh_together(commands, visit.left() - 25 * len(runs), stop_signal=signal.SIGTERM)
+    result: dict[str, Any] = {"passed": True}
+    for index, (folder, (status, _)) in enumerate(zip(folders, results, strict=True)):
+        name = "gpu_run" if index == 0 else f"gpu_run{index + 1}"
+        figures: dict[str, Any] = {"status": status, "args": " ".join(runs[index])}
+        checkpoint = folder / "last.pth"
+        if checkpoint.is_file():
+            history = visit.json_of(["train.py", "inspect", str(checkpoint), "--json"], 60)
+            figures.update(files=_copy_in_parts(checkpoint, visit.out / f"{name}_last.pth"))
+            figures.update(_history_figures(history))
+        figures["passed"] = checkpoint.is_file() and status in (0, 128 + signal.SIGTERM)
+        result["passed"] &= figures["passed"]
+        if index == 0:
+            result.update(figures)
+        else:
+            result[name] = figures
+    return result
+
+
 class Collector:
     """A process's output, read on a thread so that its pipe never fills."""
 
@@ -502,6 +518,7 @@ def piunet_step(batch: str, height: str, width: str, device_name: str) -> dict:
     """One PIUnet training step (bf16 autocast on a GPU), its time and memory, and the fast
     layout's fp32 output against the authors' layout on the same weights."""
     import torch
+    from bench import piunet_loss
 
     from model import build_model
 
@@ -514,9 +531,7 @@ def piunet_step(batch: str, height: str, width: str, device_name: str) -> dict:
     optimizer = torch.optim.Adam(model.parameters(), 1e-4)
 
     def step() -> float:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            mu, sigma = model(frames)
-        loss = (mu.float() - 0.5).abs().mean() + sigma.float().mean()
+        _, loss = piunet_loss(model, frames)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -1,9 +1,9 @@
 """Speed and memory benchmark (not a test): the toolkit's hot paths against this machine's ceiling.
 
-    python bench.py                          # every section, a table on stdout
-    python bench.py --only ceiling inference # some sections
-    python bench.py --json                   # machine-readable
-    python bench.py --cuda                   # on the GPU (bf16 ceiling and autocast paths too)
+    python tools/bench.py                          # every section, a table on stdout
+    python tools/bench.py --only ceiling inference # some sections
+    python tools/bench.py --json                   # machine-readable
+    python tools/bench.py --cuda                   # on the GPU (bf16 ceiling and autocast paths too)
 
 Sections:
   ceiling    FLOP/s of a large float32 matrix product (and bf16 on a GPU), the faster of torch.mm
@@ -37,6 +37,11 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python tools/bench.py`: the toolkit's modules sit one folder up
+    sys.path.insert(0, str(ROOT))
 
 import torch
 import torch.nn.functional as F
@@ -190,7 +195,16 @@ def _bench_model_inference(name: str, args: argparse.Namespace, ceiling: float) 
     flops = count_flops(plain)
     reference = plain()
     amp_dtype = torch.bfloat16 if args.cuda and args.bf16 else None
-    upscaler = Upscaler(model, name, scale, 3, device, args.tile, 16, amp_dtype)
+    upscaler = Upscaler(
+        model=model,
+        name=name,
+        scale=scale,
+        channels=3,
+        device=device,
+        tile=args.tile,
+        overlap=16,
+        amp_dtype=amp_dtype,
+    )
 
     def fast() -> torch.Tensor:  # super_resolve.py's Upscaler: channels_last, inference_mode, tiles
         return upscaler(lr[0])
@@ -299,6 +313,15 @@ def _bench_model_training(name: str, options: list[str], args: argparse.Namespac
 PIUNET_WORKER = "--piunet-worker"
 
 
+def piunet_loss(model: torch.nn.Module, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The PIUnet step that this benchmark and the GPU visit time: the forward pass (bf16
+    autocast on a GPU) and an L1-plus-uncertainty loss; (SR image, loss)."""
+    cuda = frames.device.type == "cuda"
+    with torch.autocast(frames.device.type, dtype=torch.bfloat16, enabled=cuda):
+        mu, sigma = model(frames)
+    return mu, (mu.float() - 0.5).abs().mean() + sigma.float().mean()
+
+
 def piunet_step(layout: str, args: argparse.Namespace) -> dict:
     """Time and peak memory of one PIUnet forward+backward (run in a fresh process)."""
     device = torch.device("cuda" if args.cuda else "cpu")
@@ -309,9 +332,7 @@ def piunet_step(layout: str, args: argparse.Namespace) -> dict:
     frames = torch.rand(args.piunet_batch, 9, 32, 32, device=device)
 
     def step() -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.cuda):
-            mu, sigma = model(frames)
-        loss = (mu.float() - 0.5).abs().mean() + sigma.float().mean()
+        mu, loss = piunet_loss(model, frames)
         loss.backward()
         return mu
 
@@ -431,8 +452,8 @@ def format_row(row: dict) -> str:
 SECTIONS = ("ceiling", "inference", "layers", "training", "piunet", "data")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the chosen sections; print a table or JSON."""
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's command line."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 2)[2],
@@ -471,9 +492,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--piunet-batch", type=int, default=4, help="PIUnet batch size")
     parser.add_argument(PIUNET_WORKER, dest="piunet_worker", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chosen sections; print a table or JSON."""
+    args = build_parser().parse_args(argv)
     if args.cuda and not torch.cuda.is_available():
-        raise SystemExit("bench.py: error: --cuda given, but CUDA is not available here")
+        raise SystemExit("tools/bench.py: error: --cuda given, but CUDA is not available here")
     if args.piunet_worker:
         print(json.dumps(piunet_step(args.piunet_worker, args)))
         return 0
