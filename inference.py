@@ -120,7 +120,7 @@ def tiled_forward(
     return tiled_apply(lambda crop: model(crop.to(device)).to(lr.device), lr, scale, tile, overlap)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Upscaler:
     """A model with what is needed to apply it to any image: tiles, device, channel handling."""
 
@@ -153,7 +153,15 @@ class Upscaler:
         amp_dtype = torch.bfloat16 if amp else None
         channels = spec["options"].get("in_channels", 3)
         return cls(
-            model, spec["name"], spec["scale"], channels, device, tile, overlap, amp_dtype, self_ensemble
+            model=model,
+            name=spec["name"],
+            scale=spec["scale"],
+            channels=channels,
+            device=device,
+            tile=tile,
+            overlap=overlap,
+            amp_dtype=amp_dtype,
+            self_ensemble=self_ensemble,
         )
 
     @torch.inference_mode()

@@ -774,9 +774,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.onnx:
         onnx_model = OnnxModel(args.onnx)
         meta = onnx_model.metadata
-        upscaler = Upscaler(onnx_model, meta["model"], onnx_model.scale, onnx_model.channels,
-                            torch.device("cpu"), args.tile, args.tile_overlap,
-                            self_ensemble=args.self_ensemble)  # fmt: skip
+        upscaler = Upscaler(model=onnx_model, name=meta["model"], scale=onnx_model.scale,
+                            channels=onnx_model.channels, device=torch.device("cpu"), tile=args.tile,
+                            overlap=args.tile_overlap, self_ensemble=args.self_ensemble)  # fmt: skip
     else:
         checkpoint = load_checkpoint(args.checkpoint)
         kind = checkpoint.get("kind", SINGLE_IMAGE)

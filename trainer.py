@@ -202,7 +202,7 @@ class StopFlag:
         self.signal = signum
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Run:
     """The training loop's state: what its functions take instead of a dozen parameters."""
 
@@ -360,7 +360,18 @@ def build_run(config: TrainConfig, checkpoint: dict | None) -> Run:
     )
     board = open_board(config.tensorboard) if config.tensorboard and runtime.main else None
     return Run(
-        config, runtime, model, net, optimizer, scaler, task, loader, progress, ema, out_dir, board=board
+        config=config,
+        runtime=runtime,
+        model=model,
+        net=net,
+        optimizer=optimizer,
+        scaler=scaler,
+        task=task,
+        loader=loader,
+        progress=progress,
+        ema=ema,
+        out_dir=out_dir,
+        board=board,
     )
 
 

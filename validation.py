@@ -125,7 +125,15 @@ def single_image_task(config: TrainConfig, model: nn.Module, runtime: Runtime, s
 
     def evaluated(net: nn.Module, use: Callable[[Upscaler], Any]) -> Any:
         mode = net.training
-        upscaler = Upscaler(net.eval(), config.model, scale, channels, runtime.device, tile=256, overlap=16)
+        upscaler = Upscaler(
+            model=net.eval(),
+            name=config.model,
+            scale=scale,
+            channels=channels,
+            device=runtime.device,
+            tile=256,
+            overlap=16,
+        )
         try:
             return use(upscaler)
         finally:

@@ -8,12 +8,12 @@ import sys
 import warnings
 from pathlib import Path
 
+import bench
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import SINGLE_IMAGE, SMALL
 
-import bench
 from inference import Upscaler
 from model import build_model
 
@@ -25,9 +25,15 @@ def test_upscaler_fast_path_equals_plain_forward(name):
     lr = torch.rand(1, 3, 40, 37)
     with torch.no_grad():
         plain = model(lr)[0].clamp(0, 1)
-    fast = Upscaler(model.to(memory_format=torch.channels_last), name, 3, 3, torch.device("cpu"), 512, 16)(
-        lr[0]
-    )
+    fast = Upscaler(
+        model=model.to(memory_format=torch.channels_last),
+        name=name,
+        scale=3,
+        channels=3,
+        device=torch.device("cpu"),
+        tile=512,
+        overlap=16,
+    )(lr[0])
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)
 
 
@@ -62,8 +68,19 @@ def test_upscaler_bf16_autocast_is_within_its_tolerance():
     torch.manual_seed(0)
     model = build_model("srcnn", 3).eval()
     lr = torch.rand(3, 20, 20)
-    plain = Upscaler(model, "srcnn", 3, 3, torch.device("cpu"), 512, 16)(lr)
-    reduced = Upscaler(model, "srcnn", 3, 3, torch.device("cpu"), 512, 16, torch.bfloat16)(lr)
+    plain = Upscaler(
+        model=model, name="srcnn", scale=3, channels=3, device=torch.device("cpu"), tile=512, overlap=16
+    )(lr)
+    reduced = Upscaler(
+        model=model,
+        name="srcnn",
+        scale=3,
+        channels=3,
+        device=torch.device("cpu"),
+        tile=512,
+        overlap=16,
+        amp_dtype=torch.bfloat16,
+    )(lr)
     assert reduced.dtype == torch.float32 and 0 < (reduced - plain).abs().max() < 2e-2
 
 

@@ -254,15 +254,27 @@ def test_output_built_tile_by_tile_in_8_and_16_bits_is_the_rounded_whole_image(c
     torch.manual_seed(0)
     model = build_model("srcnn", in_channels=channels).eval()
     lr = torch.rand(image_channels, 40, 57)
-    whole = Upscaler(model, "srcnn", 3, channels, torch.device("cpu"), 1000, 16)
-    tiled = Upscaler(model, "srcnn", 3, channels, torch.device("cpu"), 16, 6)
+    whole = Upscaler(
+        model=model,
+        name="srcnn",
+        scale=3,
+        channels=channels,
+        device=torch.device("cpu"),
+        tile=1000,
+        overlap=16,
+    )
+    tiled = Upscaler(
+        model=model, name="srcnn", scale=3, channels=channels, device=torch.device("cpu"), tile=16, overlap=6
+    )
     for bits in (8, 16):
         expected = quantize(whole(lr), bits)
         got = tiled.to_array(lr, bits)
         assert got.dtype == expected.dtype and got.shape == (120, 171, image_channels)
         levels = np.abs(got.astype(np.int64) - expected.astype(np.int64))
         assert levels.max() <= 1 and (levels > 0).mean() < 1e-3, (bits, levels.max(), (levels > 0).mean())
-    narrow = Upscaler(model, "srcnn", 3, channels, torch.device("cpu"), 16, 1)  # too little overlap
+    narrow = Upscaler(
+        model=model, name="srcnn", scale=3, channels=channels, device=torch.device("cpu"), tile=16, overlap=1
+    )  # too little overlap
     assert np.abs(narrow.to_array(lr, 8).astype(int) - quantize(whole(lr), 8).astype(int)).max() > 1
 
 
@@ -282,8 +294,19 @@ def test_self_ensemble_is_the_mean_over_flips_and_rotations_so_it_is_equivariant
     torch.manual_seed(0)
     model = build_model("srcnn").eval()
     lr = torch.rand(3, 10, 14)  # not square: a transform left undone would not even fit
-    plain = Upscaler(model, "srcnn", 3, 3, torch.device("cpu"), 8, 6)  # tiled: each view in tiles
-    ensemble = Upscaler(model, "srcnn", 3, 3, torch.device("cpu"), 8, 6, self_ensemble=True)
+    plain = Upscaler(
+        model=model, name="srcnn", scale=3, channels=3, device=torch.device("cpu"), tile=8, overlap=6
+    )  # tiled: each view in tiles
+    ensemble = Upscaler(
+        model=model,
+        name="srcnn",
+        scale=3,
+        channels=3,
+        device=torch.device("cpu"),
+        tile=8,
+        overlap=6,
+        self_ensemble=True,
+    )
     sr = ensemble(lr)
     assert sr.shape == plain(lr).shape == (3, 30, 42)
     assert (sr - plain(lr)).abs().max() > 1e-3  # a random network is not symmetric: the mean differs

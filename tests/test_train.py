@@ -107,7 +107,9 @@ def test_ema_is_saved_resumed_bit_for_bit_validated_and_used(data, tmp_path):
     model = load_model(straight)
     assert _same_weights(model.state_dict(), straight["ema_state_dict"])
     pairs = load_pairs(str(data["val"]), 3)
-    upscaler = Upscaler(model, "srcnn", 3, 3, torch.device("cpu"), tile=256, overlap=16)
+    upscaler = Upscaler(
+        model=model, name="srcnn", scale=3, channels=3, device=torch.device("cpu"), tile=256, overlap=16
+    )
     validated = sum(psnr(upscaler(p.lr), p.hr, shave=3).item() for p in pairs) / len(pairs)
     assert validated == pytest.approx(straight["history"][-1]["psnr"], abs=1e-9)
     # no --ema: no average; a bad decay is a one-line error
