@@ -9,6 +9,7 @@ using convolutional neural networks", 2019): `LR000.png`, `QM000.png` (1 = clear
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import random
@@ -468,17 +469,21 @@ def scene_statistics(folder: Path) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python bursts.py stats SET`: the statistics of a PROBA-V set's frames and masks."""
-    import argparse
-    import statistics
-
+def build_parser() -> argparse.ArgumentParser:
+    """The stats command line."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     stats = sub.add_parser("stats", help="measure the LR frames and QM masks of PROBA-V scenes")
     stats.add_argument("dataset", help="a folder in the challenge's layout, or PROBAV-sample")
     stats.add_argument("--json", action="store_true", help="print every figure as JSON")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python bursts.py stats SET`: the statistics of a PROBA-V set's frames and masks."""
+    import statistics
+
+    args = build_parser().parse_args(argv)
     scenes = probav_scenes(args.dataset)
     if not scenes:
         raise DatasetError(f"{args.dataset}: no PROBA-V scene folders (imgset*) found")

@@ -9,6 +9,7 @@ factor between them. HR images are cropped to a multiple of the scale before LR 
 
 from __future__ import annotations
 
+import argparse
 import math
 import random
 from collections.abc import Iterator, Sequence
@@ -276,10 +277,8 @@ def _describe(path: str) -> str:
     return f"{path}: {w}x{h} {kind}, values {img.min():.4f}..{img.max():.4f}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python data.py fetch NAME...` downloads sets; `python data.py show IMAGE...` reads images."""
-    import argparse
-
+def build_parser() -> argparse.ArgumentParser:
+    """The fetch / show command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     fetch = sub.add_parser("fetch", help="download named datasets into the cache (or find them)")
@@ -287,7 +286,12 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_argument("--scale", type=int, nargs="+", default=[2, 3, 4], help="scales to fetch")
     show = sub.add_parser("show", help="read image files and describe them")
     show.add_argument("paths", nargs="+", help="image files")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python data.py fetch NAME...` downloads sets; `python data.py show IMAGE...` reads images."""
+    args = build_parser().parse_args(argv)
     if args.command == "fetch":
         for name in args.names:
             scales = [None] if canonical_name(name) in ("T91", "BSD200", *SCENE_SETS) else args.scale

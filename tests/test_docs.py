@@ -4,6 +4,7 @@ README keeps its size and its sections in order, and every relative link points 
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import inspect
 import re
@@ -31,7 +32,7 @@ README_SECTIONS = [
     "File map",
     "Where the rest is",
 ]
-MODULES = {path.stem for path in ROOT.glob("*.py")}
+MODULES = {path.stem for path in [*ROOT.glob("*.py"), *ROOT.glob("tools/*.py")]}
 FILE_SUFFIXES = {
     "py",
     "log",
@@ -162,3 +163,65 @@ def test_the_readme_links_every_docs_page():
     }
     unlinked = [p.name for p in sorted((ROOT / "docs").glob("*.md")) if p.resolve() not in linked]
     assert not unlinked, f"README.md does not link these docs pages: {unlinked}"
+
+
+# The command-line scripts and how to reach each parser's options (subcommands included).
+SCRIPTS = ("train", "super_resolve", "data", "info", "bench", "gpu_check", "bursts")
+# Flags of other programs that the documents show (git, torchrun, tensorboard, pip, pytest, make).
+FOREIGN_FLAGS = {"--depth", "--nproc_per_node", "--logdir", "--strict-markers", "--durations", "--help",
+                 "--no-cache-dir", "--index-url", "--extra-index-url", "--upgrade", "--no-deps"}  # fmt: skip
+
+
+FLAG = r"(?<![\w-])(--[a-z][a-z0-9_-]*[a-z0-9])"  # a long option as written: --num-epoch
+
+
+def parsers() -> dict[str, argparse.ArgumentParser]:
+    """Every script's parser and subparser, by name ('train resume', 'super_resolve', ...)."""
+    found = {}
+    for name in SCRIPTS:
+        module = importlib.import_module(name)
+        build = getattr(module, "build_parser", None)
+        if build is None:
+            continue
+        found.update(_with_subparsers(name, build()))
+    return found
+
+
+def _with_subparsers(name: str, parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """A parser and, under 'name sub', each of its subcommands' parsers."""
+    found = {name: parser}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub, subparser in action.choices.items():
+                found.update(_with_subparsers(f"{name} {sub}", subparser))
+    return found
+
+
+def known_flags() -> set[str]:
+    """Every option string of every script."""
+    return {
+        flag for parser in parsers().values() for action in parser._actions for flag in action.option_strings
+    }
+
+
+def help_texts() -> str:
+    """The help of every script and subcommand, as a user reads it."""
+    return "\n".join(parser.format_help() for parser in parsers().values())
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_flag_a_document_shows_exists(doc):
+    shown = set(re.findall(FLAG, (ROOT / doc).read_text()))
+    unknown = sorted(shown - known_flags() - FOREIGN_FLAGS)
+    assert not unknown, f"{doc} shows options no script has: {unknown}"
+
+
+def test_every_name_a_help_text_cites_exists():
+    texts = help_texts()
+    cited = cited_names(texts)
+    missing = [f"{m}.{name}" for m, name in sorted(cited) if not hasattr(importlib.import_module(m), name)]
+    assert not missing, f"--help texts cite names the code does not have: {missing}"
+    unknown = sorted(
+        set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*[a-z0-9])", texts)) - known_flags() - FOREIGN_FLAGS
+    )
+    assert not unknown, f"--help texts mention options no script has: {unknown}"
