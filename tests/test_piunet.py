@@ -26,7 +26,8 @@ from catalog import sample_paths
 from images import load_image, save_image
 from losses import registered_l1, registered_uncertainty_loss
 from metrics import cpsnr, cssim
-from model import PIUnet, TemporalAttention, build_model, piunet_from_official
+from model import build_model
+from piunet import PIUnet, TemporalAttention, piunet_from_official
 from utils import run_cli
 
 TINY = {"features": 12, "blocks": 1}
@@ -377,7 +378,7 @@ def test_dataset_scores_bursts_as_training_validated_them(trained, capsys):
 
 
 def test_chunked_attention_equals_one_call():
-    from model import chunked_attention
+    from piunet import chunked_attention
 
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 23, 9, 8) for _ in range(3))
