@@ -7,6 +7,7 @@ numpy arrays with the same tiling, precision and channel handling as `super_reso
     big = sr.upscale(Image.open("lr.png"))                 # PIL in, PIL out (alpha kept)
     array = sr.upscale(np.asarray(...))                    # uint8/uint16 (H, W[, C]) in, same out
     tensor = sr.upscale(torch.rand(3, 64, 64))             # float (C, H, W) / (B, C, H, W) in [0, 1]
+    record = sr.evaluate("Set5")                           # PSNR/SSIM by the protocol, as --dataset --json
 
 Errors are `utils.UserError` subclasses with a one-line message (a missing or wrong kind of
 checkpoint, an unavailable device, an image the model cannot take).
@@ -21,6 +22,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from data import load_pairs
+from evaluation import evaluate_pairs, protocol_note, set_record
 from images import pil_array, quantize
 from imresize import upscale as bicubic_upscale
 from inference import Upscaler
@@ -57,6 +60,7 @@ class SuperResolver:
         )
         self.scale = self.upscaler.scale
         self.name = self.upscaler.name
+        self.checkpoint = str(checkpoint)
 
     def upscale(self, image: Picture) -> Picture:
         """The SR of `image`, in its own kind: a float tensor (C, H, W) or (B, C, H, W) in [0, 1];
@@ -73,6 +77,23 @@ class SuperResolver:
         )
 
     __call__ = upscale
+
+    def evaluate(self, dataset: str, shave: int | None = None) -> dict:
+        """Score the model on a benchmark set (a name such as Set5, or a folder) by the protocol:
+        the record `super_resolve.py --dataset NAME --json` prints (each image, the mean)."""
+        pairs = load_pairs(dataset, self.scale, progress=False)
+        border = self.scale if shave is None else shave
+        rows, _ = evaluate_pairs(self.upscaler, pairs, self.scale, border)
+        return set_record(
+            rows,
+            checkpoint=self.checkpoint,
+            model=self.name,
+            scale=self.scale,
+            dataset=dataset,
+            protocol=protocol_note(self.scale, shave),
+            self_ensemble=self.upscaler.self_ensemble,
+            shave=shave,
+        )
 
     def _upscale_tensor(self, image: Tensor) -> Tensor:
         if not image.is_floating_point() or image.dim() not in (3, 4):

@@ -37,8 +37,22 @@ from bursts import (
     probav_layout,
 )
 from config import recorded_config
-from data import ImagePair, load_pairs
+from data import load_pairs
+from evaluation import (
+    bicubic,
+    bicubic_array,
+    check_scorable,
+    check_size,
+    evaluate_pairs,
+    image_row,
+    mean_row,
+    print_table,
+    protocol_note,
+    robustness,
+    set_record,
+)
 from figures import panel_images, save_panel, save_spectra_plot
+from fusion import fuse, scene_row, write_scene
 from images import (
     IMAGE_SUFFIXES,
     has_alpha,
@@ -49,22 +63,13 @@ from images import (
     read_image,
     read_image_and_alpha,
     save_array,
-    save_image,
     to_channels,
 )
-from imresize import DEGRADATIONS, imresize, upscale
-from inference import OnnxModel, Upscaler, check_memory, tiled_apply
+from imresize import DEGRADATIONS, imresize
+from inference import OnnxModel, Upscaler, check_memory
 from metrics import (
-    BURST_PROTOCOL,
     FDA_BANDS,
     PROTOCOL,
-    band_energy_ratios,
-    psnr,
-    radial_power_spectrum,
-    scene_scores,
-    shave_border,
-    ssim,
-    uncertainty_rank_correlation,
 )
 from model import MODELS, MULTI_FRAME, SINGLE_IMAGE, load_model, model_kind
 from runtime import parse_device
@@ -80,7 +85,6 @@ from utils import (
     run_cli,
 )
 
-MIN_LR_SIDE = 3  # smaller inputs have no meaningful upscaling (and bicubic needs a neighbourhood)
 OUTPUT_EXTS = ("png", "jpg", "webp", "tif")
 
 
@@ -185,22 +189,6 @@ def check_options(args: argparse.Namespace) -> torch.device:
     return device
 
 
-def bicubic(lr: Tensor, scale: int) -> Tensor:
-    """MATLAB-compatible bicubic upscaling of a (C, H, W) image, clamped to [0, 1]."""
-    return upscale(lr, scale).clamp(0, 1)
-
-
-def bicubic_array(lr: Tensor, scale: int, bits: int) -> np.ndarray:
-    """`bicubic` as the (H, W, C) uint8/uint16 array of its output file, built in tiles (the
-    kernel reaches 2 LR pixels, so 4 of overlap make it equal to the whole-image result)."""
-    return tiled_apply(lambda crop: bicubic(crop, scale), lr, scale, tile=256, overlap=4, bits=bits)
-
-
-def score(sr: Tensor, hr: Tensor, shave: int) -> tuple[float, float]:
-    """PSNR and SSIM by the benchmark protocol (which shaves `scale` pixels)."""
-    return psnr(sr, hr, shave=shave).item(), ssim(sr, hr, shave=shave).item()
-
-
 def shave_of(args: argparse.Namespace, scale: int) -> int:
     """The border left out of the scores: --shave, or the protocol's `scale` pixels."""
     return scale if args.shave is None else args.shave
@@ -246,15 +234,6 @@ def find_gt(gt: str, lr_path: Path, single: bool) -> Path:
     raise ImageError(f"{folder}: no ground truth for {lr_path.name} (looked for {', '.join(stems)})")
 
 
-def check_size(lr: Tensor, where: str) -> None:
-    """Refuse inputs too small to upscale."""
-    if min(lr.shape[-2:]) < MIN_LR_SIDE:
-        raise ImageError(
-            f"{where}: {lr.shape[-1]}x{lr.shape[-2]} is too small "
-            f"(at least {MIN_LR_SIDE}x{MIN_LR_SIDE} pixels)"
-        )
-
-
 def check_gt(gt: Tensor, lr: Tensor, gt_path: Path, lr_path: Path, scale: int, shave: int) -> Tensor:
     """Ground truth in the channels of the SR image of `lr` (cropped to a multiple of the
     scale, as the protocol does), or an error naming both sizes."""
@@ -269,12 +248,6 @@ def check_gt(gt: Tensor, lr: Tensor, gt_path: Path, lr_path: Path, scale: int, s
         )
     check_scorable(gt, str(gt_path), shave)
     return to_channels(gt, lr.shape[0])
-
-
-def check_scorable(hr: Tensor, where: str, shave: int) -> None:
-    """Refuse HR images too small for SSIM (11x11 pixels) once `shave` pixels are shaved."""
-    if min(hr.shape[-2:]) - 2 * shave < 11:
-        raise ImageError(f"{where}: too small to score (SSIM needs 11x11 pixels after shaving {shave})")
 
 
 # ---------------------------------------------------------------------------------------
@@ -352,49 +325,6 @@ def check_outputs(outputs: list[Path], inputs: list[Path], overwrite: bool) -> N
         check_writable(output)
 
 
-def image_row(name: str, sr: Tensor, bic: Tensor, hr: Tensor, shave: int) -> dict:
-    """PSNR/SSIM of the model's and of bicubic's upscale of one image, by the benchmark protocol."""
-    (model_psnr, model_ssim), (bicubic_psnr, bicubic_ssim) = score(sr, hr, shave), score(bic, hr, shave)
-    return {"name": name, "model_psnr": model_psnr, "model_ssim": model_ssim,
-            "bicubic_psnr": bicubic_psnr, "bicubic_ssim": bicubic_ssim}  # fmt: skip
-
-
-def print_table(rows: list[dict], model_name: str, title: str, metric: str = "psnr") -> None:
-    """Per-image scores of model and baseline (PSNR/SSIM, or cPSNR/cSSIM), and the mean."""
-    similarity = metric.replace("psnr", "ssim")
-    baseline = "bicubic" if metric == "psnr" else "baseline"
-    width = max([len(r["name"]) for r in rows] + [10])
-    model_col = max(12, len(model_name) + len(metric) + 1)
-    base_col = max(12, len(baseline) + len(metric) + 1)
-    first = "image" if metric == "psnr" else "scene"
-    header = (
-        f"{first:{width}}  {model_name + ' ' + metric.upper():>{model_col}} {similarity.upper():>7}  "
-        f"{baseline + ' ' + metric.upper():>{base_col}} {similarity.upper():>7}  {'gain':>6}"
-    )
-    challenge = "score" in rows[0]  # a real PROBA-V scene: the challenge's norm and score
-    if challenge:
-        header += f"  {'norm':>7} {'score':>7}"
-    rule = "-" * len(header)
-
-    def line(r: dict) -> str:
-        model, base = r[f"model_{metric}"], r[f"bicubic_{metric}"]
-        text = (
-            f"{r['name']:{width}}  {model:{model_col}.3f} {r[f'model_{similarity}']:7.4f}  "
-            f"{base:{base_col}.3f} {r[f'bicubic_{similarity}']:7.4f}  {model - base:+6.2f}"
-        )
-        return text + (f"  {r['norm']:7.3f} {r['score']:7.4f}" if challenge else "")
-
-    print(f"{title}\n{header}\n{rule}")
-    print("\n".join(line(r) for r in rows))
-    print(f"{rule}\n{line(mean_row(rows))}")
-
-
-def mean_row(rows: list[dict]) -> dict:
-    """The mean of every numeric column over the rows."""
-    keys = [k for k, v in rows[0].items() if isinstance(v, float)]
-    return {"name": "mean", **{k: sum(r[k] for r in rows) / len(rows) for k in keys}}
-
-
 # ---------------------------------------------------------------------------------------
 # Modes
 # ---------------------------------------------------------------------------------------
@@ -402,10 +332,8 @@ def mean_row(rows: list[dict]) -> dict:
 
 def run_dataset(args: argparse.Namespace, upscaler: Upscaler) -> int:
     """--dataset: per-image and mean PSNR/SSIM of model and bicubic."""
-    from tqdm import tqdm
-
     show = not args.quiet and not args.json
-    pairs: list[ImagePair] = load_pairs(args.dataset, upscaler.scale, progress=show)
+    pairs = load_pairs(args.dataset, upscaler.scale, progress=show)
     out_dir = (
         ensure_folder(args.out_dir or Path("results") / f"{Path(args.dataset).name}_x{upscaler.scale}")
         if args.save
@@ -416,25 +344,15 @@ def run_dataset(args: argparse.Namespace, upscaler: Upscaler) -> int:
     sr_paths = [out_dir / f"{pair.name}_{suffix}.png" for pair in pairs] if out_dir else []
     panel_paths = [panel_dir / f"{pair.name}_compare.png" for pair in pairs] if panel_dir else []
     check_outputs(sr_paths + panel_paths, [], args.overwrite)
-    rows: list[dict] = []
-    spectra: dict[str, list[Tensor]] = {}
-    shave = shave_of(args, upscaler.scale)
-    for index, pair in enumerate(tqdm(pairs, desc=args.dataset, disable=not show, leave=False)):
-        check_size(pair.lr, pair.name)
-        check_scorable(pair.hr, pair.name, shave)
-        sr, bic = upscaler(pair.lr), bicubic(pair.lr, upscaler.scale)
-        row = image_row(pair.name, sr, bic, pair.hr, shave)
-        for who, image in (("model", sr), ("bicubic", bic)):
-            for band, ratio in band_energy_ratios(image, pair.hr).items():
-                row[f"{who}_energy_{band}"] = ratio
-        rows.append(row)
-        for who, image in (("model", sr), ("bicubic", bic), ("HR", pair.hr)):
-            spectra.setdefault(who, []).append(radial_power_spectrum(image))
-        if sr_paths:
-            save_image(sr, sr_paths[index])
-        if panel_paths:
-            panels = panel_images(pair.lr, bic, sr, pair.hr, row, upscaler.name)
-            save_panel(panel_paths[index], f"{pair.name} x{upscaler.scale}", panels)
+    rows, spectra = evaluate_pairs(
+        upscaler,
+        pairs,
+        upscaler.scale,
+        shave_of(args, upscaler.scale),
+        sr_paths,
+        (panel_paths, upscaler.name) if panel_paths else None,
+        args.dataset if show else None,
+    )
     report(args, upscaler.name, upscaler.scale, rows, f"{args.dataset} x{upscaler.scale}")
     if args.fda_plot:
         save_spectra_plot(Path(args.fda_plot), spectra, f"{args.dataset} x{upscaler.scale}", upscaler.name)
@@ -451,26 +369,16 @@ def report(
     args: argparse.Namespace, name: str, scale: int, rows: list[dict], title: str, metric: str = "psnr"
 ) -> None:
     """Print the results as a table or as JSON (single-image PSNR/SSIM or multi-frame cPSNR/cSSIM)."""
-    protocol = PROTOCOL if metric == "psnr" else BURST_PROTOCOL
-    if args.shave is not None:
-        protocol += f" Here {args.shave} pixels are shaved, not the protocol's {scale}."
-    mean = {k: v for k, v in mean_row(rows).items() if k != "name"}
+    protocol = protocol_note(scale, args.shave, multi_frame=metric != "psnr")
     if args.json:
-        result = {
-            "checkpoint": args.checkpoint or args.onnx,
-            "model": name,
-            "scale": scale,
-            "dataset": args.dataset,
-            "protocol": protocol,
-            "self_ensemble": args.self_ensemble,
-            **({"shave": args.shave} if args.shave is not None else {}),
-            "images": rows,
-            "mean": mean,
-        }
-        print(json.dumps(result, indent=2))
+        record = set_record(rows, checkpoint=args.checkpoint or args.onnx, model=name, scale=scale,
+                            dataset=args.dataset, protocol=protocol, self_ensemble=args.self_ensemble,
+                            shave=args.shave)  # fmt: skip
+        print(json.dumps(record, indent=2))
     else:
         ensemble = ", self-ensemble of 8 flips/rotations" if args.self_ensemble else ""
         print_table(rows, name, f"{title} ({metric.upper()} in dB{ensemble})\n{protocol}", metric)
+        mean = mean_row(rows)
         if "uncertainty_rank_correlation" in mean:
             each = ", ".join(f"{r['name']} {r['uncertainty_rank_correlation']:+.3f}" for r in rows)
             print(f"uncertainty: rank correlation of the predicted scale with the actual |error|: {each}")
@@ -493,25 +401,7 @@ def run_robustness(args: argparse.Namespace, upscaler: Upscaler) -> int:
     if unknown or not kernels:
         raise UserError(f"--degradation {args.degradation!r}: use a comma list of {', '.join(DEGRADATIONS)}")
     scale, show = upscaler.scale, not args.quiet and not args.json
-    methods = {upscaler.name: upscaler, "bicubic": lambda lr: bicubic(lr, scale),
-               "bilinear": lambda lr: imresize(lr, size=(lr.shape[-2] * scale, lr.shape[-1] * scale),
-                                               method="bilinear").clamp(0, 1)}  # fmt: skip
-    results: dict[str, dict[str, dict[str, float]]] = {}
-    shave = shave_of(args, scale)
-    for kernel in kernels:
-        pairs = load_pairs(args.dataset, scale, degradations=(kernel,), progress=show)
-        sums = {name: {"l1": 0.0, "psnr": 0.0, "ssim": 0.0} for name in methods}
-        for pair in pairs:
-            check_size(pair.lr, pair.name)
-            for name, method in methods.items():
-                sr = method(pair.lr)
-                p, q = score(sr, pair.hr, shave)
-                sums[name]["psnr"] += p
-                sums[name]["ssim"] += q
-                sums[name]["l1"] += l1_error(sr, pair.hr, shave)
-        results[kernel] = {
-            name: {k: v / len(pairs) for k, v in values.items()} for name, values in sums.items()
-        }
+    results = robustness(upscaler, args.dataset, kernels, shave_of(args, scale), progress=show)
     if args.json:
         print(
             json.dumps(
@@ -589,12 +479,6 @@ def write_outputs(
         print(f"wrote {written}{note}")
 
 
-def l1_error(sr: Tensor, hr: Tensor, shave: int) -> float:
-    """Mean absolute error in [0, 1] of the 8-bit-rounded SR on all channels, border shaved."""
-    a = torch.round(sr.clamp(0, 1) * 255) / 255
-    return shave_border((a - hr).abs(), shave).mean().item()
-
-
 def run_inputs(args: argparse.Namespace, upscaler: Upscaler) -> int:
     """Positional inputs: write model and bicubic outputs, score against --gt, draw panels."""
     from tqdm import tqdm
@@ -650,46 +534,6 @@ def load_fusion_model(args: argparse.Namespace, checkpoint: dict, device: torch.
             f"{args.checkpoint}: marked multi-frame, but {checkpoint['model']['name']} is not"
         )
     return model
-
-
-@torch.inference_mode()
-def fuse(model: nn.Module, burst: Burst, device: torch.device) -> tuple[Tensor, Tensor]:
-    """The fused SR image (1, sH, sW) in [0, 1] and its log-scale map of a burst (frames as weighted), on
-    the CPU; no tiles: PIUnet's squeeze-excitation and registration pool over the whole scene."""
-    mu, log_scale = model(burst.frames[None].to(device), burst.frame_weights()[None].to(device))
-    return mu[0].float().cpu().clamp(0, 1), log_scale[0].float().cpu()
-
-
-def scene_row(burst: Burst, sr: Tensor, log_scale: Tensor, scale: int, hr: Tensor, mask: Tensor) -> dict:
-    """cPSNR/cSSIM of the fused image and of the baseline for one scene, and the rank correlation
-    of the predicted uncertainty with the actual error; for a real scene also the challenge's
-    norm (its norm.csv entry, else the baseline's cPSNR) and score (norm / cPSNR)."""
-    model_cpsnr, model_cssim = scene_scores(sr, hr, mask)
-    bicubic_cpsnr, bicubic_cssim = scene_scores(burst.baseline_image(scale), hr, mask)
-    row = {"name": burst.name, "model_cpsnr": model_cpsnr, "model_cssim": model_cssim,
-           "bicubic_cpsnr": bicubic_cpsnr, "bicubic_cssim": bicubic_cssim,
-           "uncertainty_rank_correlation": uncertainty_rank_correlation(sr, log_scale, hr, mask)}  # fmt: skip
-    if burst.baseline is not None:
-        norm = burst.norm if burst.norm is not None else bicubic_cpsnr
-        row.update(norm=norm, score=norm / model_cpsnr)
-    return row
-
-
-def write_scene(folder: Path, stem: str, name: str, scale: int, outputs: dict[str, Tensor], bits: int) -> str:
-    """Write a scene's SR image, its uncertainty map and its baseline (16-bit like PROBA-V's
-    PNGs when the input was); the paths and the uncertainty's range as one line."""
-    sr_path = folder / f"{stem}_{name}_x{scale}.png"
-    sigma_path = folder / f"{stem}_{name}_x{scale}_uncertainty.png"
-    bic_path = folder / f"{stem}_bicubic_x{scale}.png"
-    uncertainty = torch.exp(outputs["log_scale"])  # the Laplace scale b of each pixel
-    top = torch.quantile(uncertainty.flatten()[:: max(1, uncertainty.numel() // 1_000_000)], 0.99)
-    save_image(outputs["sr"], sr_path, bits=bits)
-    save_image((uncertainty / top.clamp(min=1e-12)).clamp(0, 1), sigma_path)
-    save_image(outputs["baseline"], bic_path, bits=bits)
-    return (
-        f"wrote {sr_path}, {bic_path} and {sigma_path} (uncertainty: Laplace scale, "
-        f"{uncertainty.min():.4g}..{uncertainty.max():.4g}, white at its 99th percentile {top:.4g})"
-    )
 
 
 def run_burst_dataset(args: argparse.Namespace, checkpoint: dict, device: torch.device) -> int:

@@ -103,3 +103,22 @@ def test_bad_checkpoints_and_devices_are_one_line_errors(tmp_path):
         with pytest.raises(UserError, match=message) as caught:
             SuperResolver(*args)
         assert "\n" not in str(caught.value)
+
+
+def test_evaluate_gives_the_record_the_cli_prints(capsys):
+    """The API and `super_resolve.py --dataset --json` (so `make results`) score through one function."""
+    import json
+
+    import super_resolve
+    from utils import run_cli
+
+    record = SuperResolver(str(CHECKPOINT)).evaluate("sample-test")
+    assert (
+        run_cli(super_resolve.main, ["--checkpoint", str(CHECKPOINT), "--dataset", "sample-test", "--json"])
+        == 0
+    )
+    assert record == json.loads(capsys.readouterr().out)
+    assert record["mean"]["model_psnr"] > record["mean"]["bicubic_psnr"]
+    shaved = SuperResolver(str(CHECKPOINT)).evaluate("sample-test", shave=8)
+    assert shaved["shave"] == 8 and "Here 8 pixels are shaved" in shaved["protocol"]
+    assert shaved["mean"]["model_psnr"] != record["mean"]["model_psnr"]

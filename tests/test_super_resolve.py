@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+import evaluation
 import super_resolve
 import train
 from images import dihedral, load_image, save_image
@@ -284,8 +285,8 @@ def test_bicubic_built_tile_by_tile_is_the_whole_image_bicubic(scale):
 
     torch.manual_seed(scale)
     lr = torch.rand(3, 300, 270)  # more than one 256-pixel tile each way
-    expected = quantize(super_resolve.bicubic(lr, scale), 8)
-    got = super_resolve.bicubic_array(lr, scale, 8)
+    expected = quantize(evaluation.bicubic(lr, scale), 8)
+    got = evaluation.bicubic_array(lr, scale, 8)
     levels = np.abs(got.astype(np.int64) - expected.astype(np.int64))
     assert got.shape == expected.shape and levels.max() <= 1 and (levels > 0).mean() < 1e-4
 
@@ -547,7 +548,7 @@ def test_alpha_is_kept_by_bicubic_or_by_the_model(world, tmp_path):
     out = np.asarray(Image.open(tmp_path / "b" / "a_rgb_last.png"))
     alpha = torch.from_numpy(rgba[..., 3:]).permute(2, 0, 1).float() / 255
     assert out.shape == (48, 54, 4)
-    np.testing.assert_array_equal(out[..., 3:], quantize(super_resolve.bicubic(alpha, 3)))
+    np.testing.assert_array_equal(out[..., 3:], quantize(evaluation.bicubic(alpha, 3)))
     assert _sr(*base, "--out-dir", str(tmp_path / "m"), "--alpha-upsampler", "model", "--ext", "jpg") == 0
     by_model = np.asarray(Image.open(tmp_path / "m" / "a_rgb_last.png"))  # JPEG has no alpha: PNG
     assert by_model.shape == (48, 54, 4) and np.abs(by_model[..., 3].astype(int) - out[..., 3]).max() > 0
