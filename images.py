@@ -279,27 +279,44 @@ def to_channels(img: Tensor, channels: int) -> Tensor:
     raise ValueError(f"cannot convert {have} channels to {channels}")
 
 
+# ITU-R BT.601, the one place its coefficients are written. Two forms are in use:
+#   full range (JPEG's YCbCr), R, G, B, Y in [0, 1]: Y = 0.299 R + 0.587 G + 0.114 B,
+#     Cb = 0.5 + 0.564 (B - Y), Cr = 0.5 + 0.713 (R - Y): `luma`, `rgb_to_ycbcr`, the inference
+#     path's Y-only models and gray conversions;
+#   studio range as MATLAB's rgb2ycbcr, rows Y, Cb, Cr of R, G, B in [0, 1] giving 0..255 values
+#     (the same rows / 255 take R, G, B in [0, 255]), plus the offsets 16, 128, 128: the
+#     benchmark protocol's Y (metrics.rgb_to_y) and the luma loss (losses.luma_mse_loss).
+BT601_LUMA = (0.299, 0.587, 0.114)
+BT601_CHROMA_SCALES = (0.564, 0.713)  # Cb, Cr: 0.5 / (1 - 0.114), 0.5 / (1 - 0.299), rounded
+MATLAB_YCBCR = ((65.481, 128.553, 24.966), (-37.797, -74.203, 112.0), (112.0, -93.786, -18.214))
+MATLAB_YCBCR_OFFSETS = (16.0, 128.0, 128.0)
+
+
 def luma(rgb: Tensor) -> Tensor:
     """Full-range BT.601 luma Y = 0.299 R + 0.587 G + 0.114 B of (..., 3, H, W), as (..., 1, H, W).
     (The benchmark's Y is MATLAB's studio-range rgb2ycbcr: metrics.rgb_to_y.)"""
+    kr, kg, kb = BT601_LUMA
     r, g, b = rgb.unbind(-3)
-    return (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(-3)
+    return (kr * r + kg * g + kb * b).unsqueeze(-3)
 
 
 def rgb_to_ycbcr(rgb: Tensor) -> Tensor:
     """Full-range BT.601 YCbCr (JPEG's) of (..., 3, H, W) in [0, 1]; Y as `to_channels(.., 1)`."""
+    cb_scale, cr_scale = BT601_CHROMA_SCALES
     r, g, b = rgb.unbind(-3)
     y = luma(rgb)[..., 0, :, :]
-    return torch.stack([y, 0.5 + 0.564 * (b - y), 0.5 + 0.713 * (r - y)], dim=-3)
+    return torch.stack([y, 0.5 + cb_scale * (b - y), 0.5 + cr_scale * (r - y)], dim=-3)
 
 
 def ycbcr_to_rgb(ycbcr: Tensor) -> Tensor:
     """Inverse of `rgb_to_ycbcr`."""
+    kr, kg, kb = BT601_LUMA
+    cb_scale, cr_scale = BT601_CHROMA_SCALES
     y, cb, cr = ycbcr.unbind(-3)
     cb, cr = cb - 0.5, cr - 0.5
-    r = y + cr / 0.713
-    b = y + cb / 0.564
-    g = (y - 0.299 * r - 0.114 * b) / 0.587
+    r = y + cr / cr_scale
+    b = y + cb / cb_scale
+    g = (y - kr * r - kb * b) / kg
     return torch.stack([r, g, b], dim=-3)
 
 

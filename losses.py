@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from images import MATLAB_YCBCR
 from metrics import shift_search
 from utils import UserError, first_line
 
@@ -142,10 +143,8 @@ def perceptual_weights(path: str | None) -> dict[str, Tensor]:
         ) from None
 
 
-# BT.601 YCbCr (MATLAB rgb2ycbcr) rows for R, G, B in [0, 1]: Y, Cb, Cr without offsets.
-_YCBCR = (
-    torch.tensor([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]]) / 255.0
-)
+# BT.601 YCbCr (MATLAB rgb2ycbcr) rows for R, G, B in [0, 1]: Y, Cb, Cr without offsets, in [0, 1].
+_YCBCR = torch.tensor(MATLAB_YCBCR) / 255.0
 CHROMA_WEIGHT = 0.25
 
 

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor
 
-from images import luma
+from images import MATLAB_YCBCR, MATLAB_YCBCR_OFFSETS, luma
 from imresize import gaussian_filter
 
 PROTOCOL = (
@@ -47,9 +47,9 @@ def score_labels(multi_frame: bool) -> tuple[str, str, str]:
 # Benchmark metrics
 # ---------------------------------------------------------------------------------------
 
-# ITU-R BT.601 luma as MATLAB's rgb2ycbcr, for R, G, B in [0, 255].
-_Y_WEIGHTS = (65.481 / 255.0, 128.553 / 255.0, 24.966 / 255.0)
-_Y_OFFSET = 16.0
+# ITU-R BT.601 luma as MATLAB's rgb2ycbcr, for R, G, B in [0, 255] (images.MATLAB_YCBCR's Y row).
+_Y_WEIGHTS = tuple(weight / 255.0 for weight in MATLAB_YCBCR[0])
+_Y_OFFSET = MATLAB_YCBCR_OFFSETS[0]
 
 
 def rgb_to_y(rgb: Tensor) -> Tensor:
