@@ -200,16 +200,26 @@ def shift_search(
     return crop, targets, masks, bias
 
 
+def best_shift(
+    pred: Tensor, target: Tensor, mask: Tensor, border: int
+) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """The registration behind cPSNR, in float64, for (B, 1, H, W) inputs: per image the
+    smallest masked mean of (target - pred - bias)^2 over the shifts (B,), the row and column
+    of the shift that gives it (B,) each, and `shift_search`'s (crop, targets, masks, bias)."""
+    search = crop, targets, masks, bias = shift_search(pred.double(), target.double(), mask, border)
+    count = masks.sum(dim=(-2, -1)).clamp(min=1)
+    cmse = ((masks * (targets - crop - bias).pow(2)).sum(dim=(-2, -1)) / count).flatten(1)
+    best = cmse.argmin(dim=1)
+    return cmse.min(dim=1).values, best // targets.shape[1], best % targets.shape[1], search
+
+
 def cpsnr(sr: Tensor, hr: Tensor, mask: Tensor, border: int = 3) -> Tensor:
     """cPSNR of the PROBA-V challenge, per image: (B, 1, H, W) in [0, 1] -> (B,) dB.
 
     cPSNR = -10 log10(min over shifts of the masked mean of (hr - sr - bias)^2). Each image
     is scored on its own clear pixels, at any batch size.
     """
-    crop, targets, masks, bias = shift_search(sr.double(), hr.double(), mask, border)
-    count = masks.sum(dim=(-2, -1)).clamp(min=1)
-    cmse = (masks * (targets - crop - bias).pow(2)).sum(dim=(-2, -1)) / count
-    return -10.0 * torch.log10(cmse.flatten(1).min(dim=1).values)
+    return -10.0 * torch.log10(best_shift(sr, hr, mask, border)[0])
 
 
 def cssim(sr: Tensor, hr: Tensor, mask: Tensor, border: int = 3) -> Tensor:
@@ -220,12 +230,8 @@ def cssim(sr: Tensor, hr: Tensor, mask: Tensor, border: int = 3) -> Tensor:
     image (seconds for a 500x500 image on a CPU), and picks the same shift wherever the
     registration is unambiguous.
     """
-    crop, targets, masks, bias = shift_search(sr.double(), hr.double(), mask, border)
-    count = masks.sum(dim=(-2, -1)).clamp(min=1)
-    cmse = ((masks * (targets - crop - bias).pow(2)).sum(dim=(-2, -1)) / count).flatten(1)
-    best = cmse.argmin(dim=1)
+    _, shift_y, shift_x, (crop, targets, masks, bias) = best_shift(sr, hr, mask, border)
     rows = torch.arange(targets.shape[0])
-    shift_y, shift_x = best // targets.shape[1], best % targets.shape[1]
     m = masks[rows, shift_y, shift_x].unsqueeze(1)
     a = m * targets[rows, shift_y, shift_x].unsqueeze(1)
     c = m * (crop[:, 0, 0] + bias[rows, shift_y, shift_x]).unsqueeze(1)
@@ -238,11 +244,8 @@ def uncertainty_rank_correlation(
     """Spearman's rank correlation, over the clear pixels of one (1, H, W) scene, between the
     predicted scale exp(log_scale) and the actual absolute error |hr - mu - bias| at the shift
     and bias that give the cPSNR (positive: the model knows where it errs)."""
-    crop, targets, masks, bias = shift_search(mu[None].double(), hr[None].double(), mask[None], border)
-    count = masks.sum(dim=(-2, -1)).clamp(min=1)
-    cmse = ((masks * (targets - crop - bias).pow(2)).sum(dim=(-2, -1)) / count).flatten(1)
-    best = cmse.argmin(dim=1).item()
-    y, x = best // targets.shape[1], best % targets.shape[1]
+    _, shift_y, shift_x, (crop, targets, masks, bias) = best_shift(mu[None], hr[None], mask[None], border)
+    y, x = shift_y.item(), shift_x.item()
     h, w = crop.shape[-2:]
     error = (targets[0, y, x] - crop[0, 0, 0] - bias[0, y, x]).abs()
     scale = log_scale[0, border : border + h, border : border + w].double()
