@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from catalog import SCENE_SETS, canonical_name, resolve_dataset
-from data import load_pairs, mix_seed
+from data import item_rng, load_pairs, mix_seed
 from images import dihedral, load_image, to_channels
 from imresize import gaussian_filter, imresize, modcrop
 from utils import DatasetError, ImageError
@@ -227,8 +227,7 @@ class BurstDataset(Dataset):
         return len(self.images) * self.bursts_per_image
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        epoch, index = key if isinstance(key, tuple) else (0, key)
-        rng = random.Random(mix_seed(self.seed, epoch, index))
+        index, rng = item_rng(self.seed, key)
         image = self.images[index // self.bursts_per_image]
         size = self.patch_size + 2 * self.config.max_shift
         top, left = rng.randint(0, image.shape[-2] - size), rng.randint(0, image.shape[-1] - size)
@@ -345,8 +344,7 @@ class SceneDataset(Dataset):
         return len(self.bursts) * self.per_scene
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        epoch, index = key if isinstance(key, tuple) else (0, key)
-        rng = random.Random(mix_seed(self.seed, epoch, index))
+        index, rng = item_rng(self.seed, key)
         burst, s, p = self.bursts[index // self.per_scene], self.scale, self.patch_size
         top = rng.randrange((burst.hr.shape[-2] - p) // s + 1) * s
         left = rng.randrange((burst.hr.shape[-1] - p) // s + 1) * s

@@ -179,8 +179,7 @@ class PatchDataset(Dataset):
 
     def _choose(self, key: int | tuple[int, int]) -> tuple[int, int, int, int, int]:
         """(image, top, left, LR variant, transform) of one item, from (seed, epoch, index) alone."""
-        epoch, index = key if isinstance(key, tuple) else (0, key)
-        rng = random.Random(mix_seed(self.seed, epoch, index))
+        index, rng = item_rng(self.seed, key)
         if self.grid is not None:
             image, top, left = self.grid[index]
         else:
@@ -229,6 +228,14 @@ def mix_seed(*values: int) -> int:
         z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
         state = z ^ (z >> 31)
     return state
+
+
+def item_rng(seed: int, key: int | tuple[int, int]) -> tuple[int, random.Random]:
+    """A dataset item's index and its own RNG, from the dataset's seed and the item's key:
+    (epoch, index) as `PatchSampler` yields, or a bare index (epoch 0). The stream depends on
+    (seed, epoch, index) alone, so workers, ranks and resumed runs draw the same items."""
+    epoch, index = key if isinstance(key, tuple) else (0, key)
+    return index, random.Random(mix_seed(seed, epoch, index))
 
 
 class PatchSampler(Sampler):
