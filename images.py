@@ -181,11 +181,12 @@ def save_image(img: Tensor, path: str | os.PathLike, bits: int = 8) -> Path:
         img = img[0]
     if img.dim() != 3 or img.shape[0] not in (1, 3):
         raise ValueError(f"expected a (1|3, H, W) image, got {tuple(img.shape)}")
-    return save_array(quantize(img, bits), path)
+    return save_array(to_file_array(img, bits), path)
 
 
-def quantize(img: Tensor, bits: int = 8) -> np.ndarray:
-    """A (C, H, W) image in [0, 1] -> the (H, W, C) uint8/uint16 array a file of `bits` holds."""
+def to_file_array(img: Tensor, bits: int = 8) -> np.ndarray:
+    """A (C, H, W) image in [0, 1] -> the (H, W, C) uint8/uint16 array a file of `bits` holds,
+    for `save_array`. (The protocol's rounding, a float64 tensor to score: metrics.round_to_8bit.)"""
     if bits not in (8, 16):
         raise ValueError(f"bits must be 8 or 16, got {bits}")
     peak, dtype = (65535.0, np.uint16) if bits == 16 else (255.0, np.uint8)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from images import dihedral, quantize, rgb_to_ycbcr, to_channels, undo_dihedral, ycbcr_to_rgb
+from images import dihedral, rgb_to_ycbcr, to_channels, to_file_array, undo_dihedral, ycbcr_to_rgb
 from imresize import imresize
 from model import SCALES, load_model
 from utils import CheckpointError, ImageError, UserError, atomic_write, first_line, memory_available
@@ -91,7 +91,7 @@ def tiled_apply(
         y, x = (top - t0) * scale, (left - l0) * scale
         sr = sr[..., y : y + (bottom - top) * scale, x : x + (right - left) * scale]
         if bits is not None:
-            sr = quantize(sr.reshape(sr.shape[-3:]), bits)
+            sr = to_file_array(sr.reshape(sr.shape[-3:]), bits)
         if out is None:
             size = (height * scale, width * scale)
             out = (

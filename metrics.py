@@ -59,8 +59,10 @@ def rgb_to_y(rgb: Tensor) -> Tensor:
     return y.unsqueeze(-3)
 
 
-def quantize(img: Tensor) -> Tensor:
-    """Image in [0, 1] -> float64 values 0..255 rounded to integers (the 8-bit file it would be)."""
+def round_to_8bit(img: Tensor) -> Tensor:
+    """Image in [0, 1] -> float64 tensor of its values 0..255 rounded to integers (the 8-bit file
+    it would be): the protocol's step 1, in the float64 it computes in. (The array a file
+    holds is images.to_file_array's.)"""
     return torch.round(img.detach().to(torch.float64).clamp(0.0, 1.0) * 255.0)
 
 
@@ -72,7 +74,7 @@ def shave_border(img: Tensor, shave: int) -> Tensor:
 
 def _protocol_planes(img: Tensor, shave: int, y_channel: bool) -> Tensor:
     """The (B, C, H, W) float64 0..255 planes that the protocol scores."""
-    planes = quantize(img)
+    planes = round_to_8bit(img)
     if y_channel and planes.shape[-3] == 3:
         planes = rgb_to_y(planes)
     return shave_border(planes, shave)

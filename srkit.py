@@ -24,7 +24,7 @@ from torch import Tensor
 
 from data import load_pairs
 from evaluation import evaluate_pairs, protocol_note, set_record
-from images import pil_array, quantize
+from images import pil_array, to_file_array
 from imresize import upscale as bicubic_upscale
 from inference import Upscaler
 from model import SINGLE_IMAGE
@@ -118,7 +118,7 @@ class SuperResolver:
         out = self.upscaler.to_array(color.contiguous(), bits)
         if alpha is not None:
             out = np.concatenate(
-                [out, quantize(bicubic_upscale(alpha, self.scale).clamp(0, 1), bits)], axis=-1
+                [out, to_file_array(bicubic_upscale(alpha, self.scale).clamp(0, 1), bits)], axis=-1
             )
         return out[..., 0] if array.ndim == 2 else out
 

@@ -59,11 +59,11 @@ from images import (
     image_size,
     list_images,
     load_image,
-    quantize,
     read_image,
     read_image_and_alpha,
     save_array,
     to_channels,
+    to_file_array,
 )
 from imresize import DEGRADATIONS, imresize
 from inference import OnnxModel, Upscaler, check_memory
@@ -453,12 +453,12 @@ def write_outputs(
     def model(image: Tensor) -> np.ndarray:
         if size is None:
             return upscaler.to_array(image, bits, progress=tiles)
-        return quantize(imresize(upscaler(image), size=size).clamp(0, 1), bits)
+        return to_file_array(imresize(upscaler(image), size=size).clamp(0, 1), bits)
 
     def baseline(image: Tensor) -> np.ndarray:
         if size is None:
             return bicubic_array(image, upscaler.scale, bits)
-        return quantize(imresize(image, size=size).clamp(0, 1), bits)
+        return to_file_array(imresize(image, size=size).clamp(0, 1), bits)
 
     upscaled_alpha = None
     if alpha is not None:

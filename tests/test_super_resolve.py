@@ -250,7 +250,7 @@ def test_output_built_tile_by_tile_in_8_and_16_bits_is_the_rounded_whole_image(c
     """`Upscaler.to_array` (tiles rounded straight into the output array, which bounds memory)
     gives the file `save_image` would write from the whole float image: RGB, gray through an
     RGB model, RGB through a Y model (Cb/Cr by bicubic per tile)."""
-    from images import quantize
+    from images import to_file_array
 
     torch.manual_seed(0)
     model = build_model("srcnn", in_channels=channels).eval()
@@ -268,7 +268,7 @@ def test_output_built_tile_by_tile_in_8_and_16_bits_is_the_rounded_whole_image(c
         model=model, name="srcnn", scale=3, channels=channels, device=torch.device("cpu"), tile=16, overlap=6
     )
     for bits in (8, 16):
-        expected = quantize(whole(lr), bits)
+        expected = to_file_array(whole(lr), bits)
         got = tiled.to_array(lr, bits)
         assert got.dtype == expected.dtype and got.shape == (120, 171, image_channels)
         levels = np.abs(got.astype(np.int64) - expected.astype(np.int64))
@@ -276,16 +276,16 @@ def test_output_built_tile_by_tile_in_8_and_16_bits_is_the_rounded_whole_image(c
     narrow = Upscaler(
         model=model, name="srcnn", scale=3, channels=channels, device=torch.device("cpu"), tile=16, overlap=1
     )  # too little overlap
-    assert np.abs(narrow.to_array(lr, 8).astype(int) - quantize(whole(lr), 8).astype(int)).max() > 1
+    assert np.abs(narrow.to_array(lr, 8).astype(int) - to_file_array(whole(lr), 8).astype(int)).max() > 1
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_bicubic_built_tile_by_tile_is_the_whole_image_bicubic(scale):
-    from images import quantize
+    from images import to_file_array
 
     torch.manual_seed(scale)
     lr = torch.rand(3, 300, 270)  # more than one 256-pixel tile each way
-    expected = quantize(evaluation.bicubic(lr, scale), 8)
+    expected = to_file_array(evaluation.bicubic(lr, scale), 8)
     got = evaluation.bicubic_array(lr, scale, 8)
     levels = np.abs(got.astype(np.int64) - expected.astype(np.int64))
     assert got.shape == expected.shape and levels.max() <= 1 and (levels > 0).mean() < 1e-4
@@ -513,7 +513,7 @@ def test_outputs_carry_the_checkpoint_name_and_are_never_overwritten_silently(wo
 
 
 def test_formats_quality_and_outscale(world, tmp_path):
-    from images import quantize
+    from images import to_file_array
 
     Image.fromarray(_smooth((20, 24), 4)).save(tmp_path / "lr.png")
     base = ["--checkpoint", str(world["rgb"]), str(tmp_path / "lr.png"), "--quiet"]
@@ -532,14 +532,15 @@ def test_formats_quality_and_outscale(world, tmp_path):
     sr = np.asarray(Image.open(tmp_path / "o" / "lr_rgb_last.png"))
     lr = load_image(tmp_path / "lr.png")
     upscaler = Upscaler.from_checkpoint(torch.load(world["rgb"], weights_only=True), torch.device("cpu"))
-    expected = quantize(imresize(upscaler(lr), size=(40, 48)).clamp(0, 1))  # x3 then MATLAB bicubic to x2
+    # x3 then MATLAB bicubic to x2
+    expected = to_file_array(imresize(upscaler(lr), size=(40, 48)).clamp(0, 1))
     assert sr.shape == (40, 48, 3) and np.abs(sr.astype(int) - expected.astype(int)).max() <= 1
     bic = np.asarray(Image.open(tmp_path / "o" / "lr_bicubic_x2.png"))
-    np.testing.assert_array_equal(bic, quantize(imresize(lr, 2).clamp(0, 1)))
+    np.testing.assert_array_equal(bic, to_file_array(imresize(lr, 2).clamp(0, 1)))
 
 
 def test_alpha_is_kept_by_bicubic_or_by_the_model(world, tmp_path):
-    from images import quantize
+    from images import to_file_array
 
     rgba = np.dstack([_smooth((16, 18), 5), _smooth((16, 18), 6, channels=1)])
     Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
@@ -548,7 +549,7 @@ def test_alpha_is_kept_by_bicubic_or_by_the_model(world, tmp_path):
     out = np.asarray(Image.open(tmp_path / "b" / "a_rgb_last.png"))
     alpha = torch.from_numpy(rgba[..., 3:]).permute(2, 0, 1).float() / 255
     assert out.shape == (48, 54, 4)
-    np.testing.assert_array_equal(out[..., 3:], quantize(evaluation.bicubic(alpha, 3)))
+    np.testing.assert_array_equal(out[..., 3:], to_file_array(evaluation.bicubic(alpha, 3)))
     assert _sr(*base, "--out-dir", str(tmp_path / "m"), "--alpha-upsampler", "model", "--ext", "jpg") == 0
     by_model = np.asarray(Image.open(tmp_path / "m" / "a_rgb_last.png"))  # JPEG has no alpha: PNG
     assert by_model.shape == (48, 54, 4) and np.abs(by_model[..., 3].astype(int) - out[..., 3]).max() > 0
