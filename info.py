@@ -61,8 +61,10 @@ def environment() -> dict[str, str]:
 
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
-# The recorded results info.py shows, the first group that has any: real PROBA-V scenes, else Set5/14.
-BENCHMARKS = (("PROBAV-sample",), ("Set5", "Set14"))
+# Groups of results JSONs (checkpoints/results/<stem>_<dataset>.json, as `make results` writes
+# them) in display preference; info.py shows the first group that has any: real PROBA-V scenes,
+# else Set5/14. (Not catalog.BENCHMARKS, the names of the benchmark datasets.)
+RESULT_GROUPS = (("PROBAV-sample",), ("Set5", "Set14"))
 
 
 def shipped_checkpoints(folder: Path = CHECKPOINTS) -> list[tuple[str, str]]:
@@ -80,8 +82,8 @@ def shipped_checkpoints(folder: Path = CHECKPOINTS) -> list[tuple[str, str]]:
 
 
 def recorded_results(folder: Path, stem: str) -> dict[str, dict]:
-    """A checkpoint's results JSONs by dataset, from the first group of BENCHMARKS that has any."""
-    for group in BENCHMARKS:
+    """A checkpoint's results JSONs by dataset, from the first group of RESULT_GROUPS that has any."""
+    for group in RESULT_GROUPS:
         files = {name: folder / f"{stem}_{name}.json" for name in group}
         recorded = {name: json.loads(file.read_text()) for name, file in files.items() if file.is_file()}
         if recorded:
