@@ -24,6 +24,7 @@ from metrics import (
     band_energy_ratios,
     psnr,
     radial_power_spectrum,
+    score_labels,
     shave_border,
     ssim,
 )
@@ -76,14 +77,14 @@ def mean_row(rows: list[dict]) -> dict:
     return {"name": "mean", **{k: sum(r[k] for r in rows) / len(rows) for k in keys}}
 
 
-def print_table(rows: list[dict], model_name: str, title: str, metric: str = "psnr") -> None:
+def print_table(rows: list[dict], model_name: str, title: str, multi_frame: bool = False) -> None:
     """Per-image scores of model and baseline (PSNR/SSIM, or cPSNR/cSSIM), and the mean."""
-    similarity = metric.replace("psnr", "ssim")
-    baseline = "bicubic" if metric == "psnr" else "baseline"
+    metric, similarity, baseline = score_labels(multi_frame)
+    metric, similarity = metric.lower(), similarity.lower()  # as in the rows' keys
     width = max([len(r["name"]) for r in rows] + [10])
     model_col = max(12, len(model_name) + len(metric) + 1)
     base_col = max(12, len(baseline) + len(metric) + 1)
-    first = "image" if metric == "psnr" else "scene"
+    first = "scene" if multi_frame else "image"
     header = (
         f"{first:{width}}  {model_name + ' ' + metric.upper():>{model_col}} {similarity.upper():>7}  "
         f"{baseline + ' ' + metric.upper():>{base_col}} {similarity.upper():>7}  {'gain':>6}"

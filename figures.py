@@ -136,11 +136,12 @@ def plot_history(info: dict, path: Path) -> None:
         label=info["model"],
     )
     multi = info["kind"] == MULTI_FRAME
+    metric, _, baseline_label = score_labels(multi)
     baseline = [validation_of(row)[2] for row in history]
-    ax_psnr.plot(epochs, baseline, linestyle="--", label=score_labels(multi)[2])
+    ax_psnr.plot(epochs, baseline, linestyle="--", label=baseline_label)
     ax_psnr.set(
         xlabel="epoch",
-        ylabel="cPSNR (dB, PROBA-V challenge)" if multi else "PSNR (dB, Y, shave = scale)",
+        ylabel=f"{metric} (dB, {'PROBA-V challenge' if multi else 'Y, shave = scale'})",
         title=f"validation on {info['args'].get('val_data')} x{info['scale']}",
     )
     ax_psnr.legend()

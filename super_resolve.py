@@ -70,6 +70,7 @@ from inference import OnnxModel, Upscaler, check_memory
 from metrics import (
     FDA_BANDS,
     PROTOCOL,
+    score_labels,
 )
 from model import MODELS, MULTI_FRAME, SINGLE_IMAGE, load_model, model_kind
 from runtime import parse_device
@@ -366,10 +367,10 @@ def run_dataset(args: argparse.Namespace, upscaler: Upscaler) -> int:
 
 
 def report(
-    args: argparse.Namespace, name: str, scale: int, rows: list[dict], title: str, metric: str = "psnr"
+    args: argparse.Namespace, name: str, scale: int, rows: list[dict], title: str, multi_frame: bool = False
 ) -> None:
     """Print the results as a table or as JSON (single-image PSNR/SSIM or multi-frame cPSNR/cSSIM)."""
-    protocol = protocol_note(scale, args.shave, multi_frame=metric != "psnr")
+    protocol = protocol_note(scale, args.shave, multi_frame=multi_frame)
     if args.json:
         record = set_record(rows, checkpoint=args.checkpoint or args.onnx, model=name, scale=scale,
                             dataset=args.dataset, protocol=protocol, self_ensemble=args.self_ensemble,
@@ -377,7 +378,8 @@ def report(
         print(json.dumps(record, indent=2))
     else:
         ensemble = ", self-ensemble of 8 flips/rotations" if args.self_ensemble else ""
-        print_table(rows, name, f"{title} ({metric.upper()} in dB{ensemble})\n{protocol}", metric)
+        metric = score_labels(multi_frame)[0].upper()
+        print_table(rows, name, f"{title} ({metric} in dB{ensemble})\n{protocol}", multi_frame)
         mean = mean_row(rows)
         if "uncertainty_rank_correlation" in mean:
             each = ", ".join(f"{r['name']} {r['uncertainty_rank_correlation']:+.3f}" for r in rows)
@@ -563,7 +565,7 @@ def run_burst_dataset(args: argparse.Namespace, checkpoint: dict, device: torch.
             outputs = {"sr": sr, "log_scale": log_scale, "baseline": burst.baseline_image(scale)}
             written.append(write_scene(out_dir, burst.name, name, scale, outputs, 16))
     title = f"{args.dataset} x{scale}, bursts of {config.frames} frames"
-    report(args, name, scale, rows, title, metric="cpsnr")
+    report(args, name, scale, rows, title, multi_frame=True)
     if written and not args.json:
         print(f"SR, uncertainty and baseline images of {len(written)} scenes written to {out_dir}")
     return 0
@@ -599,9 +601,8 @@ def run_scene(args: argparse.Namespace, checkpoint: dict, device: torch.device) 
     if not args.json:
         print(line)
     if gt is not None:
-        report(
-            args, name, scale, [scene_row(burst, sr, log_scale, scale, gt, mask)], f"{scene}", metric="cpsnr"
-        )
+        row = scene_row(burst, sr, log_scale, scale, gt, mask)
+        report(args, name, scale, [row], f"{scene}", multi_frame=True)
     return 0
 
 

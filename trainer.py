@@ -527,11 +527,12 @@ def _end_epoch(run: Run, epoch: int) -> None:
               progress.seconds, samples / max(progress.seconds, 1e-9))  # fmt: skip
     row = dict(zip(history_fields(task.kind), values, strict=True))
     progress.history.append(row)
+    metric, similarity, baseline = task.labels
     if run.board is not None:
         log_epoch(
             run.board,
             row,
-            task.metric,
+            metric,
             task.example(run.ema.model if run.ema else run.model) if score else None,
         )
     progress.epoch = epoch
@@ -547,10 +548,9 @@ def _end_epoch(run: Run, epoch: int) -> None:
             save_checkpoint(checkpoint, out_dir / "best.pth")
         write_history_csv(progress.history, out_dir / "history.csv", task.kind)
         save_checkpoint(checkpoint, out_dir / "last.pth")
-        similarity = task.metric.replace("PSNR", "SSIM")
         val = (
-            f"{config.val_data} {task.metric} {score[0]:.2f} dB {similarity} {score[1]:.4f} "
-            f"({task.baseline_name} {bicubic[0]:.2f} / {bicubic[1]:.4f}){' best' if new_best else ''}"
+            f"{config.val_data} {metric} {score[0]:.2f} dB {similarity} {score[1]:.4f} "
+            f"({baseline} {bicubic[0]:.2f} / {bicubic[1]:.4f}){' best' if new_best else ''}"
             if score
             else "no validation"
         )

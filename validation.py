@@ -20,7 +20,7 @@ from data import PatchDataset, load_pairs, rescaled_pairs
 from imresize import DEGRADATIONS, upscale
 from inference import Upscaler
 from losses import make_loss, registered_l1, registered_uncertainty_loss
-from metrics import psnr, scene_scores, shave_border, ssim
+from metrics import psnr, scene_scores, score_labels, shave_border, ssim
 from model import MULTI_FRAME, SINGLE_IMAGE, parse_model_options
 from runtime import Runtime, autocast
 from utils import (
@@ -83,8 +83,11 @@ class Task:
     baseline: tuple[float, float]  # the same for the interpolation baseline
     summary: str  # one line for the start-up message
     example: Callable[[nn.Module], Tensor]  # a network's output on the first validation image
-    metric: str = "PSNR"  # what validate() measures, for the log
-    baseline_name: str = "bicubic"
+
+    @property
+    def labels(self) -> tuple[str, str, str]:
+        """(score, similarity, baseline) as the log prints them: metrics.score_labels of the kind."""
+        return score_labels(self.kind == MULTI_FRAME)
 
 
 def single_image_task(config: TrainConfig, model: nn.Module, runtime: Runtime, show: bool) -> Task:
@@ -206,4 +209,4 @@ def multi_frame_task(config: TrainConfig, model: nn.Module, runtime: Runtime, sh
         f"(baseline {baseline[0]:.2f} dB: bicubic of the frames' mean; for PROBA-V-like and real scenes "
         "of the clearest frames')"
     )
-    return Task(MULTI_FRAME, dataset, step_loss, validate, baseline, summary, example, "cPSNR", "baseline")
+    return Task(MULTI_FRAME, dataset, step_loss, validate, baseline, summary, example)
