@@ -29,7 +29,7 @@ demo: $(STAMP)
 demo-run:
 	$(PY) train.py train --train-data sample-train --val-data sample-test --num-epoch $(DEMO_EPOCHS) \
 	    --patches-per-image $(DEMO_PATCHES) --patch-size $(DEMO_PATCH_SIZE) --batch-size 32 --lr 2e-3 \
-	    --schedule cosine --val-freq 10 --save-freq $(DEMO_EPOCHS) --out-dir $(DEMO_DIR)/run --quiet
+	    --schedule cosine --val-freq 10 --save-freq $(DEMO_EPOCHS) --out-dir $(DEMO_DIR)/run --overwrite --quiet
 	$(PY) train.py inspect $(DEMO_DIR)/run/last.pth --plot $(DEMO_DIR)/curves.png
 	@if [ -f checkpoints/srcnn_x3.pth ]; then \
 	    echo "--- the shipped checkpoint, checkpoints/srcnn_x3.pth:"; \

@@ -121,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="a recipe file (TOML, e.g. configs/edsr_x2.toml): its settings, then the flags given beside it",
     )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start even if --out-dir holds another run's files, removing them (default: refuse)",
+    )
     _add_training_options(train, resume=False)
     resume = sub.add_parser("resume", help="continue from a checkpoint; given flags override saved ones")
     resume.add_argument("checkpoint", help="a checkpoint written by train.py")
@@ -139,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="export a single-image model to ONNX (dynamic height and width)")
     export.add_argument("checkpoint", help="a checkpoint written by train.py")
     export.add_argument("output", help="the .onnx file to write")
+    export.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output (default: refuse)"
+    )
     return parser
 
 
@@ -162,7 +170,7 @@ def command_train(args: argparse.Namespace) -> int:
     if config.out_dir is None:
         name = Path(args.config).stem if args.config else f"{config.model}_x{config.scale}"
         config = config.replace(out_dir=str(Path("runs") / name))
-    return train(config)
+    return train(config, overwrite=args.overwrite)
 
 
 def command_resume(args: argparse.Namespace) -> int:
@@ -335,6 +343,11 @@ def print_history(info: dict) -> None:
 
 def command_export(args: argparse.Namespace) -> int:
     """`export`: the checkpoint's model as ONNX, run by `super_resolve.py --onnx`."""
+    output = Path(args.output)
+    if output.exists() and output.resolve() == Path(args.checkpoint).resolve():
+        raise UserError(f"{args.output}: is the checkpoint being exported; name another output file")
+    if output.exists() and not args.overwrite:
+        raise UserError(f"{args.output}: exists; --overwrite replaces it (nothing was written)")
     checkpoint = load_checkpoint(args.checkpoint)
     if checkpoint.get("kind", SINGLE_IMAGE) != SINGLE_IMAGE:
         raise CheckpointError(f"{args.checkpoint}: ONNX export supports single-image models, not this "

@@ -234,19 +234,47 @@ class Run:
         self.runtime.log(text)
 
 
-def train(config: TrainConfig, checkpoint: dict | None = None) -> int:
-    """Train (or continue) the run described by `config`; returns the exit status."""
+def train(config: TrainConfig, checkpoint: dict | None = None, overwrite: bool = False) -> int:
+    """Train (or continue) the run described by `config`; returns the exit status. A new run
+    refuses an out-dir that holds another run's files unless `overwrite`, which removes them."""
     config = check_config(config)
     if process_rank() != 0:  # the main process owns the out-dir
         return _train_locked(config, checkpoint)
     out_dir = ensure_folder(config.out_dir)
     lock = FolderLock(out_dir)
     try:
+        if checkpoint is None:
+            _claim_for_a_new_run(out_dir, overwrite)
         for tmp in clear_stale_temporaries(out_dir):  # only once the folder is this run's
             print(f"removed {tmp.name}, left by a write that was killed")
         return _train_locked(config, checkpoint)
     finally:
         lock.release()
+
+
+def run_files(out_dir: Path) -> list[Path]:
+    """The files a run writes that are in a folder: checkpoints and history."""
+    candidates = [
+        out_dir / "last.pth",
+        out_dir / "best.pth",
+        out_dir / "history.csv",
+        *out_dir.glob("epoch-*.pth"),
+    ]
+    return sorted(path for path in candidates if path.is_file())
+
+
+def _claim_for_a_new_run(out_dir: Path, overwrite: bool) -> None:
+    """Refuse a folder holding another run's files (its best or last epoch would be replaced and
+    its other epoch files left beside the new run's), or with `overwrite` remove them."""
+    previous = run_files(out_dir)
+    if previous and not overwrite:
+        shown = ", ".join(path.name for path in previous[:4]) + (", ..." if len(previous) > 4 else "")
+        raise UserError(
+            f"{out_dir} holds another run's files ({shown}); continue it with `python train.py resume "
+            f"{out_dir / 'last.pth'}`, choose another --out-dir, or give --overwrite to replace them"
+        )
+    for path in previous:
+        path.unlink()
 
 
 def _train_locked(config: TrainConfig, checkpoint: dict | None) -> int:

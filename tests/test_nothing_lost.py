@@ -448,3 +448,41 @@ def test_resume_is_bit_identical_under_schedules_clipping_average_and_bf16(data,
         row["train_loss"] for row in split["history"]
     ]
     assert len({row["lr"] for row in straight["history"]}) > 1 or "--schedule" not in schedule  # it varied
+
+
+def _contents(folder: Path) -> dict[str, bytes]:
+    """Every file of a folder and its bytes (the lock file aside)."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != ".lock"}
+
+
+def test_a_new_run_never_replaces_another_runs_files(data, tmp_path, capsys):
+    """[16] N1: a second `train` into a run's folder replaced its best, last and first epoch and
+    its history, and left its other epoch files beside the new run's."""
+    out = tmp_path / "run"
+    assert run_cli(train.main, _argv(data, out, "--num-epoch", "3")) == 0
+    before = _contents(out)
+    capsys.readouterr()
+    assert run_cli(train.main, _argv(data, out, "--num-epoch", "1")) == 2
+    error = _one_line_error(capsys)
+    assert "another run's files" in error and "--overwrite" in error and "resume" in error
+    assert _contents(out) == before  # nothing replaced, nothing added
+    assert run_cli(train.main, _argv(data, out, "--num-epoch", "1", "--overwrite")) == 0
+    assert sorted(_contents(out)) == ["best.pth", "epoch-0001.pth", "history.csv", "last.pth"]
+    assert _epoch(out / "last.pth") == 1
+    assert run_cli(train.main, ["resume", str(out / "last.pth"), "--num-epoch", "2"]) == 0  # its own run
+
+
+def test_export_never_replaces_a_file_unasked_nor_its_checkpoint(trained, tmp_path, capsys):
+    """[16] N2: `export v.pth v.pth` turned the checkpoint into an ONNX file."""
+    copy = tmp_path / "v.pth"
+    copy.write_bytes(trained.read_bytes())
+    assert run_cli(train.main, ["export", str(copy), str(copy)]) == 2
+    assert "is the checkpoint being exported" in _one_line_error(capsys)
+    assert run_cli(train.main, ["export", str(copy), str(copy), "--overwrite"]) == 2
+    assert "is the checkpoint being exported" in _one_line_error(capsys)
+    assert copy.read_bytes() == trained.read_bytes()
+    existing = tmp_path / "model.onnx"
+    existing.write_bytes(b"someone's file")
+    assert run_cli(train.main, ["export", str(copy), str(existing)]) == 2
+    assert "--overwrite" in _one_line_error(capsys)
+    assert existing.read_bytes() == b"someone's file"
