@@ -29,7 +29,7 @@ from figures import plot_history
 from imresize import DEGRADATIONS
 from inference import export_onnx
 from metrics import PROTOCOL, score_labels
-from model import KINDS, MULTI_FRAME, SCALES, SINGLE_IMAGE, load_model, model_zoo
+from model import KINDS, MULTI_FRAME, SINGLE_IMAGE, load_model, model_zoo
 from runtime import process_rank
 from trainer import TrainingStopped, train
 from utils import (
@@ -96,8 +96,6 @@ def _add_training_options(parser: argparse.ArgumentParser, resume: bool) -> None
                 kwargs["type"] = PARSERS.get(spec.name, PARSERS.get(kind))
             if meta["choices"] is not None:
                 kwargs["choices"] = list(meta["choices"])
-            if spec.name == "scale":
-                kwargs["choices"] = list(SCALES)
         parser.add_argument(f"--{spec.name.replace('_', '-')}", **kwargs)
 
 
