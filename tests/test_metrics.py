@@ -22,7 +22,10 @@ BASELINES = {
 }
 
 
-@pytest.mark.parametrize(("name", "scale"), list(BASELINES))
+@pytest.mark.parametrize(
+    ("name", "scale"),
+    [pytest.param(*key, marks=() if key == ("Set5", 3) else pytest.mark.slow) for key in BASELINES],
+)  # Set5 x3 in the fast tier, every published cell in the full suite
 def test_bicubic_baseline_matches_published_table(data_root, monkeypatch, name, scale):
     monkeypatch.setenv("SR_DATA_ROOT", str(data_root))
     pairs = load_pairs(name, scale, download=False, progress=False)

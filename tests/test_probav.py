@@ -90,6 +90,7 @@ def test_dataset_in_the_challenge_layout_scores_and_writes_the_rest(tmp_path, ca
     ]
 
 
+@pytest.mark.slow
 def test_probav_like_bursts_have_the_measured_statistics():
     import random
 

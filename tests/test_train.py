@@ -437,6 +437,7 @@ def test_signal_saves_mid_epoch_and_resume_matches_straight_run(data, tmp_path, 
     assert _run(["resume", str(tmp_path / "mid.pth"), "--batch-size", "8"]) == 2
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_process_group_with_workers_still_saves(data, tmp_path):
     # `pkill -f train.py` or `kill -- -PGID` reaches the DataLoader workers too; a worker that
     # died first used to make the main process fail with a traceback and nothing saved
@@ -459,6 +460,7 @@ def test_sigterm_to_the_process_group_with_workers_still_saves(data, tmp_path):
     assert stopped["epoch"] == 1 and stopped["in_epoch"]["batches"] > 0
 
 
+@pytest.mark.slow
 def test_sigkill_never_leaves_a_broken_checkpoint(data, tmp_path):
     out = tmp_path / "run"
     argv = _args(
@@ -489,6 +491,7 @@ def test_sigkill_never_leaves_a_broken_checkpoint(data, tmp_path):
     assert epochs_seen == sorted(epochs_seen) and epochs_seen[-1] > epochs_seen[0]  # resume made progress
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(data, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     out = tmp_path / "ddp"
