@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import math
 import os
+import tomllib
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from imresize import DEGRADATIONS
 from losses import LOSS_NAMES
