@@ -128,11 +128,13 @@ def _read_png16(path: Path, max_pixels: int) -> np.ndarray:
     """Decode a 16-bit PNG (Pillow reduces 16-bit RGB to 8 bits, pypng does not)."""
     import png
 
-    reader = png.Reader(filename=str(path))
-    width, height, rows, info = reader.asDirect()
-    _check_pixels(path, width, height, max_pixels)
-    planes = info["planes"]
-    array = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
+    try:
+        width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+        _check_pixels(path, width, height, max_pixels)
+        planes = info["planes"]
+        array = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
+    except png.Error as err:  # a bad CRC or chunk, a truncated stream
+        raise ImageError(f"{path}: corrupt or truncated image ({first_line(err)})") from None
     array = array.reshape(height, width, planes)  # alpha, if any, is the last plane
     return array[..., 0] if array.shape[-1] == 1 else array
 

@@ -202,3 +202,19 @@ def test_save_is_atomic_and_reports_unwritable_folders(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]  # no temporary left
     with pytest.raises(ImageError, match="16-bit"):
         save_image(img, tmp_path / "out.jpg", bits=16)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bad CRC"])
+def test_a_damaged_16_bit_png_is_an_image_error(tmp_path, damage):
+    """[16] N3: pypng's ChunkError escaped as a traceback (super_resolve, training data, PIUnet frames)."""
+    path = tmp_path / "deep.png"
+    images.save_array(np.random.default_rng(0).integers(0, 65536, (20, 24, 3), dtype=np.uint16), path)
+    data = bytearray(path.read_bytes())
+    idat = data.index(b"IDAT")
+    if damage == "truncated":
+        data = data[: idat + 40]
+    else:
+        data[idat + 20] ^= 0xFF  # inside the compressed data: its CRC no longer matches
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageError, match="corrupt or truncated"):
+        images.load_image(path)
