@@ -81,6 +81,7 @@ from utils import (
     Parser,
     UserError,
     check_writable,
+    clear_stale_temporaries,
     ensure_folder,
     load_checkpoint,
     run_cli,
@@ -324,6 +325,7 @@ def check_outputs(outputs: list[Path], inputs: list[Path], overwrite: bool) -> N
             raise UserError(f"{output}: exists; --overwrite replaces it (nothing was written)")
         taken.add(output.resolve())
         check_writable(output)
+        clear_stale_temporaries(output.parent, output.name)  # left by a run killed writing it
 
 
 # ---------------------------------------------------------------------------------------

@@ -377,6 +377,12 @@ def build_run(config: TrainConfig, checkpoint: dict | None) -> Run:
         dist.barrier()
     make_task = multi_frame_task if model_kind(model) == MULTI_FRAME else single_image_task
     task = make_task(config, model, runtime, show)
+    share = math.ceil(len(task.dataset) / runtime.world)  # this rank's samples in an epoch
+    if progress.samples >= share:
+        raise CheckpointError(
+            f"malformed training checkpoint (in_epoch.samples {progress.samples}: an epoch here has "
+            f"{share}; resume it with the data and --patches-per-image it was trained with)"
+        )
     loader = DataLoader(
         task.dataset,
         batch_size=config.batch_size,
@@ -416,6 +422,11 @@ def _restore(checkpoint: dict, model: nn.Module, optimizer: torch.optim.Optimize
         raise CheckpointError(f"malformed training checkpoint ({first_line(err)})") from None
     if not isinstance(progress.epoch, int) or isinstance(progress.epoch, bool) or progress.epoch < 0:
         raise CheckpointError(f"malformed training checkpoint (epoch {progress.epoch!r})")
+    if not isinstance(progress.samples, int) or isinstance(progress.samples, bool) or progress.samples < 0:
+        raise CheckpointError(f"malformed training checkpoint (in_epoch.samples {progress.samples!r})")
+    best = progress.best_psnr
+    if best is not None and (not isinstance(best, int | float) or not math.isfinite(best)):
+        raise CheckpointError(f"malformed training checkpoint (best_psnr {best!r})")
     return progress
 
 

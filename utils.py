@@ -8,8 +8,10 @@ import contextlib
 import os
 import pickle
 import random
+import signal
 import stat
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -48,8 +50,20 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+class Terminated(Exception):
+    """SIGTERM arrived: the command unwinds (open writes remove their temporaries) and exits 143."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    """The SIGTERM handler of every CLI: unwind instead of dying mid-write."""
+    raise Terminated()
+
+
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Run a CLI's main: user errors become one line on stderr and exit status 2."""
+    """Run a CLI's main: user errors become one line on stderr and exit status 2; SIGTERM and
+    Ctrl-C unwind (nothing half-written is left) and exit 143 and 130."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     try:
         return main(argv)
     except UserError as err:
@@ -58,6 +72,9 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except BrokenPipeError:
         return 0
     except (MemoryError, RuntimeError) as err:  # torch's CPU allocator raises RuntimeError
@@ -66,6 +83,9 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
         print(f"error: out of memory ({first_line(err) or 'MemoryError'}); "
               "a smaller input or --tile needs less", file=sys.stderr)  # fmt: skip
         return 2
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def is_out_of_memory(err: BaseException) -> bool:
@@ -136,11 +156,12 @@ def atomic_write(path: str | os.PathLike, what: str = "file") -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def clear_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+def clear_stale_temporaries(folder: str | os.PathLike, name: str = "*") -> list[Path]:
     """Remove the hidden `.NAME.PID.tmp` files `atomic_write` left in `folder` when a process
-    was killed mid-write (their PID no longer runs); returns what was removed."""
+    was killed mid-write (their PID no longer runs), of every file or only of `name`; returns
+    what was removed."""
     removed = []
-    for tmp in Path(folder).glob(".*.*.tmp"):
+    for tmp in Path(folder).glob(f".{name}.*.tmp"):
         pid = tmp.name.rsplit(".", 2)[-2]
         if pid.isdigit() and not _process_alive(int(pid)):
             tmp.unlink(missing_ok=True)

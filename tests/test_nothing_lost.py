@@ -153,6 +153,10 @@ def _malformed(checkpoint: dict, case: str) -> dict:
         spoiled["optimizer"] = {"state": {}, "param_groups": []}
     elif case == "empty rng":
         spoiled["rng"] = {}
+    elif case == "samples past the epoch":  # [16] N9: trained an "epoch" of nothing at 1e11 patches/s
+        spoiled["in_epoch"] = {**spoiled["in_epoch"], "samples": 10**9}
+    elif case == "best NaN":  # [16] N9: no later epoch could beat it, best.pth was never written again
+        spoiled["best_psnr"] = float("nan")
     return spoiled
 
 
@@ -165,7 +169,8 @@ MODEL_CASES = [
     "scale 1000",
     "nan weights",
 ]
-TRAINING_CASES = ["args a string", "epoch a string", "wrong optimizer", "empty rng"]
+TRAINING_CASES = ["args a string", "epoch a string", "wrong optimizer", "empty rng", "samples past the epoch",
+                  "best NaN"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -486,3 +491,39 @@ def test_export_never_replaces_a_file_unasked_nor_its_checkpoint(trained, tmp_pa
     assert run_cli(train.main, ["export", str(copy), str(existing)]) == 2
     assert "--overwrite" in _one_line_error(capsys)
     assert existing.read_bytes() == b"someone's file"
+
+
+def test_sigterm_while_writing_an_output_leaves_nothing_half_written(tmp_path):
+    """[16] N7: SIGTERM mid-write left `.NAME.PID.tmp` files (super_resolve.py did not handle it)."""
+    lr = _photo(tmp_path / "in.png", 0)
+    code = (
+        "import os, signal, sys\n"
+        "import images, super_resolve, utils\n"
+        "write = images._write_array\n"
+        "def dying(*args):\n"
+        "    write(*args)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)  # the temporary is whole, not yet renamed\n"
+        "images._write_array = dying\n"
+        "sys.exit(utils.run_cli(super_resolve.main, sys.argv[1:]))\n"
+    )
+    checkpoint = str(ROOT / "checkpoints" / "srcnn_x3.pth")
+    command = [sys.executable, "-c", code, "--checkpoint", checkpoint, str(lr), "--quiet"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 143, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]  # no temporary, no output
+
+
+def test_the_next_run_removes_a_killed_writers_temporary_of_its_output(tmp_path, capsys):
+    """[16] N7: a writer killed by SIGKILL cannot clean up; the next run writing that output does."""
+    import super_resolve
+
+    lr = _photo(tmp_path / "in.png", 0)
+    stale = tmp_path / ".in_srcnn_x3.png.999999999.tmp"  # no process has this PID
+    stale.write_bytes(b"half an image")
+    unrelated = tmp_path / ".notes.txt.999999999.tmp"
+    unrelated.write_bytes(b"not ours")
+    argv = ["--checkpoint", str(ROOT / "checkpoints" / "srcnn_x3.pth"), str(lr), "--quiet"]
+    assert run_cli(super_resolve.main, argv) == 0
+    assert not stale.exists() and (tmp_path / "in_srcnn_x3.png").is_file()
+    assert unrelated.read_bytes() == b"not ours"  # only the temporaries of what this run writes
