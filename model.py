@@ -280,6 +280,27 @@ def build_model(name: str, scale: int = 3, **options: Any) -> nn.Module:
     return MODELS[name][0](scale=scale, **options)
 
 
+def check_forward(model: nn.Module, scale: int, in_channels: int = 3) -> None:
+    """Run a small input through a newly built network: options that build a network which
+    cannot run, or that maps to the wrong size, raise ValueError here, before training starts."""
+    multi_frame = model_kind(model) == MULTI_FRAME
+    if not multi_frame and (not isinstance(in_channels, int) or in_channels < 1):
+        raise ValueError(f"in_channels must be a whole number of at least 1, got {in_channels!r}")
+    lr = torch.rand(1, 3, 12, 12) if multi_frame else torch.rand(1, in_channels, 12, 12)
+    expected = (1, 1 if multi_frame else in_channels, 12 * scale, 12 * scale)
+    state = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(lr)
+    except RuntimeError as err:
+        raise ValueError(first_line(err)) from None
+    finally:
+        model.train(state)
+    out = out[0] if multi_frame else out
+    if tuple(out.shape) != expected:
+        raise ValueError(f"it maps a 12x12 input to {tuple(out.shape)}, not {expected}")
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

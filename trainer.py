@@ -13,6 +13,7 @@ import copy
 import math
 import signal
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +30,7 @@ from data import PatchSampler
 from model import (
     MULTI_FRAME,
     build_model,
+    check_forward,
     checkpoint_weights,
     count_parameters,
     load_model,
@@ -79,6 +81,7 @@ def check_config(config: TrainConfig) -> TrainConfig:
             f"--loss-border {config.loss_border} must be at least 0 and leave part of the "
             f"{config.patch_size} px patch"
         )
+    _check_model_options(config)
     if config.tensorboard is not None:
         check_board(config.tensorboard)
     if config.device is not None:  # the more specific choice; --cuda follows it
@@ -93,6 +96,19 @@ def check_config(config: TrainConfig) -> TrainConfig:
                     f"{flag} is for single-image models; {config.model} trains on bursts (--burst-*)"
                 )
     return config
+
+
+def _check_model_options(config: TrainConfig) -> None:
+    """Build the network and run a small input through it: options it does not take, or that
+    build a network which cannot run, are one line before anything is written."""
+    options = parse_model_options(list(config.model_option))
+    try:
+        with warnings.catch_warnings():  # torch warns of zero-sized layers before they fail
+            warnings.simplefilter("ignore")
+            model = build_model(config.model, config.scale, **options)
+            check_forward(model, config.scale, options.get("in_channels", 3))
+    except (TypeError, ValueError) as err:
+        raise UserError(f"model {config.model}: bad --model-option ({first_line(err)})") from None
 
 
 @dataclass
@@ -337,10 +353,7 @@ def build_run(config: TrainConfig, checkpoint: dict | None) -> Run:
     options = parse_model_options(config.model_option)
 
     seed_everything(config.seed + runtime.rank)
-    try:
-        model = build_model(config.model, scale=config.scale, **options)
-    except TypeError as err:
-        raise UserError(f"model {config.model}: bad --model-option ({err})") from None
+    model = build_model(config.model, scale=config.scale, **options)  # check_config built one
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     progress = Progress()
     if checkpoint is None and config.init_from:

@@ -527,3 +527,17 @@ def test_the_next_run_removes_a_killed_writers_temporary_of_its_output(tmp_path,
     assert run_cli(super_resolve.main, argv) == 0
     assert not stale.exists() and (tmp_path / "in_srcnn_x3.png").is_file()
     assert unrelated.read_bytes() == b"not ours"  # only the temporaries of what this run writes
+
+
+@pytest.mark.parametrize(
+    ("model", "option"),
+    [("srcnn", "f2=4"), ("srcnn", "in_channels=0"), ("edsr", "features=0"), ("edsr", "preset=huge"),
+     ("srcnn", "bogus=1")],
+)  # fmt: skip
+def test_model_options_that_build_no_working_network_are_one_line(data, tmp_path, capsys, model, option):
+    """[16] N6: these raised a RuntimeError or ValueError traceback from inside the network."""
+    out = tmp_path / "run"
+    argv = _argv(data, out, "--num-epoch", "1", "--model", model, "--model-option", option)
+    assert run_cli(train.main, argv) == 2
+    assert "bad --model-option" in _one_line_error(capsys)
+    assert not out.exists()  # refused before anything is written
