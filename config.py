@@ -12,11 +12,11 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from imresize import DEGRADATIONS
+from imresize import degradation_kernels
 from losses import LOSS_NAMES
 from model import MODELS
 from utils import CheckpointError, UserError
@@ -265,7 +265,7 @@ def _scalar(kind: str, value: Any, name: str) -> Any:
 def default(name: str) -> Any:
     """The default of one setting."""
     spec = next(f for f in fields(TrainConfig) if f.name == name)
-    return spec.default if spec.default is not MISSING else spec.default_factory()
+    return spec.default  # no field has a default factory
 
 
 def check(config: TrainConfig) -> None:
@@ -281,12 +281,10 @@ def check(config: TrainConfig) -> None:
         values = value if isinstance(value, tuple) else (value,)
         if not all(_in_range(v, meta) for v in values):
             raise ConfigError(f"{flag} must be {_interval(meta)}, got {_shown(value)}")
-    kernels = DEGRADATIONS if config.degradation == "random" else tuple(config.degradation.split(","))
-    unknown = [k for k in kernels if k not in DEGRADATIONS]
-    if unknown:
-        raise ConfigError(
-            f"--degradation: unknown kernel {unknown[0]!r}; use {', '.join(DEGRADATIONS)} or random"
-        )
+    try:
+        degradation_kernels(config.degradation)
+    except ValueError as err:
+        raise ConfigError(f"--degradation: {err}") from None
 
 
 def _in_range(value: float, meta: Any) -> bool:

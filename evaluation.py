@@ -6,7 +6,7 @@ and `make results` all score through these functions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -114,17 +114,16 @@ def l1_error(sr: Tensor, hr: Tensor, shave: int) -> float:
 
 
 def evaluate_pairs(
-    upscaler: Upscaler | Callable[[Tensor], Tensor],
+    upscaler: Upscaler,
     pairs: Sequence[ImagePair],
-    scale: int,
     shave: int,
     sr_paths: Sequence[Path] = (),
-    panels: tuple[Sequence[Path], str] | None = None,
+    panel_paths: Sequence[Path] = (),
     progress: str | None = None,
 ) -> tuple[list[dict], dict[str, list[Tensor]]]:
     """Each pair's row (model and bicubic PSNR/SSIM, and their frequency-band energy ratios) and
     the radial power spectra of model, bicubic and HR; the SR images written to `sr_paths` and
-    comparison panels to `panels` (paths, model name) when given; a progress bar named `progress`."""
+    comparison panels to `panel_paths` when given; a progress bar named `progress`."""
     from tqdm import tqdm
 
     rows: list[dict] = []
@@ -132,7 +131,7 @@ def evaluate_pairs(
     for index, pair in enumerate(tqdm(pairs, desc=progress, disable=progress is None, leave=False)):
         check_size(pair.lr, pair.name)
         check_scorable(pair.hr, pair.name, shave)
-        sr, bic = upscaler(pair.lr), bicubic(pair.lr, scale)
+        sr, bic = upscaler(pair.lr), bicubic(pair.lr, upscaler.scale)
         row = image_row(pair.name, sr, bic, pair.hr, shave)
         for who, image in (("model", sr), ("bicubic", bic)):
             for band, ratio in band_energy_ratios(image, pair.hr).items():
@@ -142,13 +141,9 @@ def evaluate_pairs(
             spectra.setdefault(who, []).append(radial_power_spectrum(image))
         if sr_paths:
             save_image(sr, sr_paths[index])
-        if panels is not None:
-            panel_paths, name = panels
-            save_panel(
-                panel_paths[index],
-                f"{pair.name} x{scale}",
-                panel_images(pair.lr, bic, sr, pair.hr, row, name),
-            )
+        if panel_paths:
+            panel = panel_images(pair.lr, bic, sr, pair.hr, row, upscaler.name)
+            save_panel(panel_paths[index], f"{pair.name} x{upscaler.scale}", panel)
     return rows, spectra
 
 

@@ -16,6 +16,16 @@ from torch import Tensor
 DEGRADATIONS = ("bicubic", "bilinear", "nearest")
 
 
+def degradation_kernels(text: str) -> tuple[str, ...]:
+    """The LR kernels a --degradation value names: one, a comma list, or 'random' (all of them);
+    ValueError names the first unknown one."""
+    kernels = DEGRADATIONS if text == "random" else tuple(text.split(","))
+    unknown = [k for k in kernels if k not in DEGRADATIONS]
+    if unknown:
+        raise ValueError(f"unknown kernel {unknown[0]!r}; use {', '.join(DEGRADATIONS)} or random")
+    return kernels
+
+
 # ---------------------------------------------------------------------------------------
 # MATLAB-compatible resizing
 # ---------------------------------------------------------------------------------------

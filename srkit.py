@@ -83,7 +83,7 @@ class SuperResolver:
         the record `super_resolve.py --dataset NAME --json` prints (each image, the mean)."""
         pairs = load_pairs(dataset, self.scale, progress=False)
         border = self.scale if shave is None else shave
-        rows, _ = evaluate_pairs(self.upscaler, pairs, self.scale, border)
+        rows, _ = evaluate_pairs(self.upscaler, pairs, border)
         return set_record(
             rows,
             checkpoint=self.checkpoint,

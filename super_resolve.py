@@ -347,14 +347,9 @@ def run_dataset(args: argparse.Namespace, upscaler: Upscaler) -> int:
     sr_paths = [out_dir / f"{pair.name}_{suffix}.png" for pair in pairs] if out_dir else []
     panel_paths = [panel_dir / f"{pair.name}_compare.png" for pair in pairs] if panel_dir else []
     check_outputs(sr_paths + panel_paths, [], args.overwrite)
+    shave = shave_of(args, upscaler.scale)
     rows, spectra = evaluate_pairs(
-        upscaler,
-        pairs,
-        upscaler.scale,
-        shave_of(args, upscaler.scale),
-        sr_paths,
-        (panel_paths, upscaler.name) if panel_paths else None,
-        args.dataset if show else None,
+        upscaler, pairs, shave, sr_paths, panel_paths, args.dataset if show else None
     )
     report(args, upscaler.name, upscaler.scale, rows, f"{args.dataset} x{upscaler.scale}")
     if args.fda_plot:

@@ -26,7 +26,7 @@ from typing import Any
 
 from config import FIXED_EPOCH, FIXED_RUN, TrainConfig, fixed, load_recipe, recorded_config
 from figures import plot_history
-from imresize import DEGRADATIONS
+from imresize import degradation_kernels
 from inference import export_onnx
 from metrics import PROTOCOL, score_labels
 from model import KINDS, MULTI_FRAME, SINGLE_IMAGE, load_model, model_zoo
@@ -48,12 +48,10 @@ from validation import named_history, validation_of
 
 def _degradation(text: str) -> str:
     """Validate --degradation: one kernel, a comma list, or 'random' (all of them)."""
-    kernels = DEGRADATIONS if text == "random" else tuple(text.split(","))
-    unknown = [k for k in kernels if k not in DEGRADATIONS]
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown kernel {unknown[0]!r}; use {', '.join(DEGRADATIONS)} or random"
-        )
+    try:
+        degradation_kernels(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     return text
 
 

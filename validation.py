@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from bursts import Burst, BurstConfig, burst_evaluation_set, burst_training_set
 from config import TrainConfig
 from data import PatchDataset, load_pairs, rescaled_pairs
-from imresize import DEGRADATIONS, upscale
+from imresize import degradation_kernels, upscale
 from inference import Upscaler
 from losses import make_loss, registered_l1, registered_uncertainty_loss
 from metrics import psnr, scene_scores, score_labels, shave_border, ssim
@@ -94,7 +94,7 @@ def single_image_task(config: TrainConfig, model: nn.Module, runtime: Runtime, s
     """LR/HR patches, the chosen loss, PSNR/SSIM of full validation images against bicubic."""
     options = parse_model_options(config.model_option)
     channels = options.get("in_channels", 3)
-    kernels = DEGRADATIONS if config.degradation == "random" else tuple(config.degradation.split(","))
+    kernels = degradation_kernels(config.degradation)
     train_pairs = load_pairs(config.train_data, config.scale, kernels, channels=channels, progress=show)
     train_pairs = rescaled_pairs(
         train_pairs, config.train_scales, config.scale, kernels, min_size=config.patch_size
