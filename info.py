@@ -112,8 +112,8 @@ def results_line(recorded: dict[str, dict]) -> str:
 
 def _multiply_adds(path: Path) -> float:
     """Multiply-adds per output pixel of a checkpoint's model."""
+    from checkpoint import load_checkpoint
     from model import load_model, multiply_adds_per_pixel
-    from utils import load_checkpoint
 
     checkpoint = load_checkpoint(path)
     options = checkpoint["model"]["options"]

@@ -331,36 +331,12 @@ def checkpoint_weights(checkpoint: dict) -> dict[str, Tensor]:
 SCALES = range(2, 9)  # the SR factors a model of this toolkit may have
 
 
-def model_spec(checkpoint: dict) -> tuple[str, int, dict]:
-    """A checkpoint's (model name, scale, options), checked against the registry before use."""
-    spec = checkpoint.get("model")
-    if not isinstance(spec, dict):
-        raise CheckpointError("malformed checkpoint: its model description is missing")
-    name, scale, options = spec.get("name"), spec.get("scale"), spec.get("options", {})
-    if name not in MODELS:
-        raise CheckpointError(f"the checkpoint names an unknown model {name!r} (known: {', '.join(MODELS)})")
-    if not isinstance(scale, int) or isinstance(scale, bool) or scale not in SCALES:
-        raise CheckpointError(
-            f"the checkpoint's scale {scale!r} is not an SR factor from {SCALES[0]} to {SCALES[-1]}"
-        )
-    if not isinstance(options, dict):
-        raise CheckpointError(f"the checkpoint's model options {options!r} are not a mapping")
-    return name, scale, options
-
-
 def load_model(checkpoint: dict) -> nn.Module:
-    """Rebuild a checkpoint's model with its weights (their moving average if kept), in eval mode;
-    CheckpointError when its description or weights are malformed, empty or not finite."""
-    name, scale, options = model_spec(checkpoint)
+    """Rebuild a checkpoint's model with its weights (their moving average if kept), in eval mode.
+    The checkpoint is one `checkpoint.load_checkpoint` checked against its schema."""
+    spec = checkpoint["model"]
+    name, scale, options = spec["name"], spec["scale"], spec.get("options", {})
     weights = checkpoint_weights(checkpoint)
-    if (
-        not isinstance(weights, dict)
-        or not weights
-        or not all(isinstance(w, Tensor) for w in weights.values())
-    ):
-        raise CheckpointError(f"the checkpoint's weights of {name!r} are missing or not tensors")
-    if not all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point()):
-        raise CheckpointError(f"the checkpoint's weights of {name!r} hold NaN or infinity")
     try:
         model = build_model(name, scale=scale, **options)
         model.load_state_dict(weights)

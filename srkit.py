@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from checkpoint import load_checkpoint
 from data import load_pairs
 from evaluation import evaluate_pairs, protocol_note, set_record
 from images import pil_array, to_file_array
@@ -29,7 +30,7 @@ from imresize import upscale as bicubic_upscale
 from inference import Upscaler
 from model import SINGLE_IMAGE
 from runtime import parse_device
-from utils import CheckpointError, ImageError, load_checkpoint
+from utils import CheckpointError, ImageError
 
 Picture = Tensor | np.ndarray | Image.Image
 

@@ -36,6 +36,7 @@ from bursts import (
     load_probav_scene,
     probav_layout,
 )
+from checkpoint import load_checkpoint
 from config import recorded_config
 from data import load_pairs
 from evaluation import (
@@ -72,10 +73,9 @@ from metrics import (
     PROTOCOL,
     score_labels,
 )
-from model import MODELS, MULTI_FRAME, SINGLE_IMAGE, load_model, model_kind
+from model import MODELS, MULTI_FRAME, SINGLE_IMAGE, load_model
 from runtime import parse_device
 from utils import (
-    CheckpointError,
     DatasetError,
     ImageError,
     Parser,
@@ -83,7 +83,6 @@ from utils import (
     check_writable,
     clear_stale_temporaries,
     ensure_folder,
-    load_checkpoint,
     run_cli,
 )
 
@@ -527,12 +526,7 @@ def load_fusion_model(args: argparse.Namespace, checkpoint: dict, device: torch.
     for option in ("degradation", "fda_plot", "compare", "compare_dir"):
         if getattr(args, option):
             raise UserError(f"--{option.replace('_', '-')} is for single-image checkpoints")
-    model = load_model(checkpoint).to(device)
-    if model_kind(model) != MULTI_FRAME:
-        raise CheckpointError(
-            f"{args.checkpoint}: marked multi-frame, but {checkpoint['model']['name']} is not"
-        )
-    return model
+    return load_model(checkpoint).to(device)
 
 
 def run_burst_dataset(args: argparse.Namespace, checkpoint: dict, device: torch.device) -> int:
@@ -628,8 +622,6 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--shave is for single-image models; cPSNR of bursts has its own border")
         if kind == MULTI_FRAME:
             return (run_burst_dataset if args.dataset else run_scene)(args, checkpoint, device)
-        if kind != SINGLE_IMAGE:
-            raise CheckpointError(f"{args.checkpoint}: unknown kind of checkpoint {kind!r}")
         upscaler = Upscaler.from_checkpoint(
             checkpoint, device, args.tile, args.tile_overlap, args.amp, args.self_ensemble
         )

@@ -24,19 +24,19 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from checkpoint import is_training_checkpoint, load_checkpoint
 from config import FIXED_EPOCH, FIXED_RUN, TrainConfig, fixed, load_recipe, recorded_config
 from figures import plot_history
 from imresize import degradation_kernels
 from inference import export_onnx
 from metrics import PROTOCOL, score_labels
-from model import KINDS, MULTI_FRAME, SINGLE_IMAGE, load_model, model_zoo
+from model import MULTI_FRAME, SINGLE_IMAGE, load_model, model_zoo
 from runtime import process_rank
 from trainer import TrainingStopped, train
 from utils import (
     CheckpointError,
     Parser,
     UserError,
-    load_checkpoint,
     run_cli,
 )
 from validation import named_history, validation_of
@@ -172,8 +172,8 @@ def command_train(args: argparse.Namespace) -> int:
 def command_resume(args: argparse.Namespace) -> int:
     """`resume`: the saved arguments, overridden by the flags given now."""
     checkpoint = load_checkpoint(args.checkpoint)
-    if checkpoint.get("kind") not in KINDS:
-        raise CheckpointError(f"{args.checkpoint}: not a training checkpoint written by train.py")
+    if not is_training_checkpoint(checkpoint):
+        raise CheckpointError(f"{args.checkpoint}: holds a model but no training state to resume")
     saved = recorded_config(checkpoint, args.checkpoint)
     # the run goes on beside the file it resumes, not in the folder recorded inside it (a copied
     # run must not write into the original, nor a checkpoint from elsewhere choose where to write)
@@ -211,12 +211,12 @@ def describe(checkpoint: dict) -> dict:
         "scale": checkpoint["model"]["scale"],
         "options": checkpoint["model"]["options"],
         "kind": checkpoint.get("kind"),
-        "params": checkpoint.get("params"),
-        "epoch": checkpoint["epoch"],
+        "params": checkpoint.get("params", sum(t.numel() for t in checkpoint["state_dict"].values())),
+        "epoch": checkpoint.get("epoch"),
         "in_epoch": checkpoint.get("in_epoch"),
         "best_psnr": checkpoint.get("best_psnr"),
-        "args": checkpoint["args"],
-        "history": named_history(checkpoint),
+        "args": checkpoint.get("args"),
+        "history": named_history(checkpoint) if is_training_checkpoint(checkpoint) else None,
     }
 
 
@@ -229,6 +229,8 @@ def say(text: str) -> None:
 def command_inspect(args: argparse.Namespace) -> int:
     """`inspect`: what a checkpoint holds, as text or JSON, and optionally its curves."""
     info = describe(load_checkpoint(args.checkpoint))
+    if info["args"] is None and (args.plot or args.reach is not None or args.all):
+        raise UserError(f"{args.checkpoint}: holds a model but no training record to plot or list")
     if args.plot:
         plot_history(info, Path(args.plot))
     if args.json:
@@ -254,11 +256,14 @@ def summary(info: dict) -> list[str]:
     args, history = info["args"], info["history"]
     metric, similarity, baseline = score_labels(info["kind"] == MULTI_FRAME)
     options = f"  options {info['options']}" if info["options"] else ""
+    model = f"model      {info['model']} x{info['scale']}{options}  {info['params']:,} parameters"
+    if args is None:
+        return [model, "training   none recorded (a model-only checkpoint)"]
     partial = (info["in_epoch"] or {}).get("batches", 0)
     scales = args.get("train_scales") or [1.0]
     augmented = f" at scales {','.join(f'{f:g}' for f in scales)}" if scales != [1.0] else ""
     lines = [
-        f"model      {info['model']} x{info['scale']}{options}  {info['params']:,} parameters",
+        model,
         f"data       {args.get('train_data') or 'the default set'}{augmented} "
         f"({args.get('patches_per_image')} patches of {args.get('patch_size')} px per image, "
         f"batch {args.get('batch_size')}), "

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from board import check_board, log_epoch, open_board
 from catalog import canonical_name, resolve_dataset, set_names
+from checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 from config import TrainConfig, check, default
 from data import PatchSampler
 from model import (
@@ -33,23 +34,18 @@ from model import (
     check_forward,
     checkpoint_weights,
     count_parameters,
-    load_model,
     model_kind,
     parse_model_options,
 )
 from runtime import Runtime, agreed, parse_device, process_rank, setup_runtime
 from utils import (
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_VERSION,
     CheckpointError,
     FolderLock,
     UserError,
     clear_stale_temporaries,
     ensure_folder,
     first_line,
-    load_checkpoint,
     rng_state,
-    save_checkpoint,
     seed_everything,
     set_rng_state,
 )
@@ -423,24 +419,12 @@ def build_run(config: TrainConfig, checkpoint: dict | None) -> Run:
 
 
 def _restore(checkpoint: dict, model: nn.Module, optimizer: torch.optim.Optimizer) -> Progress:
-    """Weights, optimizer state, position and RNG state from a checkpoint, each checked: a
-    malformed one is a CheckpointError (one line), never a traceback."""
-    load_model(checkpoint)  # checks the description and that the weights are whole and finite
-    try:
-        model.load_state_dict(checkpoint["state_dict"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        progress = progress_from(checkpoint)
-        set_rng_state(checkpoint["rng"])
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as err:
-        raise CheckpointError(f"malformed training checkpoint ({first_line(err)})") from None
-    if not isinstance(progress.epoch, int) or isinstance(progress.epoch, bool) or progress.epoch < 0:
-        raise CheckpointError(f"malformed training checkpoint (epoch {progress.epoch!r})")
-    if not isinstance(progress.samples, int) or isinstance(progress.samples, bool) or progress.samples < 0:
-        raise CheckpointError(f"malformed training checkpoint (in_epoch.samples {progress.samples!r})")
-    best = progress.best_psnr
-    if best is not None and (not isinstance(best, int | float) or not math.isfinite(best)):
-        raise CheckpointError(f"malformed training checkpoint (best_psnr {best!r})")
-    return progress
+    """Weights, optimizer state, position and RNG state from a training checkpoint that
+    `checkpoint.load_checkpoint` checked against its schema."""
+    model.load_state_dict(checkpoint["state_dict"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    set_rng_state(checkpoint["rng"])
+    return progress_from(checkpoint)
 
 
 def initialise_from(model: nn.Module, path: str) -> str:

@@ -1,12 +1,10 @@
-"""Plumbing shared by the scripts: error types, command lines, atomic writes,
-checkpoint files, random state."""
+"""Plumbing shared by the scripts: error types, command lines, atomic writes, random state."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import os
-import pickle
 import random
 import signal
 import stat
@@ -237,33 +235,6 @@ def ensure_folder(folder: str | os.PathLike) -> Path:
     return folder
 
 
-# ---------------------------------------------------------------------------------------
-# Checkpoints: atomic writes, safe loads
-# ---------------------------------------------------------------------------------------
-
-CHECKPOINT_FORMAT = "srkit-checkpoint"
-CHECKPOINT_VERSION = 1  # bumped when the layout changes; files from before versions are version 1
-_FILE_SIGNATURES = {  # what a file that is not a checkpoint most likely is, by its first bytes
-    b"\x89PNG": "a PNG image",
-    b"\xff\xd8\xff": "a JPEG image",
-    b"BM": "a BMP image",
-    b"II*\x00": "a TIFF image",
-    b"MM\x00*": "a TIFF image",
-    b"<": "an HTML/XML page",
-    b"{": "a JSON file",
-}
-
-
-def save_checkpoint(checkpoint: dict, path: str | os.PathLike) -> Path:
-    """Write a checkpoint atomically (temporary file in the same folder, fsync, rename)."""
-    with atomic_write(path, "checkpoint") as tmp:
-        try:
-            torch.save(checkpoint, tmp)
-        except RuntimeError as err:  # torch's zip writer reports a full disk or a file-size limit so
-            raise UserError(f"{path}: cannot write checkpoint ({first_line(err)})") from None
-    return Path(path)
-
-
 def _fsync_folder(folder: Path) -> None:
     """Make a rename inside `folder` durable (no-op where folders cannot be opened)."""
     try:
@@ -276,52 +247,6 @@ def _fsync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a toolkit checkpoint with weights_only=True; raise CheckpointError on any problem.
-
-    A file that holds pickled Python objects is refused without running their code.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    _check_container(path)
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()
-        detail = next((line for line in first if "GLOBAL" in line or "Unsupported" in line), "")
-        raise CheckpointError(
-            f"{path}: refused, it holds pickled Python objects that weights_only loading does "
-            f"not allow{f' ({detail.strip()})' if detail else ''}"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as err:
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({first_line(err)})") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"{path}: not a checkpoint of this toolkit (a bare state_dict or another program's file?)"
-        )
-    version = checkpoint.get("version", 1)
-    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint format version {version!r}; this toolkit reads versions 1 to "
-            f"{CHECKPOINT_VERSION} (a newer toolkit wrote it?)"
-        )
-    return checkpoint
-
-
-def _check_container(path: Path) -> None:
-    """Refuse a file that is not a torch.save file at all (a zip archive, or a legacy pickle
-    starting with protocol 2+), naming what it looks like."""
-    with path.open("rb") as f:
-        head = f.read(8)
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
-        return
-    if not head:
-        raise CheckpointError(f"{path}: empty file, not a checkpoint")
-    looks = next((what for magic, what in _FILE_SIGNATURES.items() if head.startswith(magic)), None)
-    raise CheckpointError(f"{path}: not a checkpoint file{f' (it looks like {looks})' if looks else ''}")
 
 
 def first_line(err: BaseException) -> str:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from conftest import smooth_image_folder
 
 import train
+from checkpoint import load_checkpoint
 from config import TrainConfig
 from data import load_pairs
 from images import save_image
@@ -25,7 +26,7 @@ from losses import LOSSES
 from metrics import psnr
 from model import build_model, load_model
 from runtime import Runtime
-from utils import load_checkpoint, run_cli
+from utils import run_cli
 from validation import single_image_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -562,7 +563,7 @@ def test_init_from_takes_the_matching_weights_of_another_scale(data, tmp_path, c
 
 
 def test_checkpoints_carry_a_format_version_checked_on_load(data, tmp_path, capsys):
-    from utils import CHECKPOINT_VERSION, load_checkpoint
+    from checkpoint import CHECKPOINT_VERSION, load_checkpoint
 
     out = tmp_path / "run"
     assert _run(["train", *_args(data, out, "--num-epoch", "1")]) == 0

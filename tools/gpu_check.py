@@ -182,7 +182,7 @@ def _lossless(image: Path) -> tuple[bytes, str]:
 
 def _copy_weights(source: Path, target: Path) -> None:
     """A train.py checkpoint without Adam's moments (half the size; --init-from reads only weights)."""
-    from utils import load_checkpoint, save_checkpoint
+    from checkpoint import load_checkpoint, save_checkpoint
 
     checkpoint = load_checkpoint(source)
     checkpoint["optimizer"] = {"state": {}, "param_groups": checkpoint["optimizer"]["param_groups"]}
