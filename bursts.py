@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from catalog import SCENE_SETS, canonical_name, resolve_dataset
 from data import item_rng, load_pairs, mix_seed
-from images import dihedral, load_image, to_channels
+from images import dihedral, image_size, load_image, to_channels
 from imresize import gaussian_filter, imresize, modcrop
 from utils import DatasetError, ImageError
 
@@ -260,18 +260,40 @@ def load_probav_scene(folder: str | os.PathLike, frames: int = 9) -> Burst:
     lr_paths = sorted(folder.glob("LR*.png"))
     if not lr_paths:
         raise DatasetError(f"{folder}: no LR*.png frames (PROBA-V scene layout expected)")
-    stack = torch.cat([load_image(p) for p in lr_paths])
+    stack = torch.cat([_band(p, like=lr_paths[0]) for p in lr_paths])
     clear = torch.stack([_quality_mask(folder / p.name.replace("LR", "QM"), stack[0]) for p in lr_paths])
     chosen, weights, baseline = challenge_frames(stack, clear, frames, PROBAV_SCALE)
-    hr = load_image(folder / "HR.png") if (folder / "HR.png").exists() else torch.empty(0)
+    hr = _band(folder / "HR.png") if (folder / "HR.png").exists() else torch.empty(0)
     sm = folder / "SM.png"
-    mask = (load_image(sm) > 0.5).float() if sm.exists() else torch.ones_like(hr)
+    if sm.exists() and not hr.numel():
+        raise DatasetError(f"{folder}: SM.png without HR.png")
+    mask = (_band(sm, like=folder / "HR.png") > 0.5).float() if sm.exists() else torch.ones_like(hr)
     return Burst(folder.name, chosen, hr, mask, baseline, challenge_norm(folder), weights)
 
 
-def _quality_mask(path: Path, like: Tensor) -> Tensor:
-    """A frame's QM as a 0/1 (h, w) clear mask; all clear when the file is missing."""
-    return (load_image(path)[0] > 0.5).float() if path.exists() else torch.ones_like(like)
+def _band(path: Path, like: Path | None = None) -> Tensor:
+    """One single-band image of a PROBA-V scene, (1, h, w), of the size of image `like` if given."""
+    image = load_image(path)
+    if image.shape[0] != 1:
+        raise ImageError(f"{path}: {image.shape[0]} bands; the images of a PROBA-V scene are single-band")
+    if like is not None and like != path:
+        width, height = image_size(like)
+        if image.shape[-2:] != (height, width):
+            raise ImageError(
+                f"{path}: {image.shape[-1]}x{image.shape[-2]}, but {like.name} is {width}x{height}"
+            )
+    return image
+
+
+def _quality_mask(path: Path, frame: Tensor) -> Tensor:
+    """A frame's QM as a 0/1 (h, w) clear mask of the frame's size; all clear when the file is missing."""
+    if not path.exists():
+        return torch.ones_like(frame)
+    mask = load_image(path)[0]
+    if mask.shape != frame.shape:
+        raise ImageError(f"{path}: {mask.shape[-1]}x{mask.shape[-2]}, but its frame is "
+                         f"{frame.shape[-1]}x{frame.shape[-2]}")  # fmt: skip
+    return (mask > 0.5).float()
 
 
 def clearest(clear: Tensor, frames: int) -> list[int]:

@@ -38,12 +38,19 @@ def scene_row(burst: Burst, sr: Tensor, log_scale: Tensor, scale: int, hr: Tenso
     return row
 
 
-def write_scene(folder: Path, stem: str, name: str, scale: int, outputs: dict[str, Tensor], bits: int) -> str:
-    """Write a scene's SR image, its uncertainty map and its baseline (16-bit like PROBA-V's
-    PNGs when the input was); the paths and the uncertainty's range as one line."""
-    sr_path = folder / f"{stem}_{name}_x{scale}.png"
-    sigma_path = folder / f"{stem}_{name}_x{scale}_uncertainty.png"
-    bic_path = folder / f"{stem}_bicubic_x{scale}.png"
+def scene_paths(folder: Path, stem: str, name: str, scale: int) -> dict[str, Path]:
+    """Where a scene's SR image, uncertainty map and baseline go (keys as `write_scene`'s outputs)."""
+    return {
+        "sr": folder / f"{stem}_{name}_x{scale}.png",
+        "log_scale": folder / f"{stem}_{name}_x{scale}_uncertainty.png",
+        "baseline": folder / f"{stem}_bicubic_x{scale}.png",
+    }
+
+
+def write_scene(paths: dict[str, Path], outputs: dict[str, Tensor], bits: int) -> str:
+    """Write a scene's SR image, its uncertainty map and its baseline to `scene_paths` (16-bit
+    like PROBA-V's PNGs when the input was); the paths and the uncertainty's range as one line."""
+    sr_path, sigma_path, bic_path = paths["sr"], paths["log_scale"], paths["baseline"]
     uncertainty = torch.exp(outputs["log_scale"])  # the Laplace scale b of each pixel
     top = torch.quantile(uncertainty.flatten()[:: max(1, uncertainty.numel() // 1_000_000)], 0.99)
     save_image(outputs["sr"], sr_path, bits=bits)

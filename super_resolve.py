@@ -53,7 +53,7 @@ from evaluation import (
     set_record,
 )
 from figures import panel_images, save_panel, save_spectra_plot
-from fusion import fuse, scene_row, write_scene
+from fusion import fuse, scene_paths, scene_row, write_scene
 from images import (
     IMAGE_SUFFIXES,
     has_alpha,
@@ -521,11 +521,17 @@ def run_inputs(args: argparse.Namespace, upscaler: Upscaler) -> int:
     return 0
 
 
+SINGLE_IMAGE_OPTIONS = ("degradation", "fda_plot", "compare", "compare_dir", "suffix", "ext", "quality",
+                        "outscale", "alpha_upsampler", "no_baseline")  # fmt: skip
+
+
 def load_fusion_model(args: argparse.Namespace, checkpoint: dict, device: torch.device) -> nn.Module:
     """The multi-frame network of a checkpoint marked multi-frame, in eval mode on `device`."""
-    for option in ("degradation", "fda_plot", "compare", "compare_dir"):
-        if getattr(args, option):
-            raise UserError(f"--{option.replace('_', '-')} is for single-image checkpoints")
+    defaults = build_parser()
+    for option in SINGLE_IMAGE_OPTIONS:
+        if getattr(args, option) != defaults.get_default(option):
+            raise UserError(f"--{option.replace('_', '-')} is for single-image checkpoints; a scene's "
+                            "outputs are PNGs at the model's scale, named by the scene")  # fmt: skip
     return load_model(checkpoint).to(device)
 
 
@@ -546,15 +552,19 @@ def run_burst_dataset(args: argparse.Namespace, checkpoint: dict, device: torch.
         raise DatasetError(f"{args.dataset}: no scene with an HR image to score")
     default_dir = Path("results") / f"{Path(args.dataset).name}_bursts_x{scale}"
     out_dir = ensure_folder(args.out_dir or default_dir) if args.save or unscored else None
+    targets = {b.name: scene_paths(out_dir, b.name, name, scale) for b in bursts
+               if out_dir is not None and (args.save or not b.hr.numel())}  # fmt: skip
+    check_outputs([path for paths in targets.values() for path in paths.values()], [], args.overwrite)
+    for burst in bursts:
+        check_size(burst.frames, burst.name)
     rows, written = [], []
     for burst in tqdm(bursts, desc=args.dataset, disable=not show, leave=False):
-        check_size(burst.frames, burst.name)
         sr, log_scale = fuse(model, burst, device)
         if burst.hr.numel():
             rows.append(scene_row(burst, sr, log_scale, scale, burst.hr, burst.mask))
-        if out_dir is not None and (args.save or not burst.hr.numel()):
+        if burst.name in targets:
             outputs = {"sr": sr, "log_scale": log_scale, "baseline": burst.baseline_image(scale)}
-            written.append(write_scene(out_dir, burst.name, name, scale, outputs, 16))
+            written.append(write_scene(targets[burst.name], outputs, 16))
     title = f"{args.dataset} x{scale}, bursts of {config.frames} frames"
     report(args, name, scale, rows, title, multi_frame=True)
     if written and not args.json:
@@ -569,6 +579,8 @@ def run_scene(args: argparse.Namespace, checkpoint: dict, device: torch.device) 
     model = load_fusion_model(args, checkpoint, device)
     name, scale = checkpoint["model"]["name"], checkpoint["model"]["scale"]
     single_folder = len(args.inputs) == 1 and Path(args.inputs[0]).is_dir()
+    if single_folder and not probav_layout(args.inputs[0]) and (Path(args.inputs[0]) / "HR.png").exists():
+        raise DatasetError(f"{args.inputs[0]}: HR.png but no LR*.png frames (a PROBA-V scene's LR000.png...)")
     if single_folder and probav_layout(args.inputs[0]):
         burst = load_probav_scene(args.inputs[0], checkpoint["args"]["frames"])
         bits, scene = 16, Path(args.inputs[0])
@@ -585,10 +597,13 @@ def run_scene(args: argparse.Namespace, checkpoint: dict, device: torch.device) 
     if gt is not None:  # checked before anything is written
         gt = check_gt(gt, burst.frames[:1], Path(args.gt or scene / "HR.png"), scene, scale, scale)
         mask = mask[..., : gt.shape[-2], : gt.shape[-1]]
-    sr, log_scale = fuse(model, burst, device)
     folder = ensure_folder(args.out_dir) if args.out_dir else scene.parent
+    paths = scene_paths(folder, scene.name, name, scale)
+    inputs = list(scene.iterdir()) if scene.is_dir() else expand_inputs(args.inputs)
+    check_outputs(list(paths.values()), inputs, args.overwrite)
+    sr, log_scale = fuse(model, burst, device)
     outputs = {"sr": sr, "log_scale": log_scale, "baseline": burst.baseline_image(scale)}
-    line = write_scene(folder, scene.name, name, scale, outputs, bits)
+    line = write_scene(paths, outputs, bits)
     if not args.json:
         print(line)
     if gt is not None:
