@@ -22,6 +22,7 @@ from metrics import (
     BURST_PROTOCOL,
     PROTOCOL,
     band_energy_ratios,
+    check_scorable,
     psnr,
     radial_power_spectrum,
     score_labels,
@@ -56,12 +57,6 @@ def check_size(lr: Tensor, where: str) -> None:
             f"{where}: {lr.shape[-1]}x{lr.shape[-2]} is too small "
             f"(at least {MIN_LR_SIDE}x{MIN_LR_SIDE} pixels)"
         )
-
-
-def check_scorable(hr: Tensor, where: str, shave: int) -> None:
-    """Refuse HR images too small for SSIM (11x11 pixels) once `shave` pixels are shaved."""
-    if min(hr.shape[-2:]) - 2 * shave < 11:
-        raise ImageError(f"{where}: too small to score (SSIM needs 11x11 pixels after shaving {shave})")
 
 
 def image_row(name: str, sr: Tensor, bic: Tensor, hr: Tensor, shave: int) -> dict:

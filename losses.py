@@ -95,7 +95,10 @@ class PerceptualLoss(nn.Module):
                 layer.inplace = False  # the tapped activations feed the loss as they are
         if state_dict is not None:
             wanted = {k: v for k, v in state_dict.items() if k.startswith("features.")}
-            missing = self.load_state_dict(wanted, strict=False).missing_keys
+            try:
+                missing = self.load_state_dict(wanted, strict=False).missing_keys
+            except RuntimeError as err:  # tensors of other shapes
+                raise LossError(f"perceptual weights do not fit VGG16 ({first_line(err)})") from None
             if missing:
                 raise LossError(
                     f"perceptual weights lack {', '.join(missing[:3])} (not a torchvision VGG16?)"
@@ -130,9 +133,12 @@ def perceptual_weights(path: str | None) -> dict[str, Tensor]:
     hub cache)."""
     if path:
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, pickle.UnpicklingError) as err:
+            weights = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, ValueError, KeyError, pickle.UnpicklingError) as err:
             raise LossError(f"{path}: cannot read perceptual weights ({first_line(err)})") from None
+        if not isinstance(weights, dict) or not all(isinstance(w, Tensor) for w in weights.values()):
+            raise LossError(f"{path}: not a state_dict of tensors (torchvision's VGG16 weights expected)")
+        return weights
     weights = _vgg16_weights()
     try:
         return weights.get_state_dict(progress=False)

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from images import MATLAB_YCBCR, MATLAB_YCBCR_OFFSETS, luma
 from imresize import gaussian_filter
+from utils import ImageError
 
 PROTOCOL = (
     "Metrics follow the benchmark protocol: SR rounded to 8 bits, Y channel of BT.601 "
@@ -92,6 +93,12 @@ def _check_pair(sr: Tensor, hr: Tensor, shave: int) -> tuple[Tensor, Tensor, boo
     if single:
         sr, hr = sr.unsqueeze(0), hr.unsqueeze(0)
     return sr, hr, single
+
+
+def check_scorable(hr: Tensor, where: str, shave: int) -> None:
+    """Refuse HR images too small for SSIM (11x11 pixels) once `shave` pixels are shaved."""
+    if min(hr.shape[-2:]) - 2 * shave < 11:
+        raise ImageError(f"{where}: too small to score (SSIM needs 11x11 pixels after shaving {shave})")
 
 
 def psnr(sr: Tensor, hr: Tensor, shave: int, y_channel: bool = True) -> Tensor:

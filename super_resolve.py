@@ -42,7 +42,6 @@ from data import load_pairs
 from evaluation import (
     bicubic,
     bicubic_array,
-    check_scorable,
     check_size,
     evaluate_pairs,
     image_row,
@@ -71,6 +70,7 @@ from inference import OnnxModel, Upscaler, check_memory
 from metrics import (
     FDA_BANDS,
     PROTOCOL,
+    check_scorable,
     score_labels,
 )
 from model import MODELS, MULTI_FRAME, SINGLE_IMAGE, load_model
@@ -318,12 +318,12 @@ def check_outputs(outputs: list[Path], inputs: list[Path], overwrite: bool) -> N
     exists (unless `overwrite`), is a folder or read-only, or sits in a missing folder."""
     taken = {path.resolve() for path in inputs}  # inputs, then each output as it is checked
     for output in outputs:
+        check_writable(output)
         if output.resolve() in taken:
             raise UserError(f"{output}: two outputs (or an output and an input) would share this path")
         if output.exists() and not output.is_dir() and not overwrite:
             raise UserError(f"{output}: exists; --overwrite replaces it (nothing was written)")
         taken.add(output.resolve())
-        check_writable(output)
         clear_stale_temporaries(output.parent, output.name)  # left by a run killed writing it
 
 

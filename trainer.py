@@ -252,16 +252,29 @@ def train(config: TrainConfig, checkpoint: dict | None = None, overwrite: bool =
     config = check_config(config)
     if process_rank() != 0:  # the main process owns the out-dir
         return _train_locked(config, checkpoint)
+    created = not Path(config.out_dir).exists()
     out_dir = ensure_folder(config.out_dir)
     lock = FolderLock(out_dir)
+    finished = False
     try:
         if checkpoint is None:
             _claim_for_a_new_run(out_dir, overwrite)
         for tmp in clear_stale_temporaries(out_dir):  # only once the folder is this run's
             print(f"removed {tmp.name}, left by a write that was killed")
-        return _train_locked(config, checkpoint)
+        status = _train_locked(config, checkpoint)
+        finished = True
+        return status
     finally:
         lock.release()
+        if created and not finished:
+            _remove_if_unused(out_dir)
+
+
+def _remove_if_unused(out_dir: Path) -> None:
+    """Remove an out-dir this run created when it stopped before writing anything but its lock."""
+    if [path.name for path in out_dir.iterdir()] == [".lock"]:
+        (out_dir / ".lock").unlink()
+        out_dir.rmdir()
 
 
 def run_files(out_dir: Path) -> list[Path]:

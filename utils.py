@@ -212,6 +212,16 @@ def check_writable(path: str | os.PathLike) -> None:
     """Raise UserError unless a file can be written at `path` now: its folder exists, and it is
     not a folder itself nor an existing read-only file (a rename would replace that silently)."""
     path = Path(path)
+    try:
+        _check_writable(path)
+    except OSError as err:  # a name too long for the file system, a path through a file...
+        raise UserError(f"{path}: cannot write a file there ({err.strerror or err})") from None
+
+
+def _check_writable(path: Path) -> None:
+    """check_writable's tests, which may raise OSError for a path that cannot exist."""
+    if len(os.fsencode(path.name)) > 255:
+        raise UserError(f"{path.name[:60]}...: a file name longer than 255 bytes")
     if path.is_dir():
         raise UserError(f"{path}: is a folder, not a file name")
     if not path.parent.is_dir():

@@ -20,7 +20,7 @@ from data import PatchDataset, load_pairs, rescaled_pairs
 from imresize import degradation_kernels, upscale
 from inference import Upscaler
 from losses import make_loss, registered_l1, registered_uncertainty_loss
-from metrics import psnr, scene_scores, score_labels, shave_border, ssim
+from metrics import check_scorable, psnr, scene_scores, score_labels, shave_border, ssim
 from model import MULTI_FRAME, SINGLE_IMAGE, parse_model_options
 from runtime import Runtime, autocast
 from utils import (
@@ -101,6 +101,8 @@ def single_image_task(config: TrainConfig, model: nn.Module, runtime: Runtime, s
     )
     # validation images keep their own channels: gray ones are scored on gray, as in the tables
     val_pairs = load_pairs(config.val_data, config.scale, progress=show)
+    for pair in val_pairs:
+        check_scorable(pair.hr, f"--val-data {pair.name}", shave=config.scale)
     dataset = PatchDataset(
         train_pairs,
         config.patch_size,

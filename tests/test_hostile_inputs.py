@@ -89,3 +89,89 @@ def test_a_good_scene_is_fused(tmp_path, capsys):
     argv = ["--checkpoint", str(PIUNET), str(scene), "--out-dir", str(tmp_path / "out")]
     assert run_cli(super_resolve.main, argv) == 0
     assert (tmp_path / "out" / "imgset0000_piunet_x3.png").is_file()
+
+
+# ---------------------------------------------------------------------------------------
+# [16] N6: odd options and files
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    from conftest import smooth_image_folder
+
+    root = tmp_path_factory.mktemp("data")
+    small = root / "small"
+    small.mkdir()
+    Image.fromarray(np.zeros((6, 6, 3), dtype=np.uint8)).save(small / "tiny.png")
+    return {"train": smooth_image_folder(root / "train", 4, 48, seed=0),
+            "val": smooth_image_folder(root / "val", 2, 36, seed=1), "small": small}  # fmt: skip
+
+
+def _train_argv(data: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    settings = {
+        "--train-data": data["train"],
+        "--val-data": data["val"],
+        "--out-dir": out,
+        "--patch-size": 12,
+        "--patches-per-image": 4,
+        "--batch-size": 8,
+        "--num-epoch": 1,
+    }
+    return ["train", *[str(x) for pair in settings.items() for x in pair], "--quiet", *extra]
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+TRAINING_CASES = ["6x6 validation image", "empty --perceptual-weights", "other --perceptual-weights",
+                  "--seed 1e20"]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", TRAINING_CASES)
+def test_odd_training_inputs_are_one_line_and_leave_no_run_folder(data, tmp_path, capsys, case):
+    import train
+
+    out = tmp_path / "run"
+    (tmp_path / "empty.pth").write_bytes(b"")
+    torch.save({"features.0.weight": torch.zeros(3)}, tmp_path / "other.pth")
+    perceptual = ["--loss", "perceptual", "--perceptual-weights"]
+    argv = {
+        "6x6 validation image": _train_argv(data, out, "--val-data", str(data["small"])),
+        "empty --perceptual-weights": _train_argv(data, out, *perceptual, str(tmp_path / "empty.pth")),
+        "other --perceptual-weights": _train_argv(data, out, *perceptual, str(tmp_path / "other.pth")),
+        "--seed 1e20": _train_argv(data, out, "--seed", str(10**20)),
+    }[case]
+    assert run_cli(train.main, argv) == 2
+    _one_line(capsys)
+    assert not out.exists()  # the folder this run made is gone with its lock
+
+
+def test_a_suffix_too_long_for_a_file_name_is_one_line(data, tmp_path, capsys):
+    argv = ["--checkpoint", str(ROOT / "checkpoints" / "srcnn_x3.pth"), str(data["val"] / "img0.png"),
+            "--out-dir", str(tmp_path / "out"), "--suffix", "a" * 300]  # fmt: skip
+    assert run_cli(super_resolve.main, argv) == 2
+    assert "255 bytes" in _one_line(capsys)
+    assert not list((tmp_path / "out").iterdir())
+
+
+def test_a_checkpoint_that_cannot_be_read_is_one_line(data, tmp_path, capsys, monkeypatch):
+    # as root every file is readable, so the refusal of the system is simulated where it happens
+    import pathlib
+
+    locked = tmp_path / "locked.pth"
+    locked.write_bytes((ROOT / "checkpoints" / "srcnn_x3.pth").read_bytes())
+    real_open = pathlib.Path.open
+
+    def refuse(self, *args, **kwargs):
+        if self == locked:
+            raise PermissionError(13, "Permission denied")
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "open", refuse)
+    argv = ["--checkpoint", str(locked), str(data["val"] / "img0.png"), "--out-dir", str(tmp_path / "out")]
+    assert run_cli(super_resolve.main, argv) == 2
+    assert "Permission denied" in _one_line(capsys)
