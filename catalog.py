@@ -4,11 +4,14 @@ HR/LR pairs of a set, folder or union of sets."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
 import os
 import re
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -195,8 +198,10 @@ def _transfer(remote: RemoteFile, part: Path, have: int, on_bytes: Callable[[int
     if have:
         request.add_header("Range", f"bytes={have}-")
     deadline = time.monotonic() + DOWNLOAD_DEADLINE_S
+    watchdog = _Watchdog(DOWNLOAD_DEADLINE_S)
+    opener = urllib.request.build_opener(_WatchedHTTP(watchdog), _WatchedHTTPS(watchdog))
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with watchdog, opener.open(request, timeout=60) as response:
             if have and response.status != 206:  # server ignored the range: start over
                 have = 0
             _check_answer(remote, response, remote.size - have)
@@ -219,8 +224,70 @@ def _transfer(remote: RemoteFile, part: Path, have: int, on_bytes: Callable[[int
                         )
                 out.flush()
                 os.fsync(out.fileno())
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
-        raise DatasetError(f"download of {url} failed ({first_line(err)})") from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as err:
+        if not watchdog.fired:
+            raise DatasetError(f"download of {url} failed ({first_line(err)})") from None
+    if watchdog.fired:  # the answer was cut short at the deadline, wherever it was
+        raise DatasetError(
+            f"download of {url} still unfinished after {DOWNLOAD_DEADLINE_S:.0f} s; run again to resume"
+        )
+
+
+class _Watchdog:
+    """Shuts the connections it is given once `seconds` have passed, so that no answer, not even
+    headers sent a byte at a time (each within the socket timeout), outlasts the deadline."""
+
+    def __init__(self, seconds: float) -> None:
+        self.connections: list[http.client.HTTPConnection] = []
+        self.fired = False
+        self.timer = threading.Timer(seconds, self._fire)
+        self.timer.daemon = True
+
+    def __enter__(self) -> _Watchdog:
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.timer.cancel()
+
+    def watch(self, connection_class: type) -> Callable[..., http.client.HTTPConnection]:
+        """A factory of `connection_class` connections that this watchdog will shut."""
+
+        def connect(*args: object, **kwargs: object) -> http.client.HTTPConnection:
+            connection = connection_class(*args, **kwargs)
+            self.connections.append(connection)
+            return connection
+
+        return connect
+
+    def _fire(self) -> None:
+        self.fired = True
+        for connection in self.connections:
+            if connection.sock is not None:
+                with contextlib.suppress(OSError):
+                    connection.sock.shutdown(socket.SHUT_RDWR)
+
+
+class _WatchedHTTP(urllib.request.HTTPHandler):
+    """urllib's HTTP handler, its connections under a watchdog."""
+
+    def __init__(self, watchdog: _Watchdog) -> None:
+        super().__init__()
+        self.watchdog = watchdog
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self.watchdog.watch(http.client.HTTPConnection), req)
+
+
+class _WatchedHTTPS(urllib.request.HTTPSHandler):
+    """urllib's HTTPS handler, its connections under a watchdog."""
+
+    def __init__(self, watchdog: _Watchdog) -> None:
+        super().__init__()
+        self.watchdog = watchdog
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self.watchdog.watch(http.client.HTTPSConnection), req, context=self._context)
 
 
 def _check_answer(remote: RemoteFile, response: http.client.HTTPResponse, expected: int) -> None:

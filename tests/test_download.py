@@ -33,7 +33,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.path == "/missing":
             self.send_error(404)
             return
-        elif self.path in ("/html", "/endless", "/slow"):
+        elif self.path in ("/html", "/endless", "/slow", "/slow-headers"):
             self._misbehave()
             return
         else:
@@ -50,7 +50,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _misbehave(self) -> None:
         """/html: a page with status 200; /endless: no length, more bytes than the file; /slow:
-        the file a byte at a time."""
+        the file a byte at a time; /slow-headers: its headers a byte at a time, never ending."""
+        if self.path == "/slow-headers":
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Padding: ")
+            try:
+                for _ in range(100):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            return
         self.send_response(200)
         if self.path == "/html":
             self.send_header("Content-Type", "text/html; charset=utf-8")
@@ -200,3 +210,13 @@ def test_a_server_that_trickles_meets_an_overall_deadline(server, tmp_path, monk
         download_file(_remote(f"{server}/slow"), tmp_path / "file.bin")
     assert time.monotonic() - started < 10  # each byte came within the socket timeout; the whole did not
     assert (tmp_path / "file.bin.part").stat().st_size < len(PAYLOAD)  # kept to resume
+
+
+def test_a_server_that_trickles_its_headers_meets_the_deadline_too(server, tmp_path, monkeypatch):
+    # [16] N8: each header byte came within the socket timeout, so the answer never timed out
+    monkeypatch.setattr(catalog, "DOWNLOAD_DEADLINE_S", 1.0)
+    started = time.monotonic()
+    with pytest.raises(DatasetError, match="unfinished after 1 s"):
+        download_file(_remote(f"{server}/slow-headers"), tmp_path / "file.bin")
+    assert time.monotonic() - started < 5  # the server would trickle for 20 s
+    assert not (tmp_path / "file.bin").exists()
