@@ -15,22 +15,23 @@ checkpoint, an unavailable device, an image the model cannot take).
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 
 from checkpoint import load_checkpoint
 from data import load_pairs
-from evaluation import evaluate_pairs, protocol_note, set_record
+from evaluation import check_size, evaluate_pairs, protocol_note, set_record
 from images import pil_array, to_file_array
 from imresize import upscale as bicubic_upscale
-from inference import Upscaler
+from inference import Upscaler, check_memory
 from model import SINGLE_IMAGE
 from runtime import parse_device
-from utils import CheckpointError, ImageError
+from utils import CheckpointError, ImageError, first_line
 
 Picture = Tensor | np.ndarray | Image.Image
 
@@ -100,9 +101,21 @@ class SuperResolver:
         if not image.is_floating_point() or image.dim() not in (3, 4):
             raise ImageError(f"a tensor image is float (C, H, W) or (B, C, H, W) in [0, 1], got "
                              f"{image.dtype} {tuple(image.shape)}")  # fmt: skip
-        if image.dim() == 4:
-            return torch.stack([self.upscaler(item.float().cpu()) for item in image]).to(image.device)
-        return self.upscaler(image.float().cpu()).to(image.device)
+        if image.dim() == 4 and not len(image):
+            raise ImageError(f"an empty batch {tuple(image.shape)}: nothing to upscale")
+        items = image if image.dim() == 4 else image[None]
+        for item in items:
+            self._check(item, "the tensor image")
+        sr = torch.stack([self.upscaler(item.float().cpu()) for item in items])
+        return (sr if image.dim() == 4 else sr[0]).to(device=image.device, dtype=image.dtype)
+
+    def _check(self, image: Tensor, where: str) -> None:
+        """Refuse, as the CLI does, an image too small to upscale, one whose output will not fit in
+        memory, and one that holds NaN or infinity."""
+        check_size(image, where)
+        check_memory(where, image.shape[-1], image.shape[-2], self.scale)
+        if not torch.isfinite(image).all():
+            raise ImageError(f"{where}: holds NaN or infinite values")
 
     def _upscale_array(self, array: np.ndarray) -> np.ndarray:
         if array.dtype not in (np.uint8, np.uint16) or array.ndim not in (2, 3):
@@ -113,6 +126,8 @@ class SuperResolver:
         planes = array[..., None] if array.ndim == 2 else array
         if planes.shape[-1] not in (1, 2, 3, 4):
             raise ImageError(f"a numpy image has 1 to 4 channels, got {planes.shape[-1]}")
+        check_size(torch.empty(planes.shape[:2]), "the numpy image")
+        check_memory("the numpy image", planes.shape[1], planes.shape[0], self.scale)
         image = torch.from_numpy(planes.astype(np.float32) / (65535.0 if bits == 16 else 255.0))
         image = image.permute(2, 0, 1)
         color, alpha = (image[:-1], image[-1:]) if image.shape[0] in (2, 4) else (image, None)
@@ -124,5 +139,13 @@ class SuperResolver:
         return out[..., 0] if array.ndim == 2 else out
 
     def _upscale_pil(self, image: Image.Image) -> Image.Image:
-        """Decoded as a file is by `read_image` (16-bit gray stays 16-bit, transparency kept)."""
-        return Image.fromarray(self._upscale_array(pil_array(image, "the PIL image")))
+        """Decoded as a file is by `read_image`: shown upright (EXIF orientation), 16-bit gray stays
+        16-bit, transparency kept."""
+        if 0 in image.size:
+            raise ImageError(f"the PIL image is {image.width}x{image.height}: nothing to upscale")
+        check_memory("the PIL image", image.width, image.height, self.scale)
+        try:
+            array = pil_array(ImageOps.exif_transpose(image), "the PIL image")
+        except (OSError, ValueError, SyntaxError, struct.error) as err:  # Pillow's truncated or bad data
+            raise ImageError(f"the PIL image cannot be decoded ({first_line(err)})") from None
+        return Image.fromarray(self._upscale_array(array))

@@ -175,3 +175,77 @@ def test_a_checkpoint_that_cannot_be_read_is_one_line(data, tmp_path, capsys, mo
     argv = ["--checkpoint", str(locked), str(data["val"] / "img0.png"), "--out-dir", str(tmp_path / "out")]
     assert run_cli(super_resolve.main, argv) == 2
     assert "Permission denied" in _one_line(capsys)
+
+
+# ---------------------------------------------------------------------------------------
+# [16] N10: the Python API
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def resolver():
+    from srkit import SuperResolver
+
+    return SuperResolver(ROOT / "checkpoints" / "srcnn_x3.pth")
+
+
+def _truncated_png(tmp_path: Path) -> Image.Image:
+    Image.fromarray(np.full((40, 40, 3), 128, dtype=np.uint8)).save(tmp_path / "whole.png")
+    data = (tmp_path / "whole.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    return Image.open(tmp_path / "cut.png")  # lazy: the cut shows when the pixels are read
+
+
+API_CASES = {
+    "a batch of 0": lambda tmp: torch.rand(0, 3, 16, 16),
+    "a tensor of height 0": lambda tmp: torch.rand(3, 0, 16),
+    "a 0x0 PIL image": lambda tmp: Image.new("RGB", (0, 0)),
+    "a truncated PIL file": _truncated_png,
+    "a 0x0 array": lambda tmp: np.zeros((0, 0, 3), dtype=np.uint8),
+    "a NaN tensor": lambda tmp: torch.full((3, 16, 16), float("nan")),
+    "an infinite tensor": lambda tmp: torch.full((3, 16, 16), float("inf")),
+}
+
+
+@pytest.mark.parametrize("case", list(API_CASES))
+def test_bad_api_inputs_raise_a_one_line_image_error(resolver, tmp_path, case):
+    from utils import ImageError
+
+    with pytest.raises(ImageError) as caught:
+        resolver.upscale(API_CASES[case](tmp_path))
+    assert "\n" not in str(caught.value)
+
+
+def test_the_api_applies_the_cli_memory_check(resolver, monkeypatch):
+    import inference
+    from utils import ImageError
+
+    monkeypatch.setattr(inference, "memory_available", lambda: 64 * 2**20)  # 64 MiB left
+    for image in (torch.rand(3, 1000, 1000), np.zeros((1000, 1000, 3), dtype=np.uint8)):
+        with pytest.raises(ImageError, match="GiB"):
+            resolver.upscale(image)
+
+
+def test_the_api_keeps_the_input_dtype_and_the_exif_orientation(resolver):
+    image = torch.rand(3, 12, 16, dtype=torch.float64)
+    sr = resolver.upscale(image)
+    assert sr.dtype == torch.float64 and sr.shape == (3, 36, 48)
+    torch.testing.assert_close(sr, resolver.upscale(image.float()).double())
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 20, 3), dtype=np.uint8))
+    exif = photo.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to show
+    with_exif = _reopened(photo, exif)
+    sr = resolver.upscale(with_exif)
+    assert sr.size == (36, 60)  # shown upright, as the CLI reads the file: 12 wide, 20 high, x3
+    from PIL import ImageOps
+
+    assert np.array_equal(np.asarray(sr), np.asarray(resolver.upscale(ImageOps.exif_transpose(with_exif))))
+
+
+def _reopened(photo: Image.Image, exif) -> Image.Image:
+    import io
+
+    buffer = io.BytesIO()
+    photo.save(buffer, format="PNG", exif=exif)
+    buffer.seek(0)
+    return Image.open(buffer)
