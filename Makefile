@@ -30,7 +30,7 @@ demo-run:
 	$(PY) train.py train --train-data sample-train --val-data sample-test --num-epoch $(DEMO_EPOCHS) \
 	    --patches-per-image $(DEMO_PATCHES) --patch-size $(DEMO_PATCH_SIZE) --batch-size 32 --lr 2e-3 \
 	    --schedule cosine --val-freq 10 --save-freq $(DEMO_EPOCHS) --out-dir $(DEMO_DIR)/run --overwrite --quiet
-	$(PY) train.py inspect $(DEMO_DIR)/run/last.pth --plot $(DEMO_DIR)/curves.png
+	$(PY) train.py inspect $(DEMO_DIR)/run/last.pth --plot $(DEMO_DIR)/curves.png --overwrite
 	@if [ -f checkpoints/srcnn_x3.pth ]; then \
 	    echo "--- the shipped checkpoint, checkpoints/srcnn_x3.pth:"; \
 	    $(PY) super_resolve.py --checkpoint checkpoints/srcnn_x3.pth --dataset sample-test --quiet \

@@ -24,7 +24,8 @@ from torch import Tensor
 
 from config import ConfigError, TrainConfig, check
 from model import KINDS, MODELS, SCALES, build_model, model_kind
-from utils import CheckpointError, UserError, atomic_write, first_line
+from utils import CheckpointError, UserError, atomic_write, brief, first_line
+from validation import VALIDATION_KEYS
 
 CHECKPOINT_FORMAT = "srkit-checkpoint"
 CHECKPOINT_VERSION = 1  # bumped when the layout changes; files from before versions are version 1
@@ -96,9 +97,40 @@ ADAM_GROUP = Key(
     each=Key("a flag, finite number or nothing", (bool, NONE, *NUMBER), _finite),
 )
 
-HISTORY_ROW = Key(
-    "an epoch's row (a mapping of column names to numbers)",
+ADAM_MOMENTS = Key(
+    "a parameter's step count and moments",
     (dict,),
+    keys={
+        "step": Key(
+            "a step count (a tensor of one number, at least 0)",
+            (Tensor,),
+            lambda t: t.numel() == 1 and _dense_finite(t) and t.item() >= 0,
+        ),  # fmt: skip
+        "exp_avg": TENSOR,
+        "exp_avg_sq": Key(
+            "a dense tensor of finite values, at least 0",
+            (Tensor,),
+            lambda t: _dense_finite(t) and (t.numel() == 0 or t.min() >= 0),
+        ),  # fmt: skip
+        "max_exp_avg_sq": replace(TENSOR, optional=True),
+    },
+)
+
+def _validated_whole(row: dict) -> bool:
+    """Whether a history row's validation columns of each kind come in whole pairs (score and
+    similarity; None: not measured), the baseline's wherever the model's are."""
+    for score, similarity, base_score, base_similarity in VALIDATION_KEYS.values():
+        model = (row.get(score) is None, row.get(similarity) is None)
+        base = (row.get(base_score) is None, row.get(base_similarity) is None)
+        if model[0] != model[1] or base[0] != base[1] or (not model[0] and base[0]):
+            return False
+    return True
+
+
+HISTORY_ROW = Key(
+    "an epoch's row (a mapping of column names to numbers, its validation scores all or none)",
+    (dict,),
+    _validated_whole,
     keys={
         "epoch": Key("an epoch number of at least 1", (int,), _whole(1)),
         "train_loss": FINITE,
@@ -183,11 +215,7 @@ SCHEMA: dict[str, Key] = {
         "Adam's state",
         (dict,),
         keys={
-            "state": Key(
-                "a mapping of parameter indices to moments",
-                (dict,),
-                each=Key("a parameter's moments", (dict,), each=TENSOR),
-            ),  # fmt: skip
+            "state": Key("a mapping of parameter indices to moments", (dict,), each=ADAM_MOMENTS),
             "param_groups": Key("a list of parameter groups", (list,), len, each=ADAM_GROUP),
         },
         optional=True,
@@ -277,7 +305,7 @@ def _check(value: Any, key: Key, where: str) -> None:
     """Check one value against its Key, recursing into what it nests."""
     wrong = not isinstance(value, key.types) or (isinstance(value, bool) and bool not in key.types)
     if wrong or not _passes(key, value):
-        raise CheckpointError(f"malformed checkpoint: {where} must be {key.what}, got {_shown(value)}")
+        raise CheckpointError(f"malformed checkpoint: {where} must be {key.what}, got {brief(value)}")
     if isinstance(value, dict):
         _check_mapping(value, key, where)
     elif isinstance(value, list | tuple) and key.each is not None:
@@ -316,16 +344,6 @@ def _check_mapping(mapping: dict, key: Key, where: str) -> None:
 def _inside(where: str, name: Any) -> str:
     """The dotted name of a key inside a mapping ('' is the checkpoint itself)."""
     return f"{where}.{name}" if where else str(name)
-
-
-def _shown(value: Any) -> str:
-    """A short description of a value for an error message."""
-    if isinstance(value, Tensor):
-        return (
-            f"a {value.layout} {str(value.dtype).replace('torch.', '')} tensor of shape {tuple(value.shape)}"
-        )
-    text = repr(value)
-    return text if len(text) <= 40 else f"a {type(value).__name__} ({text[:30]}...)"
 
 
 def _check_model(checkpoint: dict) -> torch.nn.Module:
@@ -369,7 +387,7 @@ def _check_optimizer(optimizer: dict, shapes: list[tuple]) -> None:
     indices = [index for group in optimizer["param_groups"] for index in group["params"]]
     if indices != list(range(len(shapes))):
         raise CheckpointError(f"malformed checkpoint: the optimizer's groups hold parameters "
-                              f"{_shown(indices)}, the model has {len(shapes)}")  # fmt: skip
+                              f"{brief(indices)}, the model has {len(shapes)}")  # fmt: skip
     for index, moments in optimizer["state"].items():
         if not isinstance(index, int) or not 0 <= index < len(shapes):
             raise CheckpointError(f"malformed checkpoint: optimizer state for parameter {index!r} "

@@ -19,7 +19,7 @@ from typing import Any
 from imresize import degradation_kernels
 from losses import LOSS_NAMES
 from model import MODELS
-from utils import CheckpointError, UserError
+from utils import CheckpointError, UserError, brief
 
 SCHEDULES = ("constant", "step", "cosine")
 # The factors train.py trains at: those the benchmark sets publish LR images for (a checkpoint
@@ -247,7 +247,7 @@ def _typed(spec: Any, value: Any, source: str) -> Any:
     if kind.startswith("tuple["):
         item = kind[len("tuple[") : -len(", ...]")]
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{name} must be a list, got {value!r}")
+            raise ConfigError(f"{name} must be a list, got {brief(value)}")
         return tuple(_scalar(item, v, name) for v in value)
     return _scalar(kind, value, name)
 
@@ -258,7 +258,7 @@ def _scalar(kind: str, value: Any, name: str) -> Any:
         return float(value)
     expected = {"str": str, "int": int, "float": float, "bool": bool}[kind]
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise ConfigError(f"{name} must be {kind}, got {value!r}")
+        raise ConfigError(f"{name} must be {kind}, got {brief(value)}")
     return value
 
 
@@ -275,7 +275,9 @@ def check(config: TrainConfig) -> None:
         value, meta = getattr(config, spec.name), spec.metadata
         flag = f"--{spec.name.replace('_', '-')}"
         if meta["choices"] is not None and value not in meta["choices"]:
-            raise ConfigError(f"{flag} must be one of {', '.join(map(str, meta['choices']))}, got {value!r}")
+            raise ConfigError(
+                f"{flag} must be one of {', '.join(map(str, meta['choices']))}, got {brief(value)}"
+            )
         if value is None or (meta["low"] is None and meta["high"] is None):
             continue
         values = value if isinstance(value, tuple) else (value,)

@@ -80,8 +80,7 @@ from utils import (
     ImageError,
     Parser,
     UserError,
-    check_writable,
-    clear_stale_temporaries,
+    check_outputs,
     ensure_folder,
     run_cli,
 )
@@ -313,20 +312,6 @@ def plan_outputs(paths: list[Path], args: argparse.Namespace, scale: int) -> lis
     return plans
 
 
-def check_outputs(outputs: list[Path], inputs: list[Path], overwrite: bool) -> None:
-    """Refuse, before anything is written, an output that is an input or another output, that
-    exists (unless `overwrite`), is a folder or read-only, or sits in a missing folder."""
-    taken = {path.resolve() for path in inputs}  # inputs, then each output as it is checked
-    for output in outputs:
-        check_writable(output)
-        if output.resolve() in taken:
-            raise UserError(f"{output}: two outputs (or an output and an input) would share this path")
-        if output.exists() and not output.is_dir() and not overwrite:
-            raise UserError(f"{output}: exists; --overwrite replaces it (nothing was written)")
-        taken.add(output.resolve())
-        clear_stale_temporaries(output.parent, output.name)  # left by a run killed writing it
-
-
 # ---------------------------------------------------------------------------------------
 # Modes
 # ---------------------------------------------------------------------------------------
@@ -345,7 +330,8 @@ def run_dataset(args: argparse.Namespace, upscaler: Upscaler) -> int:
     suffix = output_suffix(args)
     sr_paths = [out_dir / f"{pair.name}_{suffix}.png" for pair in pairs] if out_dir else []
     panel_paths = [panel_dir / f"{pair.name}_compare.png" for pair in pairs] if panel_dir else []
-    check_outputs(sr_paths + panel_paths, [], args.overwrite)
+    plots = [Path(args.fda_plot)] if args.fda_plot else []
+    check_outputs(sr_paths + panel_paths + plots, [], args.overwrite)
     shave = shave_of(args, upscaler.scale)
     rows, spectra = evaluate_pairs(
         upscaler, pairs, shave, sr_paths, panel_paths, args.dataset if show else None

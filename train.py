@@ -37,6 +37,7 @@ from utils import (
     CheckpointError,
     Parser,
     UserError,
+    check_outputs,
     run_cli,
 )
 from validation import named_history, validation_of
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("checkpoint", help="a checkpoint written by train.py")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
     inspect.add_argument("--plot", metavar="FILE", help="draw loss and validation PSNR curves into a PNG")
+    inspect.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
     inspect.add_argument("--all", action="store_true", help="print every epoch and every argument")
     inspect.add_argument(
         "--reach",
@@ -228,6 +230,8 @@ def say(text: str) -> None:
 
 def command_inspect(args: argparse.Namespace) -> int:
     """`inspect`: what a checkpoint holds, as text or JSON, and optionally its curves."""
+    if args.plot:
+        check_outputs([Path(args.plot)], [Path(args.checkpoint)], args.overwrite)
     info = describe(load_checkpoint(args.checkpoint))
     if info["args"] is None and (args.plot or args.reach is not None or args.all):
         raise UserError(f"{args.checkpoint}: holds a model but no training record to plot or list")
@@ -344,11 +348,7 @@ def print_history(info: dict) -> None:
 
 def command_export(args: argparse.Namespace) -> int:
     """`export`: the checkpoint's model as ONNX, run by `super_resolve.py --onnx`."""
-    output = Path(args.output)
-    if output.exists() and output.resolve() == Path(args.checkpoint).resolve():
-        raise UserError(f"{args.output}: is the checkpoint being exported; name another output file")
-    if output.exists() and not args.overwrite:
-        raise UserError(f"{args.output}: exists; --overwrite replaces it (nothing was written)")
+    check_outputs([Path(args.output)], [Path(args.checkpoint)], args.overwrite)
     checkpoint = load_checkpoint(args.checkpoint)
     if checkpoint.get("kind", SINGLE_IMAGE) != SINGLE_IMAGE:
         raise CheckpointError(f"{args.checkpoint}: ONNX export supports single-image models, not this "

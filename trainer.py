@@ -254,6 +254,7 @@ def train(config: TrainConfig, checkpoint: dict | None = None, overwrite: bool =
         return _train_locked(config, checkpoint)
     created = not Path(config.out_dir).exists()
     out_dir = ensure_folder(config.out_dir)
+    lock_created = not (out_dir / ".lock").exists()
     lock = FolderLock(out_dir)
     finished = False
     try:
@@ -266,14 +267,15 @@ def train(config: TrainConfig, checkpoint: dict | None = None, overwrite: bool =
         return status
     finally:
         lock.release()
-        if created and not finished:
-            _remove_if_unused(out_dir)
+        if not finished and lock_created and not run_files(out_dir):
+            _remove_lock(out_dir, created)
 
 
-def _remove_if_unused(out_dir: Path) -> None:
-    """Remove an out-dir this run created when it stopped before writing anything but its lock."""
-    if [path.name for path in out_dir.iterdir()] == [".lock"]:
-        (out_dir / ".lock").unlink()
+def _remove_lock(out_dir: Path, created: bool) -> None:
+    """Undo what a run that failed before writing a file made: its lock, and its out-dir if it
+    created that and nothing else is in it."""
+    (out_dir / ".lock").unlink(missing_ok=True)
+    if created and not any(out_dir.iterdir()):
         out_dir.rmdir()
 
 

@@ -65,7 +65,7 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
     try:
         return main(argv)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {' '.join(str(err).splitlines())}", file=sys.stderr)  # one line, whatever it quotes
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -232,6 +232,20 @@ def _check_writable(path: Path) -> None:
         raise UserError(f"{path}: folder {path.parent} is not writable")
 
 
+def check_outputs(outputs: list[Path], inputs: list[Path], overwrite: bool) -> None:
+    """Refuse, before anything is written, an output that is an input or another output, that
+    exists (unless `overwrite`), is a folder or read-only, or sits in a missing folder."""
+    taken = {path.resolve() for path in inputs}  # inputs, then each output as it is checked
+    for output in outputs:
+        check_writable(output)
+        if output.resolve() in taken:
+            raise UserError(f"{output}: is an input of this command, or another of its outputs; name another")
+        if output.exists() and not output.is_dir() and not overwrite:
+            raise UserError(f"{output}: exists; --overwrite replaces it (nothing was written)")
+        taken.add(output.resolve())
+        clear_stale_temporaries(output.parent, output.name)  # left by a run killed writing it
+
+
 def ensure_folder(folder: str | os.PathLike) -> Path:
     """Create an output folder and prove a file can be written there, or fail with one line."""
     folder = Path(folder)
@@ -257,6 +271,14 @@ def _fsync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def brief(value: object) -> str:
+    """A value as one short line for an error message (a tensor by its type and shape)."""
+    if isinstance(value, torch.Tensor):
+        return f"a {str(value.dtype).replace('torch.', '')} tensor of shape {tuple(value.shape)}"
+    text = repr(value)
+    return text if len(text) <= 40 and "\n" not in text else f"a {type(value).__name__} ({text[:30]!r}...)"
 
 
 def first_line(err: BaseException) -> str:

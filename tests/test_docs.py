@@ -29,6 +29,7 @@ README_SECTIONS = [
     "Train",
     "Remote sensing",
     "Python API",
+    "What we promise",
     "File map",
     "Where the rest is",
 ]

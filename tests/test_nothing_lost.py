@@ -539,9 +539,9 @@ def test_export_never_replaces_a_file_unasked_nor_its_checkpoint(trained, tmp_pa
     copy = tmp_path / "v.pth"
     copy.write_bytes(trained.read_bytes())
     assert run_cli(train.main, ["export", str(copy), str(copy)]) == 2
-    assert "is the checkpoint being exported" in _one_line_error(capsys)
+    assert "is an input of this command" in _one_line_error(capsys)
     assert run_cli(train.main, ["export", str(copy), str(copy), "--overwrite"]) == 2
-    assert "is the checkpoint being exported" in _one_line_error(capsys)
+    assert "is an input of this command" in _one_line_error(capsys)
     assert copy.read_bytes() == trained.read_bytes()
     existing = tmp_path / "model.onnx"
     existing.write_bytes(b"someone's file")
@@ -598,3 +598,18 @@ def test_model_options_that_build_no_working_network_are_one_line(data, tmp_path
     assert run_cli(train.main, argv) == 2
     assert "bad --model-option" in _one_line_error(capsys)
     assert not out.exists()  # refused before anything is written
+
+
+def test_plots_never_replace_a_file_unasked(trained, tmp_path, capsys):
+    """[16] item 4: `inspect --plot` and `--fda-plot` replaced an existing file silently."""
+    existing = tmp_path / "curves.png"
+    existing.write_bytes(b"someone's file")
+    assert run_cli(train.main, ["inspect", str(trained), "--plot", str(existing)]) == 2
+    assert "--overwrite" in _one_line_error(capsys)
+    argv = ["--checkpoint", str(ROOT / "checkpoints" / "srcnn_x3.pth"), "--dataset", "sample-test",
+            "--fda-plot", str(existing), "--quiet"]  # fmt: skip
+    assert run_cli(super_resolve.main, argv) == 2
+    assert "--overwrite" in _one_line_error(capsys)
+    assert existing.read_bytes() == b"someone's file"
+    assert run_cli(train.main, ["inspect", str(trained), "--plot", str(existing), "--overwrite"]) == 0
+    assert existing.read_bytes().startswith(b"\x89PNG")
