@@ -74,6 +74,7 @@ from metrics import (
     score_labels,
 )
 from model import MODELS, MULTI_FRAME, SINGLE_IMAGE, load_model
+from rasters import Georeference, fill_nodata, georeference, nodata_mask, write_georeferenced
 from runtime import parse_device
 from utils import (
     DatasetError,
@@ -425,9 +426,14 @@ def write_outputs(
     bits: int,
     alpha: Tensor | None,
     outputs: Outputs,
+    georef: Georeference | None = None,
 ) -> None:
     """The SR image (and the bicubic one), with the input's alpha when it has one, each built
-    in its final 8/16-bit form (`--outscale`: resized from float, MATLAB bicubic)."""
+    in its final 8/16-bit form (`--outscale`: resized from float, MATLAB bicubic); a
+    georeferenced input gives GeoTIFF outputs on its grid made finer (`rasters`)."""
+    mask = nodata_mask(lr, georef, bits) if georef else None
+    if mask is not None:
+        lr = fill_nodata(lr, mask)
     bits = bits if outputs.sr.suffix in (".png", ".tif") else 8  # JPEG and WebP hold 8 bits
     size = None
     if args.outscale is not None:
@@ -453,11 +459,17 @@ def write_outputs(
         array = make(lr)
         if upscaled_alpha is not None:
             array = np.concatenate([array, upscaled_alpha], axis=-1)
-        save_array(array, path, quality=args.quality)
+        if georef and path.suffix in (".tif", ".tiff"):
+            write_georeferenced(array, path, georef, args.outscale or upscaler.scale, mask)
+        else:
+            save_array(array, path, quality=args.quality)
         del array  # one output in memory at a time
     if not args.json:
         written = " and ".join(str(path) for path in (outputs.sr, outputs.bicubic) if path is not None)
         note = ""
+        if georef:
+            note = (" (GeoTIFF on the input's grid made finer)" if outputs.sr.suffix == ".tif" else
+                    f" (no georeferencing in .{args.ext}; --ext tif keeps it)")  # fmt: skip
         if alpha is not None:
             note = " (alpha kept; PNG, as JPEG has none)" if args.ext == "jpg" else " (alpha kept)"
         print(f"wrote {written}{note}")
@@ -488,7 +500,7 @@ def run_inputs(args: argparse.Namespace, upscaler: Upscaler) -> int:
         gt = (
             check_gt(read_image(gt_path)[0], lr, gt_path, lr_path, upscaler.scale, shave) if gt_path else None
         )
-        write_outputs(args, upscaler, lr_path, lr, bits, alpha, outputs)
+        write_outputs(args, upscaler, lr_path, lr, bits, alpha, outputs, georeference(lr_path))
         if gt is None and not outputs.panel:
             continue
         sr = load_image(outputs.sr)  # scores and panels are of the files written

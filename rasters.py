@@ -1,0 +1,119 @@
+"""Georeferenced rasters (rasterio, GDAL underneath): what an input's georeferencing is, and the
+SR raster written on the grid `scale` times finer over the same footprint.
+
+The output's geotransform is the input's composed with a scaling by 1/scale: pixel (row, col)
+of the output has its centre at input pixel coordinates ((col + 0.5) / scale, (row + 0.5) /
+scale), the ground point of the matching sub-pixel position of the input. CRS, dtype, band
+descriptions and nodata are the input's. Nodata pixels are filled with their band's mean of
+valid pixels before the model sees them (so a fill value such as 0 is not smeared into valid
+neighbours by the convolutions), and are nodata again in the output (the input's nodata mask
+upscaled by nearest neighbour); a valid output pixel that rounds to the nodata value is moved
+one step off it, so that it is not taken for nodata (GDAL reads nodata band by band).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from utils import ImageError, atomic_write
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
+
+
+@dataclass(frozen=True)
+class Georeference:
+    """Where a raster lies: its CRS (WKT), geotransform (affine, 6 numbers), nodata value and
+    band descriptions."""
+
+    crs: str | None
+    transform: tuple[float, ...]
+    nodata: float | None
+    descriptions: tuple[str | None, ...]
+
+    def scaled(self, scale: float) -> tuple[float, ...]:
+        """The geotransform of the grid `scale` times finer over the same footprint."""
+        from affine import Affine
+
+        return tuple((Affine(*self.transform) @ Affine.scale(1 / scale))[:6])
+
+
+def georeference(path: str | os.PathLike) -> Georeference | None:
+    """The georeferencing of a raster file, or None for a file that has none (a plain image, or
+    not a raster); a rotated or sheared geotransform is refused in one line."""
+    path = Path(path)
+    if path.suffix.lower() not in RASTER_SUFFIXES:
+        return None
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    try:
+        with rasterio.open(path) as raster:
+            transform, crs = raster.transform, raster.crs
+            nodata, descriptions = raster.nodata, tuple(raster.descriptions)
+    except RasterioIOError as err:
+        raise ImageError(f"{path}: not a readable raster ({str(err).splitlines()[0]})") from None
+    if crs is None and transform.is_identity:
+        return None
+    if transform.b or transform.d:
+        raise ImageError(f"{path}: a rotated or sheared geotransform is not supported; warp it to a "
+                         "north-up grid first (gdalwarp)")  # fmt: skip
+    return Georeference(crs.to_wkt() if crs else None, tuple(transform)[:6], nodata, descriptions)
+
+
+def nodata_mask(image: Tensor, georef: Georeference, bits: int) -> Tensor | None:
+    """(H, W) True where every band holds the nodata value, for an image read into [0, 1] from
+    `bits`-bit integers; None when the raster declares no nodata or has no such pixel."""
+    if georef.nodata is None:
+        return None
+    level = georef.nodata / (2**bits - 1)
+    mask = (image == level).all(0)
+    return mask if bool(mask.any()) else None
+
+
+def fill_nodata(image: Tensor, mask: Tensor) -> Tensor:
+    """The image with its nodata pixels set to their band's mean of valid pixels."""
+    valid = ~mask
+    if not bool(valid.any()):
+        raise ImageError("every pixel is nodata: nothing to super-resolve")
+    means = image[:, valid].mean(1)
+    return torch.where(mask, means[:, None, None], image)
+
+
+def write_georeferenced(array: np.ndarray, path: Path, georef: Georeference, scale: float,
+                        mask: Tensor | None) -> Path:  # fmt: skip
+    """Write an (H, W, C) uint8/uint16 SR array as a GeoTIFF on the input's grid made `scale`
+    times finer, with the input's CRS, nodata and band descriptions; atomically."""
+    import rasterio
+    from affine import Affine
+
+    bands = array.transpose(2, 0, 1).copy()
+    if georef.nodata is not None:
+        nodata = np.array(georef.nodata).astype(array.dtype)
+        bands[bands == nodata] = nodata + 1 if nodata < np.iinfo(array.dtype).max else nodata - 1
+        if mask is not None:
+            rows = torch.arange(array.shape[0]) * mask.shape[0] // array.shape[0]
+            cols = torch.arange(array.shape[1]) * mask.shape[1] // array.shape[1]
+            bands[:, mask[rows][:, cols].numpy()] = nodata
+    profile = {
+        "driver": "GTiff",
+        "width": array.shape[1],
+        "height": array.shape[0],
+        "count": array.shape[2],
+        "dtype": array.dtype.name,
+        "crs": georef.crs,
+        "transform": Affine(*georef.scaled(scale)),
+        "nodata": georef.nodata,
+        "compress": "deflate",
+    }
+    with atomic_write(path, "raster") as tmp, rasterio.open(tmp, "w", **profile) as raster:
+        raster.write(bands)
+        for index, description in enumerate(georef.descriptions[: array.shape[2]], start=1):
+            if description:
+                raster.set_band_description(index, description)
+    return path
