@@ -201,7 +201,6 @@ SCHEMA: dict[str, Key] = {
                         or (abs(v) <= MAX_OPTION if isinstance(v, int) else math.isfinite(v))
                     ),
                 ),  # fmt: skip
-                optional=True,
             ),
         },
     ),

@@ -190,6 +190,11 @@ SPOILED = {
     "no rng (half a training state)": _set("rng", DELETE),
     "unknown key": _set("payload", "x"),
     "rng state out of range": _set("rng.python.internal", lambda internal: [2**40] * 625),
+    # found by tests/test_fuzz.py
+    "no model options": _set("model.options", DELETE),
+    "Adam moments without their step": lambda c: c["optimizer"]["state"][0].pop("step"),
+    "history row with half its scores": lambda c: c["history"][0].pop("ssim"),
+    "a setting holding a tensor": _set("args.model", torch.full((2, 2), float("nan"))),
 }
 FORMAT_ONLY = "format-only dict"  # N5: a dict with nothing but the format key
 
