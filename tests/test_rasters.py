@@ -42,17 +42,7 @@ def test_the_sr_raster_lies_on_the_finer_grid_of_the_same_footprint(tmp_path):
     transform = Affine(20.0, 0.0, 500_000.0, 0.0, -20.0, 4_600_000.0)
     source = _raster(tmp_path / "in.tif", _smooth(3, 30, 40, 60_000, np.uint16), transform,
                      descriptions=["B04", "B03", "B02"])  # fmt: skip
-    argv = [
-        "--checkpoint",
-        str(SRCNN),
-        str(source),
-        "--ext",
-        "tif",
-        "--out-dir",
-        str(tmp_path / "out"),
-        "--quiet",
-    ]
-    assert run_cli(super_resolve.main, argv) == 0
+    assert run_cli(super_resolve.main, _argv(source, tmp_path / "out")) == 0
     with rasterio.open(tmp_path / "out" / "in_srcnn_x3.tif") as sr:
         assert sr.crs == rasterio.crs.CRS.from_string(CRS)
         assert (sr.width, sr.height) == (120, 90) and sr.dtypes == ("uint16",) * 3
@@ -72,17 +62,7 @@ def test_nodata_stays_nodata_and_valid_pixels_never_become_it(tmp_path):
     array[:, 20, 20] = 1  # a dark valid pixel, whose SR may round to 0
     transform = Affine(30.0, 0.0, 400_000.0, 0.0, -30.0, 3_000_000.0)
     source = _raster(tmp_path / "in.tif", array, transform, nodata=0)
-    argv = [
-        "--checkpoint",
-        str(SRCNN),
-        str(source),
-        "--ext",
-        "tif",
-        "--out-dir",
-        str(tmp_path / "out"),
-        "--quiet",
-    ]
-    assert run_cli(super_resolve.main, argv) == 0
+    assert run_cli(super_resolve.main, _argv(source, tmp_path / "out")) == 0
     for name in ("in_srcnn_x3.tif", "in_bicubic_x3.tif"):
         with rasterio.open(tmp_path / "out" / name) as sr:
             assert sr.nodata == 0
@@ -105,8 +85,7 @@ def test_a_real_landsat_raster_keeps_its_crs_and_nodata(data_root, tmp_path):
     source = data_root / "RS-sample" / "landsat7" / "RGB.byte.tif"
     if not source.is_file():
         pytest.fail(f"{source} is missing; the RS-sample set belongs in SR_DATA_ROOT")
-    argv = ["--checkpoint", str(SRCNN), str(source), "--ext", "tif", "--out-dir", str(tmp_path), "--quiet"]
-    assert run_cli(super_resolve.main, argv) == 0
+    assert run_cli(super_resolve.main, _argv(source, tmp_path)) == 0
     with rasterio.open(source) as lr, rasterio.open(tmp_path / "RGB.byte_srcnn_x3.tif") as sr:
         assert sr.crs == lr.crs and sr.nodata == lr.nodata == 0 and sr.bounds == lr.bounds
         assert (sr.width, sr.height) == (3 * lr.width, 3 * lr.height)
