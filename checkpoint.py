@@ -116,6 +116,7 @@ ADAM_MOMENTS = Key(
     },
 )
 
+
 def _validated_whole(row: dict) -> bool:
     """Whether a history row's validation columns of each kind come in whole pairs (score and
     similarity; None: not measured), the baseline's wherever the model's are."""

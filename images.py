@@ -232,11 +232,17 @@ def image_header(path: str | os.PathLike) -> tuple[int, int, bool]:
 
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages[0]
-                return page.imagewidth, page.imagelength, page.samplesperpixel in (2, 4)
-        with Image.open(path) as img:
-            return img.width, img.height, pil_has_alpha(img)
+                header = page.imagewidth, page.imagelength, page.samplesperpixel in (2, 4)
+        else:
+            with Image.open(path) as img:
+                header = img.width, img.height, pil_has_alpha(img)
     except Exception as err:  # Pillow and tifffile raise many types for a bad header
         raise ImageError(f"{path}: not a readable image ({first_line(err)})") from None
+    if not all(isinstance(side, int) and side >= 0 for side in header[:2]):  # a damaged tag's count
+        raise ImageError(
+            f"{path}: not a readable image (its header gives a size of {header[0]!r} x {header[1]!r})"
+        )
+    return header
 
 
 _PIL_FORMATS = {".bmp": "BMP", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}

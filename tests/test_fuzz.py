@@ -207,6 +207,17 @@ def _image_bytes(kind: str) -> bytes:
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (14, 16, 3), dtype=np.uint8)
     buffer = io.BytesIO()
+    if kind == "geotiff":
+        from rasterio.io import MemoryFile
+        from rasterio.transform import from_origin
+
+        grid = from_origin(500_000, 4_600_000, 20, 20)
+        profile = {"driver": "GTiff", "width": 16, "height": 14, "count": 3, "dtype": "uint8",
+                   "crs": "EPSG:32633", "transform": grid, "nodata": 0}  # fmt: skip
+        with MemoryFile() as memory:
+            with memory.open(**profile) as raster:
+                raster.write(rgb.transpose(2, 0, 1))
+            return memory.read()
     if kind == "png16":
         path = Path(tempfile.mkdtemp()) / "a.png"
         save_image(torch.from_numpy(rgb).permute(2, 0, 1) / 255.0, path, bits=16)
@@ -223,6 +234,7 @@ IMAGE_KINDS = {
     "bmp": ".bmp",
     "jpeg": ".jpg",
     "webp": ".webp",
+    "geotiff": ".tif",
 }
 SIZES = [0, 1, 2, 3, 255, 65535, 2**31 - 1, 2**32 - 1]
 
@@ -274,6 +286,8 @@ def _fuzz_image(trained: dict, data: st.DataObject, tmp_path: Path, capsys, monk
     path.write_bytes(_mutated_image(data, kind))
     before = _files(folder)
     argv = ["--checkpoint", str(SRCNN), str(path), "--out-dir", str(folder / "sr"), "--quiet"]
+    if kind == "geotiff":  # its SR written as a GeoTIFF on the finer grid
+        argv += ["--ext", "tif"]
     status, err = _run(super_resolve.main, argv, capsys)
     _check(status, err, before, folder, f"super_resolve of a mutated {kind}")
     try:

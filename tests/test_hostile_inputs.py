@@ -249,3 +249,20 @@ def _reopened(photo: Image.Image, exif) -> Image.Image:
     photo.save(buffer, format="PNG", exif=exif)
     buffer.seek(0)
     return Image.open(buffer)
+
+
+def test_a_tiff_whose_size_tag_is_damaged_is_one_line(tmp_path, capsys):
+    # found by tests/test_fuzz.py: one flipped bit made tifffile give the width as a tuple, and the
+    # memory check raised TypeError
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((14, 16, 3), dtype=np.uint8)).save(buffer, format="TIFF")
+    data = bytearray(buffer.getvalue())
+    data[12] ^= 1
+    (tmp_path / "bad.tif").write_bytes(bytes(data))
+    argv = ["--checkpoint", str(ROOT / "checkpoints" / "srcnn_x3.pth"), str(tmp_path / "bad.tif"),
+            "--out-dir", str(tmp_path / "out")]  # fmt: skip
+    assert run_cli(super_resolve.main, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a readable image" in err and len(err.splitlines()) == 1
