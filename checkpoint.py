@@ -145,7 +145,11 @@ RNG = Key(
     "the random generators' states",
     (dict,),
     keys={
-        "torch": RNG_BYTES,
+        "torch": Key(
+            "the CPU generator's state (1-D uint8 tensor of its size)",
+            (Tensor,),
+            lambda t: t.dtype == torch.uint8 and t.shape == torch.get_rng_state().shape,
+        ),
         "cuda": Key("a list of CUDA generator states", (list,), each=RNG_BYTES),
         "numpy": Key(
             "numpy's generator state",

@@ -146,7 +146,8 @@ def _set(path: str, value):
         if value is DELETE:
             del inner[last]
         else:
-            inner[int(last) if isinstance(inner, list) else last] = value(inner) if callable(value) else value
+            key = int(last) if isinstance(inner, list) else last
+            inner[key] = value(inner[key]) if callable(value) else value  # a callable: of the old value
 
     return spoil
 
@@ -195,6 +196,7 @@ SPOILED = {
     "Adam moments without their step": lambda c: c["optimizer"]["state"][0].pop("step"),
     "history row with half its scores": lambda c: c["history"][0].pop("ssim"),
     "a setting holding a tensor": _set("args.model", torch.full((2, 2), float("nan"))),
+    "a CPU generator state one byte short": _set("rng.torch", lambda state: state[:-1]),
 }
 FORMAT_ONLY = "format-only dict"  # N5: a dict with nothing but the format key
 
