@@ -265,9 +265,8 @@ def load_probav_scene(folder: str | os.PathLike, frames: int = 9) -> Burst:
     chosen, weights, baseline = challenge_frames(stack, clear, frames, PROBAV_SCALE)
     hr = _band(folder / "HR.png") if (folder / "HR.png").exists() else torch.empty(0)
     sm = folder / "SM.png"
-    if sm.exists() and not hr.numel():
-        raise DatasetError(f"{folder}: SM.png without HR.png")
-    mask = (_band(sm, like=folder / "HR.png") > 0.5).float() if sm.exists() else torch.ones_like(hr)
+    scored = sm.exists() and hr.numel()  # (the challenge's test scenes have an SM but no HR)
+    mask = (_band(sm, like=folder / "HR.png") > 0.5).float() if scored else torch.ones_like(hr)
     return Burst(folder.name, chosen, hr, mask, baseline, challenge_norm(folder), weights)
 
 
