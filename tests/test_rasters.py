@@ -92,3 +92,19 @@ def test_a_real_landsat_raster_keeps_its_crs_and_nodata(data_root, tmp_path):
         empty_lr = (lr.read() == 0).all(0).mean()
         empty_sr = (sr.read() == 0).all(0).mean()
         assert abs(empty_lr - empty_sr) < 0.01  # the nodata collar, upscaled, and no more
+
+
+@pytest.mark.parametrize("case", ["all nodata", "truncated"])
+def test_a_bad_raster_is_one_line_and_writes_nothing(tmp_path, capsys, case):
+    transform = Affine(20.0, 0.0, 500_000.0, 0.0, -20.0, 4_600_000.0)
+    array = _smooth(3, 20, 20, 200, np.uint8)
+    if case == "all nodata":
+        array[:] = 0
+    source = _raster(tmp_path / "in.tif", array, transform, nodata=0)
+    if case == "truncated":
+        source.write_bytes(source.read_bytes()[:600])
+    before = source.read_bytes()
+    assert run_cli(super_resolve.main, _argv(source, tmp_path / "out")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert not list((tmp_path / "out").iterdir()) and source.read_bytes() == before
