@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from images import save_array
 from utils import ImageError, atomic_write
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
@@ -64,6 +65,32 @@ def georeference(path: str | os.PathLike) -> Georeference | None:
         raise ImageError(f"{path}: a rotated or sheared geotransform is not supported; warp it to a "
                          "north-up grid first (gdalwarp)")  # fmt: skip
     return Georeference(crs.to_wkt() if crs else None, tuple(transform)[:6], nodata, descriptions)
+
+
+@dataclass(frozen=True)
+class RasterInput:
+    """An input image ready for the model (nodata filled), with what its outputs need to lie on
+    its grid: its georeferencing (None for a plain image) and nodata mask."""
+
+    image: Tensor
+    georef: Georeference | None
+    mask: Tensor | None
+
+
+def raster_input(path: str | os.PathLike, image: Tensor, bits: int) -> RasterInput:
+    """An image read from `path` (in [0, 1] from `bits`-bit integers) prepared for the model:
+    its nodata pixels filled when the raster declares nodata."""
+    georef = georeference(path)
+    mask = nodata_mask(image, georef, bits) if georef else None
+    return RasterInput(fill_nodata(image, mask) if mask is not None else image, georef, mask)
+
+
+def save_output(array: np.ndarray, path: Path, source: RasterInput, scale: float, quality: int = 95) -> Path:
+    """Write an (H, W, C) output array: a GeoTIFF on the finer grid when the input is georeferenced
+    and `path` a TIFF, else a plain image file (`images.save_array`)."""
+    if source.georef is not None and path.suffix.lower() in (".tif", ".tiff"):
+        return write_georeferenced(array, path, source.georef, scale, source.mask)
+    return save_array(array, path, quality=quality)
 
 
 def nodata_mask(image: Tensor, georef: Georeference, bits: int) -> Tensor | None:

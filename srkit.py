@@ -26,12 +26,13 @@ from torch import Tensor
 from checkpoint import load_checkpoint
 from data import load_pairs
 from evaluation import check_size, evaluate_pairs, protocol_note, set_record
-from images import pil_array, to_file_array
+from images import image_size, pil_array, read_image_and_alpha, to_file_array
 from imresize import upscale as bicubic_upscale
 from inference import Upscaler, check_memory
 from model import SINGLE_IMAGE
+from rasters import raster_input, save_output
 from runtime import parse_device
-from utils import CheckpointError, ImageError, first_line
+from utils import CheckpointError, ImageError, check_outputs, first_line
 
 Picture = Tensor | np.ndarray | Image.Image
 
@@ -79,6 +80,24 @@ class SuperResolver:
         )
 
     __call__ = upscale
+
+    def upscale_file(self, lr: str | Path, sr: str | Path, overwrite: bool = False) -> Path:
+        """Super-resolve an image file into `sr` as `super_resolve.py` writes it (8 or 16 bits as
+        the input, alpha upscaled by bicubic); a georeferenced raster into a .tif becomes a
+        GeoTIFF on its grid made `scale` times finer, its CRS, nodata and band names kept. An
+        existing `sr` is replaced only with `overwrite`."""
+        lr_path, sr_path = Path(lr), Path(sr)
+        check_outputs([sr_path], [lr_path], overwrite)
+        check_memory(str(lr_path), *image_size(lr_path), self.scale)
+        image, bits, alpha = read_image_and_alpha(lr_path)
+        check_size(image, str(lr_path))
+        source = raster_input(lr_path, image, bits)
+        bits = bits if sr_path.suffix.lower() in (".png", ".tif", ".tiff") else 8
+        array = self.upscaler.to_array(source.image, bits)
+        if alpha is not None:
+            upscaled = to_file_array(bicubic_upscale(alpha, self.scale).clamp(0, 1), bits)
+            array = np.concatenate([array, upscaled], axis=-1)
+        return save_output(array, sr_path, source, self.scale)
 
     def evaluate(self, dataset: str, shave: int | None = None) -> dict:
         """Score the model on a benchmark set (a name such as Set5, or a folder) by the protocol:

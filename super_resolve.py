@@ -61,7 +61,6 @@ from images import (
     load_image,
     read_image,
     read_image_and_alpha,
-    save_array,
     to_channels,
     to_file_array,
 )
@@ -74,7 +73,7 @@ from metrics import (
     score_labels,
 )
 from model import MODELS, MULTI_FRAME, SINGLE_IMAGE, load_model
-from rasters import Georeference, fill_nodata, georeference, nodata_mask, write_georeferenced
+from rasters import RasterInput, raster_input, save_output
 from runtime import parse_device
 from utils import (
     DatasetError,
@@ -422,18 +421,15 @@ def write_outputs(
     args: argparse.Namespace,
     upscaler: Upscaler,
     lr_path: Path,
-    lr: Tensor,
+    source: RasterInput,
     bits: int,
     alpha: Tensor | None,
     outputs: Outputs,
-    georef: Georeference | None = None,
 ) -> None:
     """The SR image (and the bicubic one), with the input's alpha when it has one, each built
     in its final 8/16-bit form (`--outscale`: resized from float, MATLAB bicubic); a
     georeferenced input gives GeoTIFF outputs on its grid made finer (`rasters`)."""
-    mask = nodata_mask(lr, georef, bits) if georef else None
-    if mask is not None:
-        lr = fill_nodata(lr, mask)
+    lr = source.image
     bits = bits if outputs.sr.suffix in (".png", ".tif") else 8  # JPEG and WebP hold 8 bits
     size = None
     if args.outscale is not None:
@@ -459,15 +455,12 @@ def write_outputs(
         array = make(lr)
         if upscaled_alpha is not None:
             array = np.concatenate([array, upscaled_alpha], axis=-1)
-        if georef and path.suffix in (".tif", ".tiff"):
-            write_georeferenced(array, path, georef, args.outscale or upscaler.scale, mask)
-        else:
-            save_array(array, path, quality=args.quality)
+        save_output(array, path, source, args.outscale or upscaler.scale, quality=args.quality)
         del array  # one output in memory at a time
     if not args.json:
         written = " and ".join(str(path) for path in (outputs.sr, outputs.bicubic) if path is not None)
         note = ""
-        if georef:
+        if source.georef:
             note = (" (GeoTIFF on the input's grid made finer)" if outputs.sr.suffix == ".tif" else
                     f" (no georeferencing in .{args.ext}; --ext tif keeps it)")  # fmt: skip
         if alpha is not None:
@@ -500,7 +493,7 @@ def run_inputs(args: argparse.Namespace, upscaler: Upscaler) -> int:
         gt = (
             check_gt(read_image(gt_path)[0], lr, gt_path, lr_path, upscaler.scale, shave) if gt_path else None
         )
-        write_outputs(args, upscaler, lr_path, lr, bits, alpha, outputs, georeference(lr_path))
+        write_outputs(args, upscaler, lr_path, raster_input(lr_path, lr, bits), bits, alpha, outputs)
         if gt is None and not outputs.panel:
             continue
         sr = load_image(outputs.sr)  # scores and panels are of the files written

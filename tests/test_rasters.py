@@ -108,3 +108,21 @@ def test_a_bad_raster_is_one_line_and_writes_nothing(tmp_path, capsys, case):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert not list((tmp_path / "out").iterdir()) and source.read_bytes() == before
+
+
+def test_the_api_writes_the_same_geotiff_as_the_cli(tmp_path):
+    from srkit import SuperResolver
+
+    transform = Affine(30.0, 0.0, 400_000.0, 0.0, -30.0, 3_000_000.0)
+    array = _smooth(3, 24, 28, 250, np.uint8)
+    array[:, :4] = 0
+    source = _raster(tmp_path / "in.tif", array, transform, nodata=0, descriptions=["R", "G", "B"])
+    assert run_cli(super_resolve.main, _argv(source, tmp_path / "cli")) == 0
+    written = SuperResolver(SRCNN).upscale_file(source, tmp_path / "api.tif")
+    with rasterio.open(tmp_path / "cli" / "in_srcnn_x3.tif") as cli, rasterio.open(written) as api:
+        assert api.profile == cli.profile and api.descriptions == cli.descriptions
+        assert np.array_equal(api.read(), cli.read())
+    from utils import UserError
+
+    with pytest.raises(UserError, match="--overwrite"):
+        SuperResolver(SRCNN).upscale_file(source, written)
