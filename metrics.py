@@ -184,6 +184,38 @@ def band_energy_ratios(sr: Tensor, hr: Tensor) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------
+# Multispectral metrics, as remote sensing reports them: on physical values (reflectance),
+# per band, and across bands (SAM, ERGAS). Images are (C, H, W), `shave` pixels left out.
+# ---------------------------------------------------------------------------------------
+
+
+def band_psnr(sr: Tensor, hr: Tensor, peak: float = 1.0, shave: int = 0) -> Tensor:
+    """(C,) PSNR of each band in dB against `peak` (1 for reflectance), in float64."""
+    sr, hr = (shave_border(img, shave).double() for img in (sr, hr))
+    mse = (sr - hr).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(peak**2 / mse)
+
+
+def spectral_angle(sr: Tensor, hr: Tensor, shave: int = 0) -> Tensor:
+    """Mean spectral angle mapper (SAM, degrees) between the band vectors of each pixel, over the
+    pixels where neither vector is zero."""
+    sr, hr = (shave_border(img, shave).double().flatten(1) for img in (sr, hr))
+    squares = sr.pow(2).sum(0) * hr.pow(2).sum(0)
+    dot = (sr * hr).sum(0)
+    sine = (squares - dot.pow(2)).clamp(min=0).sqrt()  # |sr| |hr| sin: atan2 is exact near 0
+    valid = squares > 0
+    return torch.rad2deg(torch.atan2(sine[valid], dot[valid])).mean()
+
+
+def ergas(sr: Tensor, hr: Tensor, scale: float, shave: int = 0) -> Tensor:
+    """ERGAS (Wald 2000): 100 / scale x the root mean over bands of (RMSE of the band / mean of
+    the reference band)^2; 0 for a perfect result, lower is better."""
+    sr, hr = (shave_border(img, shave).double().flatten(1) for img in (sr, hr))
+    rmse = (sr - hr).pow(2).mean(1).sqrt()
+    return 100 / scale * (rmse / hr.mean(1)).pow(2).mean().sqrt()
+
+
+# ---------------------------------------------------------------------------------------
 # Multi-frame (PROBA-V) losses and metrics: registered, bias-corrected, masked
 # ---------------------------------------------------------------------------------------
 # The HR reference may be misaligned with the reconstruction by up to `border` pixels. The

@@ -106,3 +106,24 @@ def test_metric_input_errors():
         psnr(torch.rand(3, 10, 10), torch.rand(3, 10, 12), shave=1)
     with pytest.raises(ValueError, match="shave"):
         psnr(torch.rand(3, 10, 10), torch.rand(3, 10, 10), shave=5)
+
+
+def test_multispectral_metrics_by_their_definitions():
+    """[17] item 4: per-band PSNR on reflectance, SAM and ERGAS, checked against values worked
+    out by hand from their definitions."""
+    from metrics import band_psnr, ergas, spectral_angle
+
+    hr = torch.tensor([[[0.2, 0.4], [0.6, 0.8]], [[0.1, 0.1], [0.1, 0.1]]], dtype=torch.float64)
+    sr = hr.clone()
+    sr[0] += 0.01  # band 0 off by 0.01 everywhere: MSE 1e-4, PSNR 40 dB on a peak of 1
+    torch.testing.assert_close(band_psnr(sr, hr)[0], torch.tensor(40.0, dtype=torch.float64))
+    assert torch.isinf(band_psnr(sr, hr)[1])  # band 1 exact
+    # ERGAS at x2: 100 / 2 * sqrt(((0.01 / 0.5)^2 + 0) / 2) = 50 * 0.02 / sqrt(2)
+    torch.testing.assert_close(ergas(sr, hr, 2), torch.tensor(50 * 0.02 / 2**0.5, dtype=torch.float64))
+    assert spectral_angle(hr, hr) == 0 and ergas(hr, hr, 2) == 0
+    # SAM ignores a common gain (the spectra keep their shape) and measures a change of shape:
+    # pixel spectra (1, 0) against (1, 1) are 45 degrees apart
+    assert spectral_angle(hr * 3, hr).item() < 1e-5
+    a = torch.tensor([[[1.0]], [[0.0]]])
+    b = torch.tensor([[[1.0]], [[1.0]]])
+    torch.testing.assert_close(spectral_angle(a, b), torch.tensor(45.0, dtype=torch.float64))
