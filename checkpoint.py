@@ -64,8 +64,11 @@ def _dense_finite(tensor: Tensor) -> bool:
 
 def _rng_words(dtype: torch.dtype, length: int) -> Callable[[Tensor], bool]:
     """A test for a 1-D generator state of `length` words of `dtype`, each a 32-bit word."""
-    return lambda t: t.dtype == dtype and tuple(t.shape) == (length,) and (t.numel() == 0 or t.min() >= 0 and
-                                                                       t.max() < 2**32)  # fmt: skip
+
+    def test(t: Tensor) -> bool:
+        return t.dtype == dtype and tuple(t.shape) == (length,) and bool(((t >= 0) & (t < 2**32)).all())
+
+    return test
 
 
 NONE = type(None)
