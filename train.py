@@ -37,6 +37,7 @@ from utils import (
     CheckpointError,
     Parser,
     UserError,
+    atomic_write,
     check_outputs,
     run_cli,
 )
@@ -347,8 +348,10 @@ def print_history(info: dict) -> None:
 
 
 def command_export(args: argparse.Namespace) -> int:
-    """`export`: the checkpoint's model as ONNX, run by `super_resolve.py --onnx`."""
-    check_outputs([Path(args.output)], [Path(args.checkpoint)], args.overwrite)
+    """`export`: the checkpoint's model as ONNX, run by `super_resolve.py --onnx`, and beside it
+    `<output>.json`: what a downstream tool needs to run it (bands, scale, value scale, nodata)."""
+    sidecar = Path(f"{args.output}.json")
+    check_outputs([Path(args.output), sidecar], [Path(args.checkpoint)], args.overwrite)
     checkpoint = load_checkpoint(args.checkpoint)
     if checkpoint.get("kind", SINGLE_IMAGE) != SINGLE_IMAGE:
         raise CheckpointError(f"{args.checkpoint}: ONNX export supports single-image models, not this "
@@ -358,8 +361,30 @@ def command_export(args: argparse.Namespace) -> int:
                 "in_channels": str(spec["options"].get("in_channels", 3)),
                 "options": json.dumps(spec["options"]), "source": str(args.checkpoint)}  # fmt: skip
     path = export_onnx(load_model(checkpoint), args.output, metadata)
-    print(f"exported {spec['name']} x{spec['scale']} to {path} (input lr: N x C x H x W, any N, H, W >= 3)")
+    with atomic_write(sidecar, "model description") as tmp:
+        tmp.write_text(json.dumps(run_description(spec, args.checkpoint), indent=2) + "\n")
+    print(f"exported {spec['name']} x{spec['scale']} to {path} (input lr: N x C x H x W, any N, H, W >= 3) "
+          f"and its description to {sidecar}")  # fmt: skip
     return 0
+
+
+def run_description(spec: dict, source: str) -> dict:
+    """What a tool running an exported model must know: its bands, scale, the values it takes
+    and gives, and nodata (the photo models' convention: a file's integers over their maximum)."""
+    bands = spec["options"].get("in_channels", 3)
+    return {
+        "model": spec["name"],
+        "scale": spec["scale"],
+        "bands": bands,
+        "band_names": {1: ["gray"], 3: ["red", "green", "blue"]}.get(bands),
+        "input": "lr: float32, N x bands x H x W (H, W >= 3)",
+        "output": "sr: float32, N x bands x scale*H x scale*W",
+        "value_scale": "pixel value / (2**bits - 1): 1/255 for 8-bit files, 1/65535 for 16-bit",
+        "normalisation": None,
+        "value_range": [0.0, 1.0],
+        "nodata": None,
+        "source": str(source),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -124,6 +124,9 @@ def test_onnx_export_matches_pytorch(world, tmp_path, name, capsys):
     checkpoint = world / name / "last.pth"
     assert run_cli(train.main, ["export", str(checkpoint), str(tmp_path / "model.onnx")]) == 0
     assert "exported" in capsys.readouterr().out
+    described = json.loads((tmp_path / "model.onnx.json").read_text())  # [17] item 6
+    assert (described["model"], described["scale"], described["bands"]) == (name, 3, 3)
+    assert described["nodata"] is None and described["value_range"] == [0.0, 1.0]
     onnx_model = OnnxModel(tmp_path / "model.onnx")
     assert onnx_model.metadata["model"] == name and onnx_model.metadata["scale"] == "3"
     torch_model = load_model(torch.load(checkpoint, weights_only=True))
