@@ -182,8 +182,7 @@ RNG = Key(
     },
 )
 
-SCHEMA: dict[str, Key] = {
-    # the model: what every reader needs
+MODEL_PART: dict[str, Key] = {  # what every reader needs
     "format": Key(repr(CHECKPOINT_FORMAT), (str,), lambda v: v == CHECKPOINT_FORMAT),
     "version": Key(
         f"a format version from 1 to {CHECKPOINT_VERSION}",
@@ -217,7 +216,8 @@ SCHEMA: dict[str, Key] = {
     "ema_state_dict": Key(
         "the moving average's weights or nothing", (dict, NONE), each=TENSOR, optional=True
     ),
-    # the training part: all of it or none
+}
+TRAINING_PART: dict[str, Key] = {  # what `train.py resume` needs: all of it or none
     "optimizer": Key(
         "Adam's state",
         (dict,),
@@ -246,7 +246,7 @@ SCHEMA: dict[str, Key] = {
     "best_psnr": Key("a finite PSNR or nothing", (*NUMBER, NONE), _finite, optional=True),
     "rng": replace(RNG, optional=True),
 }
-TRAINING_KEYS = ("optimizer", "scaler", "args", "epoch", "in_epoch", "history", "best_psnr", "rng")
+SCHEMA: dict[str, Key] = {**MODEL_PART, **TRAINING_PART}
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -277,9 +277,9 @@ def check_checkpoint(checkpoint: Any) -> None:
             f"{CHECKPOINT_VERSION} (a newer toolkit wrote it?)"
         )
     _check_mapping(checkpoint, Key("a checkpoint", (dict,), keys=SCHEMA), "")
-    present = [key for key in TRAINING_KEYS if key in checkpoint]
-    if present and len(present) < len(TRAINING_KEYS):
-        missing = next(key for key in TRAINING_KEYS if key not in checkpoint)
+    present = [key for key in TRAINING_PART if key in checkpoint]
+    if present and len(present) < len(TRAINING_PART):
+        missing = next(key for key in TRAINING_PART if key not in checkpoint)
         raise CheckpointError(f"malformed checkpoint: it has {present[0]!r} but no {missing!r} (a training "
                               "checkpoint holds all of its training state)")  # fmt: skip
     model = _check_model(checkpoint)
