@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from catalog import SCENE_SETS, canonical_name, resolve_dataset
 from data import item_rng, load_pairs, mix_seed
-from images import dihedral, image_size, load_image, to_channels
+from images import dihedral, load_image, to_channels
 from imresize import gaussian_filter, imresize, modcrop
 from utils import DatasetError, ImageError
 
@@ -260,27 +260,25 @@ def load_probav_scene(folder: str | os.PathLike, frames: int = 9) -> Burst:
     lr_paths = sorted(folder.glob("LR*.png"))
     if not lr_paths:
         raise DatasetError(f"{folder}: no LR*.png frames (PROBA-V scene layout expected)")
-    stack = torch.cat([_band(p, like=lr_paths[0]) for p in lr_paths])
+    first = _band(lr_paths[0])
+    stack = torch.cat([first, *(_band(p, first, lr_paths[0].name) for p in lr_paths[1:])])
     clear = torch.stack([_quality_mask(folder / p.name.replace("LR", "QM"), stack[0]) for p in lr_paths])
     chosen, weights, baseline = challenge_frames(stack, clear, frames, PROBAV_SCALE)
     hr = _band(folder / "HR.png") if (folder / "HR.png").exists() else torch.empty(0)
     sm = folder / "SM.png"
     scored = sm.exists() and hr.numel()  # (the challenge's test scenes have an SM but no HR)
-    mask = (_band(sm, like=folder / "HR.png") > 0.5).float() if scored else torch.ones_like(hr)
+    mask = (_band(sm, hr, "HR.png") > 0.5).float() if scored else torch.ones_like(hr)
     return Burst(folder.name, chosen, hr, mask, baseline, challenge_norm(folder), weights)
 
 
-def _band(path: Path, like: Path | None = None) -> Tensor:
-    """One single-band image of a PROBA-V scene, (1, h, w), of the size of image `like` if given."""
+def _band(path: Path, like: Tensor | None = None, named: str = "") -> Tensor:
+    """One single-band image of a PROBA-V scene, (1, h, w), of the size of `like` (the image
+    `named`) if given."""
     image = load_image(path)
     if image.shape[0] != 1:
         raise ImageError(f"{path}: {image.shape[0]} bands; the images of a PROBA-V scene are single-band")
-    if like is not None and like != path:
-        width, height = image_size(like)
-        if image.shape[-2:] != (height, width):
-            raise ImageError(
-                f"{path}: {image.shape[-1]}x{image.shape[-2]}, but {like.name} is {width}x{height}"
-            )
+    if like is not None:
+        _check_same_size(image, path, like, named)
     return image
 
 
@@ -289,10 +287,15 @@ def _quality_mask(path: Path, frame: Tensor) -> Tensor:
     if not path.exists():
         return torch.ones_like(frame)
     mask = load_image(path)[0]
-    if mask.shape != frame.shape:
-        raise ImageError(f"{path}: {mask.shape[-1]}x{mask.shape[-2]}, but its frame is "
-                         f"{frame.shape[-1]}x{frame.shape[-2]}")  # fmt: skip
+    _check_same_size(mask, path, frame, "its frame")
     return (mask > 0.5).float()
+
+
+def _check_same_size(image: Tensor, path: Path, like: Tensor, named: str) -> None:
+    """Refuse an image (read from `path`) whose size is not that of `like` (the image `named`)."""
+    if image.shape[-2:] != like.shape[-2:]:
+        raise ImageError(f"{path}: {image.shape[-1]}x{image.shape[-2]}, but {named} is "
+                         f"{like.shape[-1]}x{like.shape[-2]}")  # fmt: skip
 
 
 def clearest(clear: Tensor, frames: int) -> list[int]:
