@@ -17,6 +17,7 @@ from torch import Tensor
 from utils import ImageError, UserError, atomic_write, first_line
 
 IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
+SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff")  # the formats written at 16 bits (JPEG, WebP: 8)
 MAX_PIXELS = 120_000_000  # decoding more than this (about 1.4 GB as float32 RGB) is refused
 
 
@@ -196,6 +197,12 @@ def to_file_array(img: Tensor, bits: int = 8) -> np.ndarray:
     return array.transpose(1, 2, 0)
 
 
+def output_bits(path: str | os.PathLike, bits: int) -> int:
+    """The bit depth an output file at `path` gets for an input of `bits`: 8 where its format
+    holds no more."""
+    return bits if Path(path).suffix.lower() in SIXTEEN_BIT_SUFFIXES else 8
+
+
 def save_array(array: np.ndarray, path: str | os.PathLike, quality: int = 95) -> Path:
     """Write an (H, W, C) uint8/uint16 array (C: 1 gray, 2 gray + alpha, 3 RGB, 4 RGBA; uint16:
     PNG/TIFF) atomically; `quality` for JPEG and WebP."""
@@ -203,7 +210,7 @@ def save_array(array: np.ndarray, path: str | os.PathLike, quality: int = 95) ->
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
         raise ImageError(f"{path}: unknown image type (use one of {', '.join(IMAGE_SUFFIXES)})")
-    if array.dtype == np.uint16 and suffix not in (".png", ".tif", ".tiff"):
+    if array.dtype == np.uint16 and suffix not in SIXTEEN_BIT_SUFFIXES:
         raise ImageError(f"{path}: 16-bit output needs PNG or TIFF")
     try:
         with atomic_write(path, "image") as tmp:

@@ -26,7 +26,7 @@ from torch import Tensor
 from checkpoint import load_checkpoint
 from data import load_pairs
 from evaluation import check_size, evaluate_pairs, protocol_note, set_record
-from images import image_size, pil_array, read_image_and_alpha, to_file_array
+from images import image_size, output_bits, pil_array, read_image_and_alpha, to_file_array
 from imresize import upscale as bicubic_upscale
 from inference import Upscaler, check_memory
 from model import SINGLE_IMAGE
@@ -92,11 +92,10 @@ class SuperResolver:
         image, bits, alpha = read_image_and_alpha(lr_path)
         check_size(image, str(lr_path))
         source = raster_input(lr_path, image, bits)
-        bits = bits if sr_path.suffix.lower() in (".png", ".tif", ".tiff") else 8
+        bits = output_bits(sr_path, bits)
         array = self.upscaler.to_array(source.image, bits)
         if alpha is not None:
-            upscaled = to_file_array(bicubic_upscale(alpha, self.scale).clamp(0, 1), bits)
-            array = np.concatenate([array, upscaled], axis=-1)
+            array = np.concatenate([array, self._upscaled_alpha(alpha, bits)], axis=-1)
         return save_output(array, sr_path, source, self.scale)
 
     def evaluate(self, dataset: str, shave: int | None = None) -> dict:
@@ -152,10 +151,12 @@ class SuperResolver:
         color, alpha = (image[:-1], image[-1:]) if image.shape[0] in (2, 4) else (image, None)
         out = self.upscaler.to_array(color.contiguous(), bits)
         if alpha is not None:
-            out = np.concatenate(
-                [out, to_file_array(bicubic_upscale(alpha, self.scale).clamp(0, 1), bits)], axis=-1
-            )
+            out = np.concatenate([out, self._upscaled_alpha(alpha, bits)], axis=-1)
         return out[..., 0] if array.ndim == 2 else out
+
+    def _upscaled_alpha(self, alpha: Tensor, bits: int) -> np.ndarray:
+        """An alpha channel (1, H, W) in [0, 1] upscaled by bicubic, as the (H, W, 1) array of `bits`."""
+        return to_file_array(bicubic_upscale(alpha, self.scale).clamp(0, 1), bits)
 
     def _upscale_pil(self, image: Image.Image) -> Image.Image:
         """Decoded as a file is by `read_image`: shown upright (EXIF orientation), 16-bit gray stays

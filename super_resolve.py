@@ -59,6 +59,7 @@ from images import (
     image_size,
     list_images,
     load_image,
+    output_bits,
     read_image,
     read_image_and_alpha,
     to_channels,
@@ -430,7 +431,7 @@ def write_outputs(
     in its final 8/16-bit form (`--outscale`: resized from float, MATLAB bicubic); a
     georeferenced input gives GeoTIFF outputs on its grid made finer (`rasters`)."""
     lr = source.image
-    bits = bits if outputs.sr.suffix in (".png", ".tif") else 8  # JPEG and WebP hold 8 bits
+    bits = output_bits(outputs.sr, bits)
     size = None
     if args.outscale is not None:
         size = (round(lr.shape[-2] * args.outscale), round(lr.shape[-1] * args.outscale))
