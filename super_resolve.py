@@ -576,12 +576,13 @@ def run_scene(args: argparse.Namespace, checkpoint: dict, device: torch.device) 
     if single_folder and probav_layout(args.inputs[0]):
         burst = load_probav_scene(args.inputs[0], checkpoint["args"]["frames"])
         bits, scene = 16, Path(args.inputs[0])
+        inputs = list(scene.iterdir())
         gt, mask = (burst.hr, burst.mask) if burst.hr.numel() else (None, None)
     else:
-        paths = expand_inputs(args.inputs)
-        scene = Path(args.inputs[0]) if single_folder else paths[0].with_name(paths[0].stem)
-        burst = Burst(scene.name, load_frames(paths), torch.empty(0), torch.empty(0))
-        bits, gt, mask = max(read_image(p)[1] for p in paths[:1]), None, None
+        inputs = expand_inputs(args.inputs)
+        scene = Path(args.inputs[0]) if single_folder else inputs[0].with_name(inputs[0].stem)
+        burst = Burst(scene.name, load_frames(inputs), torch.empty(0), torch.empty(0))
+        bits, gt, mask = max(read_image(p)[1] for p in inputs[:1]), None, None
     check_size(burst.frames, str(scene))
     if args.gt:
         gt = to_channels(read_image(args.gt)[0], 1)
@@ -590,12 +591,11 @@ def run_scene(args: argparse.Namespace, checkpoint: dict, device: torch.device) 
         gt = check_gt(gt, burst.frames[:1], Path(args.gt or scene / "HR.png"), scene, scale, scale)
         mask = mask[..., : gt.shape[-2], : gt.shape[-1]]
     folder = ensure_folder(args.out_dir) if args.out_dir else scene.parent
-    paths = scene_paths(folder, scene.name, name, scale)
-    inputs = list(scene.iterdir()) if scene.is_dir() else expand_inputs(args.inputs)
-    check_outputs(list(paths.values()), inputs, args.overwrite)
+    targets = scene_paths(folder, scene.name, name, scale)
+    check_outputs(list(targets.values()), inputs, args.overwrite)
     sr, log_scale = fuse(model, burst, device)
     outputs = {"sr": sr, "log_scale": log_scale, "baseline": burst.baseline_image(scale)}
-    line = write_scene(paths, outputs, bits)
+    line = write_scene(targets, outputs, bits)
     if not args.json:
         print(line)
     if gt is not None:
