@@ -24,6 +24,7 @@ from torch import Tensor
 
 from config import ConfigError, TrainConfig, check
 from model import KINDS, MODELS, SCALES, build_model, model_kind
+from rasters import RASTER_DTYPES
 from utils import CheckpointError, UserError, atomic_write, brief, first_line
 from validation import VALIDATION_KEYS
 
@@ -182,6 +183,36 @@ RNG = Key(
     },
 )
 
+
+def _ranges(radiometry: dict) -> bool:
+    """Whether a radiometry's per-band lists match its band names and each low lies below its high."""
+    columns = (radiometry.get(key) for key in ("low", "high", "mean"))
+    lists = [column for column in columns if isinstance(column, list)]
+    if any(len(column) != len(radiometry.get("bands") or ()) for column in lists):
+        return False
+    low, high = radiometry.get("low"), radiometry.get("high")
+    numbers = all(isinstance(v, NUMBER) for v in (*(low or ()), *(high or ())))
+    return not numbers or all(lo < hi for lo, hi in zip(low, high))
+
+
+FINITE_LIST = Key("a list of finite numbers", (list,), each=FINITE)
+RADIOMETRY = Key(
+    "a multispectral model's value scale (per-band lists as long as its bands, each low below its high)",
+    (dict,),
+    _ranges,
+    keys={
+        "bands": Key("a list of band names", (list,), len, each=Key("a band name", (str,))),
+        "dtype": Key(f"a pixel type ({', '.join(RASTER_DTYPES)})", (str,), lambda v: v in RASTER_DTYPES),
+        "divisor": Key("a positive number", NUMBER, lambda v: math.isfinite(v) and v > 0),
+        "offset": FINITE,
+        "low": FINITE_LIST,
+        "high": FINITE_LIST,
+        "mean": FINITE_LIST,
+        "nodata": Key("a number or nothing", (*NUMBER, NONE)),
+    },
+    optional=True,
+)
+
 MODEL_PART: dict[str, Key] = {  # what every reader needs
     "format": Key(repr(CHECKPOINT_FORMAT), (str,), lambda v: v == CHECKPOINT_FORMAT),
     "version": Key(
@@ -216,6 +247,7 @@ MODEL_PART: dict[str, Key] = {  # what every reader needs
     "ema_state_dict": Key(
         "the moving average's weights or nothing", (dict, NONE), each=TENSOR, optional=True
     ),
+    "radiometry": RADIOMETRY,
 }
 TRAINING_PART: dict[str, Key] = {  # what `train.py resume` needs: all of it or none
     "optimizer": Key(
@@ -368,6 +400,10 @@ def _check_model(checkpoint: dict) -> torch.nn.Module:
         raise CheckpointError(
             f"malformed checkpoint: kind {kind!r}, but {name} is a {model_kind(model)} model"
         )
+    bands = len(checkpoint.get("radiometry", {}).get("bands", ()))
+    if bands and bands != options.get("in_channels", 3):
+        raise CheckpointError(f"malformed checkpoint: its radiometry names {bands} bands, but the model "
+                              f"takes {options.get('in_channels', 3)}")  # fmt: skip
     shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     for field in ("state_dict", "ema_state_dict"):
         if checkpoint.get(field) is not None:

@@ -100,12 +100,37 @@ class TrainConfig:
     train_data: str = option(
         "T91",
         "training set: a name (T91, BSD200, 291 = T91+BSD200, sample-train, ...), a folder of "
-        "images, or several joined by commas (T91,my/photos)",
+        "images, or several joined by commas (T91,my/photos); a multispectral raster (or a folder "
+        "of GeoTIFFs) trains by Wald's protocol on itself, degraded by --degradation (sensor or bicubic)",
         fixed=FIXED_EPOCH,
     )
     val_data: str = option("Set5", "validation set: a name (Set5, Set14, sample-test, ...) or a folder")
     degradation: str = option(
         "bicubic", "LR kernel: bicubic, bilinear, nearest, a,b list, or random", fixed=FIXED_EPOCH
+    )
+    holdout: float = option(
+        0.25,
+        "rasters (Wald's protocol): the eastern fraction of each raster's columns kept out of training, "
+        "for validation",
+        low=0,
+        high=1,
+        bounds="()",
+        fixed=FIXED_EPOCH,
+    )
+    value_scale: float = option(
+        10000.0,
+        "rasters: DN per unit of reflectance, reflectance = (DN + --value-offset) / this (Sentinel-2: 10000)",
+        low=0,
+        high=1e12,
+        bounds="(]",
+        fixed=FIXED_EPOCH,
+    )
+    value_offset: float = option(
+        0.0,
+        "rasters: added to DN before dividing (Sentinel-2 L2A from processing baseline 04.00: -1000)",
+        low=-1e12,
+        high=1e12,
+        fixed=FIXED_EPOCH,
     )
     patch_size: int = option(
         33, "HR patch size in pixels (a multiple of the scale)", low=1, fixed=FIXED_EPOCH

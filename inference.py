@@ -133,6 +133,7 @@ class Upscaler:
     overlap: int
     amp_dtype: torch.dtype | None = None  # autocast dtype of the forward (bf16 on GPUs by default)
     self_ensemble: bool = False  # average the 8 flips/rotations (EDSR's "+"; 8x the time)
+    clip: bool = True  # clamp outputs to [0, 1] (not for multispectral models: see multispectral.py)
 
     @classmethod
     def from_checkpoint(
@@ -162,6 +163,7 @@ class Upscaler:
             overlap=overlap,
             amp_dtype=amp_dtype,
             self_ensemble=self_ensemble,
+            clip="radiometry" not in checkpoint,
         )
 
     @torch.inference_mode()
@@ -176,6 +178,12 @@ class Upscaler:
         built tile by tile (memory: the tiles' work plus that array)."""
         self._check_channels(lr)
         return tiled_apply(self._upscale_tile, lr, self.scale, self.tile, self.overlap, bits, progress)
+
+    @torch.inference_mode()
+    def upscale_tile(self, lr: Tensor) -> Tensor:
+        """SR of one (C, h, w) crop in one pass, for callers that do their own tiling."""
+        self._check_channels(lr)
+        return self._upscale_tile(lr)
 
     def _check_channels(self, lr: Tensor) -> None:
         if lr.shape[0] != self.channels and (self.channels, lr.shape[0]) not in ((3, 1), (1, 3)):
@@ -196,9 +204,10 @@ class Upscaler:
 
     def _run(self, lr: Tensor) -> Tensor:
         if not self.self_ensemble:
-            return self._forward(lr).clamp(0, 1)
-        sr = sum(undo_dihedral(self._forward(dihedral(lr, k)), k) for k in range(8))
-        return (sr / 8).clamp(0, 1)
+            sr = self._forward(lr)
+        else:
+            sr = sum(undo_dihedral(self._forward(dihedral(lr, k)), k) for k in range(8)) / 8
+        return sr.clamp(0, 1) if self.clip else sr
 
     def _forward(self, lr: Tensor) -> Tensor:
         with torch.autocast(

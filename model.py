@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from images import BT601_LUMA
 from imresize import upscale
 from piunet import PIUnet
 from utils import CheckpointError, UserError, first_line
@@ -320,6 +321,32 @@ def multiply_adds_per_pixel(model: nn.Module, scale: int, in_channels: int = 3, 
 def model_zoo(scale: int = 3) -> list[tuple[str, int, str]]:
     """(name, parameters at default options, description) for every registered model."""
     return [(name, count_parameters(build_model(name, scale)), text) for name, (_, text) in MODELS.items()]
+
+
+# The tensors of a model's input and output convolutions, with the axis that counts its bands:
+# what `adapt_bands` changes to start a multispectral model from a photograph model's weights.
+BAND_AXES = {"head.weight": 1, "tail.weight": 0, "tail.bias": 0}
+
+
+def adapt_bands(name: str, weight: Tensor, shape: torch.Size) -> Tensor | None:
+    """A photograph (RGB) model's input or output tensor made to fit `shape`, another number of
+    bands, or None when `name` is not one of BAND_AXES or more than the band count differs.
+
+    Input: each band's kernel is the sum of the RGB kernels over the band count, so the model
+    first sees the mean band as a gray photograph; output: each band's kernel is the BT.601 luma
+    of the RGB kernels, the gray output of that photograph. Training then tells the bands apart."""
+    axis = BAND_AXES.get(name)
+    if axis is None or weight.dim() != len(shape) or weight.shape[axis] != 3:
+        return None
+    if any(a != b for i, (a, b) in enumerate(zip(weight.shape, shape)) if i != axis):
+        return None
+    bands = shape[axis]
+    if axis == 1:
+        mean = weight.sum(1, keepdim=True) / bands
+    else:
+        luma = torch.tensor(BT601_LUMA, dtype=weight.dtype).view(3, *[1] * (weight.dim() - 1))
+        mean = (weight * luma).sum(0, keepdim=True)
+    return mean.expand(shape).clone()
 
 
 def checkpoint_weights(checkpoint: dict) -> dict[str, Tensor]:

@@ -25,6 +25,7 @@ from images import save_array
 from utils import ImageError, atomic_write
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
+RASTER_DTYPES = ("uint8", "uint16", "int16", "float32")  # the pixel types rasters are read and written in
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,65 @@ def georeference(path: str | os.PathLike) -> Georeference | None:
         raise ImageError(f"{path}: a rotated or sheared geotransform is not supported; warp it to a "
                          "north-up grid first (gdalwarp)")  # fmt: skip
     return Georeference(crs.to_wkt() if crs else None, tuple(transform)[:6], nodata, descriptions)
+
+
+@dataclass(frozen=True)
+class RasterHeader:
+    """What a raster file holds, read without its pixels: size, bands, pixel type, nodata and
+    georeferencing (None for a plain TIFF)."""
+
+    path: Path
+    height: int
+    width: int
+    count: int
+    dtype: str
+    nodata: float | None
+    descriptions: tuple[str | None, ...]
+    georef: Georeference | None
+    alpha: bool  # whether the last band is marked as alpha (an RGBA or gray + alpha image)
+
+
+def raster_header(path: str | os.PathLike) -> RasterHeader:
+    """The header of a raster of any band count in one of RASTER_DTYPES; anything else (not a
+    raster, another pixel type, a rotated grid) is an ImageError in one line."""
+    import rasterio
+    from rasterio.enums import ColorInterp
+    from rasterio.errors import RasterioIOError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such file")
+    georef = georeference(path)
+    try:
+        with rasterio.open(path) as raster:
+            dtypes = set(raster.dtypes)
+            alpha = raster.colorinterp[-1] == ColorInterp.alpha
+            header = RasterHeader(path, raster.height, raster.width, raster.count, raster.dtypes[0],
+                                  raster.nodata, tuple(raster.descriptions), georef, alpha)  # fmt: skip
+    except RasterioIOError as err:
+        raise ImageError(f"{path}: not a readable raster ({str(err).splitlines()[0]})") from None
+    if len(dtypes) > 1 or header.dtype not in RASTER_DTYPES:
+        raise ImageError(f"{path}: pixel type {'/'.join(sorted(dtypes))}; rasters of "
+                         f"{', '.join(RASTER_DTYPES)} are read")  # fmt: skip
+    return header
+
+
+def read_window(path: str | os.PathLike, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """The (C, h, w) pixels of a raster inside `box` (top, left, bottom, right; None: all), in
+    the file's own type; a corrupt or truncated file is an ImageError in one line."""
+    import rasterio
+    from rasterio.errors import RasterioError
+    from rasterio.windows import Window
+
+    window = None
+    if box is not None:
+        top, left, bottom, right = box
+        window = Window(left, top, right - left, bottom - top)
+    try:
+        with rasterio.open(path) as raster:
+            return raster.read(window=window)
+    except RasterioError as err:
+        raise ImageError(f"{path}: cannot read its pixels ({str(err).splitlines()[0]})") from None
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ from images import (
     to_channels,
     to_file_array,
 )
-from imresize import DEGRADATIONS, imresize
+from imresize import DEGRADATIONS, imresize, upscale
 from inference import OnnxModel, Upscaler, check_memory
 from metrics import (
     FDA_BANDS,
@@ -74,7 +74,9 @@ from metrics import (
     score_labels,
 )
 from model import MODELS, MULTI_FRAME, SINGLE_IMAGE, load_model
-from rasters import RasterInput, raster_input, save_output
+from multispectral import Radiometry, read_reflectance, upscale_raster
+from multispectral import scores as multispectral_scores
+from rasters import RASTER_SUFFIXES, RasterHeader, RasterInput, raster_header, raster_input, save_output
 from runtime import parse_device
 from utils import (
     DatasetError,
@@ -123,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     out = parser.add_argument_group("output files of positional inputs (as Real-ESRGAN's inference script)")
     out.add_argument("--suffix", help="SR output {input}_{suffix}.{ext} (default: the checkpoint's name)")
     out.add_argument(
-        "--ext", choices=OUTPUT_EXTS, default="png", help="format (default png; jpg, webp: 8-bit)"
+        "--ext", choices=OUTPUT_EXTS, help="format (default png; jpg, webp: 8-bit; multispectral: tif)"
     )
     out.add_argument("--quality", type=int, default=95, help="JPEG / WebP quality, 1-100 (default 95)")
     out.add_argument("--outscale", type=float, help="final scale, if not the model's (MATLAB bicubic resize)")
@@ -480,6 +482,8 @@ def run_inputs(args: argparse.Namespace, upscaler: Upscaler) -> int:
         ensure_folder(args.out_dir)
     if args.compare_dir:
         ensure_folder(args.compare_dir)
+    for path in paths:
+        check_photograph(path, f"{upscaler.name} x{upscaler.scale}")
     plans = plan_outputs(paths, args, upscaler.scale)
     rows = []
     show = not args.quiet and not args.json and len(paths) > 1
@@ -511,6 +515,98 @@ def run_inputs(args: argparse.Namespace, upscaler: Upscaler) -> int:
     if rows:
         report(args, upscaler.name, upscaler.scale, rows, f"against {args.gt}")
     return 0
+
+
+def check_photograph(path: Path, model: str) -> None:
+    """Refuse, naming both, a raster a photograph model cannot take: bands that are not gray or
+    RGB (+ alpha), or pixels other than 8/16-bit unsigned."""
+    if path.suffix.lower() not in RASTER_SUFFIXES:
+        return
+    try:
+        header = raster_header(path)
+    except ImageError:
+        return  # not a raster GDAL reads: the image reader says what is wrong with it
+    colours = header.count - header.alpha in (1, 3) and header.count <= 4
+    if not colours or header.dtype not in ("uint8", "uint16"):
+        raise ImageError(f"{path}: a raster of {header.count} {header.dtype} bands, but {model} is a "
+                         "photograph model (gray or RGB, 8/16-bit); use a multispectral model "
+                         "(checkpoints/s2_20m_x2.pth for Sentinel-2 20 m bands)")  # fmt: skip
+
+
+def run_rasters(args: argparse.Namespace, checkpoint: dict, upscaler: Upscaler) -> int:
+    """Multispectral model: each raster's SR (and bicubic) GeoTIFF on its grid made finer, window
+    by window, in its units and pixel type; with --gt, per-band and spectral scores."""
+    for flag, value in (("--outscale", args.outscale), ("--compare", args.compare),
+                        ("--compare-dir", args.compare_dir), ("--fda-plot", args.fda_plot),
+                        ("--degradation", args.degradation), ("--dataset", args.dataset)):  # fmt: skip
+        if value:
+            raise UserError(
+                f"{flag} is for photograph models; a multispectral model writes and scores rasters"
+            )
+    if args.ext not in (None, "tif"):
+        raise UserError(f"--ext {args.ext}: a multispectral model writes GeoTIFF (.tif)")
+    radiometry, name, scale = Radiometry.from_dict(checkpoint["radiometry"]), upscaler.name, upscaler.scale
+    paths = expand_inputs(args.inputs, output_suffix(args))
+    headers = [raster_header(path) for path in paths]
+    for header in headers:
+        radiometry.check(header, f"{args.checkpoint} ({name} x{scale})")
+    gts = [find_gt(args.gt, path, single=len(paths) == 1) if args.gt else None for path in paths]
+    for header, gt in zip(headers, gts):
+        if gt is not None:
+            check_raster_gt(raster_header(gt), header, scale)
+    if args.out_dir:
+        ensure_folder(args.out_dir)
+    plans = plan_outputs(paths, argparse.Namespace(**{**vars(args), "ext": "tif"}), scale)
+    rows = []
+    for header, outputs, gt in zip(headers, plans, gts):
+        tiles = None if args.quiet or args.json else header.path.name
+        makers = ((outputs.sr, upscaler.upscale_tile), (outputs.bicubic, lambda lr: upscale(lr, scale)))
+        for path, make in makers:
+            if path is not None:
+                upscale_raster(make, header, path, radiometry, scale, args.tile, args.tile_overlap, tiles)
+        if not args.json:
+            written = " and ".join(str(path) for path in (outputs.sr, outputs.bicubic) if path is not None)
+            grid = "on the input's grid made finer" if header.georef else "(the input has no georeferencing)"
+            print(f"wrote {written}: {header.count}-band {header.dtype} GeoTIFF {grid}")
+        if gt is not None:
+            hr = read_reflectance(gt, radiometry)
+            shave = shave_of(args, scale)
+            row = {"name": header.path.stem, "bands": list(radiometry.bands)}
+            for who, path in ((name, outputs.sr), ("bicubic", outputs.bicubic)):
+                if path is not None:
+                    row[who] = multispectral_scores(read_reflectance(path, radiometry), hr, scale, shave)
+            rows.append(row)
+    if rows:
+        report_rasters(args, name, scale, rows)
+    return 0
+
+
+def check_raster_gt(gt: RasterHeader, lr: RasterHeader, scale: int) -> None:
+    """Refuse a ground-truth raster that is not the input's bands at `scale` times its size."""
+    size = (lr.height * scale, lr.width * scale)
+    if (gt.height, gt.width) != size or gt.count != lr.count:
+        raise ImageError(f"{gt.path}: {gt.count} bands of {gt.width}x{gt.height}, but the x{scale} output "
+                         f"of {lr.path.name} has {lr.count} of {size[1]}x{size[0]}")  # fmt: skip
+
+
+def report_rasters(args: argparse.Namespace, name: str, scale: int, rows: list[dict]) -> None:
+    """Print multispectral scores per raster: per band PSNR/SSIM, their means, SAM, ERGAS."""
+    note = (f"on reflectance (PSNR peak and SSIM range 1), {shave_of(args, scale)} px shaved; SAM in "
+            "degrees; ERGAS lower is better")  # fmt: skip
+    if args.json:
+        print(json.dumps({"checkpoint": args.checkpoint, "model": name, "scale": scale, "protocol": note,
+                          "rasters": rows}, indent=2))  # fmt: skip
+        return
+    print(f"x{scale} against {args.gt}, {note}")
+    for row in rows:
+        print(f"{row['name']}:")
+        print(f"  {'':10} {'  '.join(f'{band:>7}' for band in row['bands'])}   mean PSNR/SSIM     SAM  ERGAS")
+        for who in (name, "bicubic"):
+            if who in row:
+                values = row[who]
+                bands = "  ".join(f"{v:7.2f}" for v in values["band_psnr"])
+                print(f"  {who:10} {bands}   {values['psnr']:6.2f} {values['ssim']:.4f}  "
+                      f"{values['sam']:6.3f} {values['ergas']:6.3f}")  # fmt: skip
 
 
 SINGLE_IMAGE_OPTIONS = ("degradation", "fda_plot", "compare", "compare_dir", "suffix", "ext", "quality",
@@ -632,6 +728,9 @@ def main(argv: list[str] | None = None) -> int:
         upscaler = Upscaler.from_checkpoint(
             checkpoint, device, args.tile, args.tile_overlap, args.amp, args.self_ensemble
         )
+        if "radiometry" in checkpoint:
+            return run_rasters(args, checkpoint, upscaler)
+    args.ext = args.ext or "png"
     if args.dataset:
         return run_robustness(args, upscaler) if args.degradation else run_dataset(args, upscaler)
     return run_inputs(args, upscaler)

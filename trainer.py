@@ -30,6 +30,7 @@ from config import TrainConfig, check, default
 from data import PatchSampler
 from model import (
     MULTI_FRAME,
+    adapt_bands,
     build_model,
     check_forward,
     checkpoint_weights,
@@ -149,6 +150,7 @@ def make_checkpoint(run: Run) -> dict:
         "history": progress.history,
         "best_psnr": progress.best_psnr,
         "rng": rng_state(),
+        **({"radiometry": run.task.radiometry} if run.task.radiometry else {}),
     }
 
 
@@ -449,15 +451,25 @@ def initialise_from(model: nn.Module, path: str) -> str:
     weights = checkpoint_weights(source)
     own = model.state_dict()
     taken = {name: value for name, value in weights.items() if name in own and own[name].shape == value.shape}
+    adapted = {
+        name: fitted
+        for name, value in weights.items()
+        if name in own and name not in taken
+        for fitted in [adapt_bands(name, value, own[name].shape)]
+        if fitted is not None
+    }
     if not taken:
         raise UserError(
             f"--init-from {path}: no weight of {source['model']['name']} fits {type(model).__name__}"
         )
-    model.load_state_dict(taken, strict=False)
-    left = sorted({name.split(".")[0] for name in own if name not in taken})
+    model.load_state_dict({**taken, **adapted}, strict=False)
+    left = sorted({name.split(".")[0] for name in own if name not in taken and name not in adapted})
     origin = f"{source['model']['name']} x{source['model']['scale']}"
     fresh = f"; new: {', '.join(left)}" if left else ""
-    return f"initialised {len(taken)} of {len(own)} tensors from {path} ({origin}){fresh}"
+    bands = f" ({len(adapted)} adapted to the band count: {', '.join(adapted)})" if adapted else ""
+    return (
+        f"initialised {len(taken) + len(adapted)} of {len(own)} tensors from {path} ({origin}){bands}{fresh}"
+    )
 
 
 def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
@@ -600,7 +612,8 @@ def _end_epoch(run: Run, epoch: int) -> None:
         write_history_csv(progress.history, out_dir / "history.csv", task.kind)
         save_checkpoint(checkpoint, out_dir / "last.pth")
         val = (
-            f"{config.val_data} {metric} {score[0]:.2f} dB {similarity} {score[1]:.4f} "
+            f"{task.validation_name or config.val_data} {metric} {score[0]:.2f} dB "
+            f"{similarity} {score[1]:.4f} "
             f"({baseline} {bicubic[0]:.2f} / {bicubic[1]:.4f}){' best' if new_best else ''}"
             if score
             else "no validation"

@@ -15,18 +15,17 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from bursts import Burst, BurstConfig, burst_evaluation_set, burst_training_set
-from config import TrainConfig
+from config import TrainConfig, default
 from data import PatchDataset, load_pairs, rescaled_pairs
 from imresize import degradation_kernels, upscale
 from inference import Upscaler
 from losses import make_loss, registered_l1, registered_uncertainty_loss
 from metrics import check_scorable, psnr, scene_scores, score_labels, shave_border, ssim
 from model import MULTI_FRAME, SINGLE_IMAGE, parse_model_options
+from multispectral import WALD_DEGRADATIONS, raster_paths, wald_data
+from multispectral import scores as multispectral_scores
 from runtime import Runtime, autocast
-from utils import (
-    DatasetError,
-    atomic_write,
-)
+from utils import DatasetError, UserError, atomic_write
 
 # The validation columns of a history row, by kind of model: the score, its similarity
 # index, and the same for the baseline (bicubic; for bursts the multi-frame baseline).
@@ -83,6 +82,8 @@ class Task:
     baseline: tuple[float, float]  # the same for the interpolation baseline
     summary: str  # one line for the start-up message
     example: Callable[[nn.Module], Tensor]  # a network's output on the first validation image
+    radiometry: dict | None = None  # a multispectral model's value scale (multispectral.Radiometry)
+    validation_name: str | None = None  # what the log calls the validation data (default --val-data)
 
     @property
     def labels(self) -> tuple[str, str, str]:
@@ -91,7 +92,11 @@ class Task:
 
 
 def single_image_task(config: TrainConfig, model: nn.Module, runtime: Runtime, show: bool) -> Task:
-    """LR/HR patches, the chosen loss, PSNR/SSIM of full validation images against bicubic."""
+    """LR/HR patches, the chosen loss, PSNR/SSIM of full validation images against bicubic;
+    rasters train by Wald's protocol instead (`wald_task`)."""
+    rasters = raster_paths(config.train_data)
+    if rasters is not None:
+        return wald_task(config, rasters, runtime)
     options = parse_model_options(config.model_option)
     channels = options.get("in_channels", 3)
     kernels = degradation_kernels(config.degradation)
@@ -110,15 +115,8 @@ def single_image_task(config: TrainConfig, model: nn.Module, runtime: Runtime, s
         seed=config.seed,
         grid_stride=config.grid_stride,
     )
-    loss_fn = make_loss(config.loss, runtime.device, config.perceptual_weights)
+    step_loss = patch_loss(config, runtime)
     scale = config.scale
-    border = config.loss_border
-
-    def step_loss(net: nn.Module, batch: list[Tensor], epoch: int) -> Tensor:
-        lr, hr = batch
-        with autocast(runtime):
-            sr = net(lr.contiguous(memory_format=torch.channels_last))
-        return loss_fn(shave_border(sr.float(), border), shave_border(hr, border))
 
     def scores(upscale: Callable[[Tensor], Tensor]) -> tuple[float, float]:
         results = [
@@ -156,6 +154,83 @@ def single_image_task(config: TrainConfig, model: nn.Module, runtime: Runtime, s
         f"PSNR on {config.val_data} (bicubic {baseline[0]:.2f} dB)"
     )
     return Task(SINGLE_IMAGE, dataset, step_loss, validate, baseline, summary, example)
+
+
+def patch_loss(config: TrainConfig, runtime: Runtime) -> Callable[[nn.Module, list[Tensor], int], Tensor]:
+    """The loss of a batch of (LR, HR) patches, `loss_border` HR pixels left out at the edges."""
+    loss_fn = make_loss(config.loss, runtime.device, config.perceptual_weights)
+    border = config.loss_border
+
+    def step_loss(net: nn.Module, batch: list[Tensor], epoch: int) -> Tensor:
+        lr, hr = batch
+        with autocast(runtime):
+            sr = net(lr.contiguous(memory_format=torch.channels_last))
+        return loss_fn(shave_border(sr.float(), border), shave_border(hr, border))
+
+    return step_loss
+
+
+def wald_task(config: TrainConfig, rasters: list[Path], runtime: Runtime) -> Task:
+    """Wald's protocol on multispectral rasters (multispectral.py): patches of each raster's
+    western part and its version degraded by --degradation; mean per-band PSNR/SSIM on
+    reflectance of the eastern, held-out part (LR by the first kernel), against bicubic."""
+    kernels = tuple(config.degradation.split(","))
+    if not set(kernels) <= set(WALD_DEGRADATIONS):
+        raise UserError(f"--degradation {config.degradation}: Wald's protocol on rasters takes "
+                        f"{' or '.join(WALD_DEGRADATIONS)}, or both as a comma list")  # fmt: skip
+    for key in ("train_scales", "val_data"):
+        if getattr(config, key) != default(key):
+            raise UserError(f"--{key.replace('_', '-')} is for image sets; rasters train by Wald's protocol "
+                            "and validate on their held-out region (--holdout)")  # fmt: skip
+    data = wald_data(rasters, config.scale, kernels, config.holdout, config.value_scale,
+                     config.value_offset)  # fmt: skip
+    radiometry = data.radiometry
+    channels = parse_model_options(config.model_option).get("in_channels", 3)
+    if channels != len(radiometry.bands):
+        raise UserError(f"{rasters[0]}: {len(radiometry.bands)} bands, but {config.model} is built for "
+                        f"{channels} (--model-option in_channels={len(radiometry.bands)})")  # fmt: skip
+    dataset = PatchDataset(data.train, config.patch_size, config.patches_per_image, seed=config.seed,
+                           grid_stride=config.grid_stride)  # fmt: skip
+    for pair in data.held_out:
+        check_scorable(pair.hr, f"the held-out region of {pair.name}", shave=config.scale)
+    scale, to_reflectance = config.scale, radiometry.model_to_reflectance
+
+    def scores(upscale: Callable[[Tensor], Tensor]) -> tuple[float, float]:
+        results = [
+            multispectral_scores(to_reflectance(upscale(p.lr)), to_reflectance(p.hr), scale, scale)
+            for p in data.held_out
+        ]
+        return (
+            sum(r["psnr"] for r in results) / len(results),
+            sum(r["ssim"] for r in results) / len(results),
+        )
+
+    to_reflectance = radiometry.model_to_reflectance
+
+    def evaluated(net: nn.Module, use: Callable[[Upscaler], Any]) -> Any:
+        mode = net.training
+        upscaler = Upscaler(model=net.eval(), name=config.model, scale=scale, channels=channels,
+                            device=runtime.device, tile=256, overlap=16, clip=False)  # fmt: skip
+        try:
+            return use(upscaler)
+        finally:
+            net.train(mode)
+
+    def validate(net: nn.Module) -> tuple[float, float]:
+        return evaluated(net, scores)
+
+    def example(net: nn.Module) -> Tensor:  # three bands, as a false-colour image
+        return evaluated(net, lambda upscaler: upscaler(data.held_out[0].lr)[:3].clamp(0, 1))
+
+    baseline = scores(lambda lr: upscale(lr, scale))
+    summary = (
+        f"{len(rasters)} raster(s) of {len(radiometry.bands)} bands by Wald's protocol (LR by "
+        f"{config.degradation}), {len(dataset)} patches/epoch from the western "
+        f"{1 - config.holdout:.0%}, loss {config.loss}; validation: mean band PSNR on reflectance of "
+        f"the eastern {config.holdout:.0%} (bicubic {baseline[0]:.2f} dB)"
+    )
+    return Task(SINGLE_IMAGE, dataset, patch_loss(config, runtime), validate, baseline, summary, example,
+                radiometry.as_dict(), "held-out")  # fmt: skip
 
 
 def multi_frame_task(config: TrainConfig, model: nn.Module, runtime: Runtime, show: bool) -> Task:

@@ -1,0 +1,300 @@
+"""Issue [17]: multispectral rasters in and out (any band count, uint8/uint16/int16/float32), the
+value scale a model stores, Wald's protocol training with a held-out region, window-by-window
+SR, the field's scores, and the real rasters' geometry (BigEarthNet, Landsat 8)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.transform import Affine, xy
+
+import multispectral
+import super_resolve
+import train
+from checkpoint import load_checkpoint, save_checkpoint
+from imresize import downsample
+from model import build_model
+from multispectral import Radiometry, holdout_column, wald_data
+from trainer import initialise_from
+from utils import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+EDSR_X2 = ROOT / "checkpoints" / "edsr_x2.pth"
+CRS = "EPSG:32618"
+GRID = Affine(20.0, 0.0, 435_720.0, 0.0, -20.0, 4_179_460.0)
+BANDS = ["B05", "B06", "B07", "B8A"]
+
+
+def _raster(
+    path: Path, array: np.ndarray, transform: Affine | None = GRID, nodata=None, descriptions=BANDS
+) -> Path:
+    """A GeoTIFF of (bands, H, W) `array` (no georeferencing when `transform` is None)."""
+    profile = {"driver": "GTiff", "width": array.shape[2], "height": array.shape[1], "count": array.shape[0],
+               "dtype": array.dtype.name, "nodata": nodata}  # fmt: skip
+    if transform is not None:
+        profile.update(crs=CRS, transform=transform)
+    with rasterio.open(path, "w", **profile) as raster:
+        raster.write(array)
+        for index, text in enumerate(descriptions[: array.shape[0]], start=1):
+            raster.set_band_description(index, text)
+    return path
+
+
+def _landscape(bands: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Reflectance-like uint16 DN (x 10,000): smooth fields with edges, bands correlated."""
+    rng = np.random.default_rng(seed)
+    coarse = torch.from_numpy(rng.random((1, 1, height // 4 + 1, width // 4 + 1))).float()
+    field = torch.nn.functional.interpolate(coarse, scale_factor=4, mode="bilinear")[0, 0, :height, :width]
+    fields = [(field * (0.2 + 0.1 * b) + 0.05 * (field > 0.5) + 0.02 * b).numpy() for b in range(bands)]
+    return (np.stack(fields) * 10_000).round().astype(np.uint16)
+
+
+@pytest.fixture(scope="module")
+def model_checkpoint(tmp_path_factory) -> Path:
+    """A tiny 4-band x2 model trained for one short epoch by Wald's protocol on a synthetic raster."""
+    folder = tmp_path_factory.mktemp("wald")
+    raster = _raster(folder / "scene.tif", _landscape(4, 64, 96))
+    argv = ["train", "--model", "edsr", "--model-option", "preset=\"tiny\"", "--model-option",
+            "in_channels=4", "--scale", "2", "--train-data", str(raster), "--degradation", "sensor,bicubic",
+            "--patch-size", "16", "--patches-per-image", "8", "--batch-size", "4", "--num-epoch", "1",
+            "--workers", "0", "--out-dir", str(folder / "run"), "--quiet"]  # fmt: skip
+    assert run_cli(train.main, argv) == 0
+    return folder / "run" / "last.pth"
+
+
+def _sr(checkpoint: Path, source: Path, out: Path, *extra: str) -> int:
+    argv = ["--checkpoint", str(checkpoint), str(source), "--out-dir", str(out), "--quiet", *extra]
+    return run_cli(super_resolve.main, argv)
+
+
+# ---------------------------------------------------------------------------------------
+# Radiometry, degradation, Wald's protocol
+# ---------------------------------------------------------------------------------------
+
+
+def test_a_model_trained_on_a_raster_stores_its_value_scale(model_checkpoint):
+    checkpoint = load_checkpoint(model_checkpoint)
+    radiometry = Radiometry.from_dict(checkpoint["radiometry"])
+    assert radiometry.bands == tuple(BANDS) and radiometry.dtype == "uint16"
+    assert (radiometry.divisor, radiometry.offset) == (10_000.0, 0.0)
+    assert all(lo < hi for lo, hi in zip(radiometry.low, radiometry.high))
+    dn = torch.from_numpy(_landscape(4, 8, 8).astype(np.float32))
+    torch.testing.assert_close(radiometry.to_dn(radiometry.to_model(dn)), dn, rtol=0, atol=1e-2)
+
+
+def test_the_held_out_region_stays_out_of_training(tmp_path):
+    array = _landscape(3, 40, 100)
+    raster = _raster(tmp_path / "scene.tif", array)
+    data = wald_data([raster], 2, ("sensor",), 0.25, 10_000.0, 0.0)
+    split = holdout_column(100, 0.25, 2)
+    assert split == 74 and data.train[0].hr.shape[-1] == 74 and data.held_out[0].hr.shape[-1] == 26
+    west = torch.from_numpy(array[..., :split].astype(np.float32))
+    torch.testing.assert_close(data.radiometry.to_dn(data.train[0].hr), west, rtol=0, atol=0.05)
+    # the radiometry is fitted on the western part alone: a brighter east does not move it
+    array[..., split:] = 60_000
+    again = wald_data([_raster(tmp_path / "bright.tif", array)], 2, ("sensor",), 0.25, 10_000.0, 0.0)
+    assert again.radiometry == data.radiometry
+
+
+def test_the_sensor_degradation_has_the_stated_modulation_transfer():
+    """A cosine of frequency f (cycles per HR pixel) keeps exp(-2 pi^2 sigma^2 f^2) x
+    sin(pi f s) / (s sin(pi f)) of its amplitude (Gaussian, sigma = s / 3, then the s-pixel block
+    mean), sampled at the LR pixel centres i s + (s - 1) / 2."""
+    for scale in (2, 3):
+        for f in (1 / (4 * scale), 1 / (2 * scale)):  # half the LR Nyquist frequency, and Nyquist
+            x = torch.arange(96 * scale, dtype=torch.float64)
+            hr = torch.cos(2 * math.pi * f * x).expand(1, 6 * scale, -1).contiguous()
+            lr = downsample(hr, scale, "sensor")[0, 3, 8:-8]  # away from the mirrored borders
+            wave = torch.cos(
+                2 * math.pi * f * (torch.arange(8, 88, dtype=torch.float64) * scale + (scale - 1) / 2)
+            )
+            amplitude = ((lr * wave).sum() / wave.pow(2).sum()).item()
+            gauss = math.exp(-2 * math.pi**2 * (scale / 3) ** 2 * f**2)
+            expected = gauss * math.sin(math.pi * f * scale) / (scale * math.sin(math.pi * f))
+            assert abs(amplitude - expected) < 0.005, (scale, f, amplitude, expected)
+    assert abs(expected - 0.385) < 0.001  # x3 at the LR Nyquist frequency, as imresize.py states
+
+
+def test_a_photograph_model_adapted_to_bands_is_that_model_on_identical_bands():
+    """--init-from an RGB model: on six copies of one gray band, the six-band model gives each band
+    exactly what the RGB model gives the gray image (replicated in, BT.601 luma out)."""
+    photo = build_model("edsr", scale=2, preset="tiny")
+    path = ROOT / "checkpoints" / "srcnn_x3.pth"  # any valid file to carry the weights
+    checkpoint = load_checkpoint(path)
+    spec = {"name": "edsr", "scale": 2, "options": {"preset": "tiny"}}
+    checkpoint = {"format": checkpoint["format"], "model": spec, "state_dict": photo.state_dict()}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("trainer.load_checkpoint", lambda _: checkpoint)
+        bands = build_model("edsr", scale=2, preset="tiny", in_channels=6)
+        message = initialise_from(bands, "photo.pth")
+    assert "adapted to the band count" in message
+    gray = torch.rand(1, 1, 12, 12)
+    with torch.no_grad():
+        rgb = photo(gray.expand(1, 3, 12, 12))
+        expected = (rgb * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        out = bands(gray.expand(1, 6, 12, 12))
+    torch.testing.assert_close(out, expected.expand(1, 6, 24, 24), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# SR of rasters
+# ---------------------------------------------------------------------------------------
+
+
+def test_the_sr_raster_keeps_grid_units_bands_and_nodata(model_checkpoint, tmp_path):
+    array = _landscape(4, 40, 50, seed=3)
+    array[:, :, :6] = 0  # a nodata margin
+    source = _raster(tmp_path / "in.tif", array, nodata=0)
+    assert _sr(model_checkpoint, source, tmp_path / "out") == 0
+    with rasterio.open(tmp_path / "out" / "in_run_last.tif") as sr, rasterio.open(source) as lr:
+        assert sr.crs == lr.crs and sr.dtypes == ("uint16",) * 4 and sr.descriptions == tuple(BANDS)
+        assert (sr.width, sr.height) == (100, 80) and sr.nodata == 0 and sr.bounds == lr.bounds
+        for row, col in [(0, 0), (79, 99), (33, 61)]:
+            np.testing.assert_allclose(xy(sr.transform, row, col), GRID @ ((col + 0.5) / 2, (row + 0.5) / 2),
+                                       rtol=0, atol=1e-6)  # fmt: skip
+        out = sr.read()
+    assert (out[:, :, :12] == 0).all() and (out[:, :, 12:] > 0).all()
+    # in the input's units, not rescaled to 16 bits: the bicubic output's mean per band is the
+    # input's, and the (barely trained) model's is near it
+    with rasterio.open(tmp_path / "out" / "in_bicubic_x2.tif") as bicubic:
+        np.testing.assert_allclose(
+            bicubic.read()[:, :, 12:].mean((1, 2)), array[:, :, 6:].mean((1, 2)), rtol=0.01
+        )
+    np.testing.assert_allclose(out[:, :, 12:].mean((1, 2)), array[:, :, 6:].mean((1, 2)), rtol=0.25)
+
+
+@pytest.mark.parametrize("dtype", ["int16", "float32"])
+def test_rasters_of_other_pixel_types_come_back_in_their_type(model_checkpoint, tmp_path, dtype):
+    checkpoint = load_checkpoint(model_checkpoint)
+    checkpoint["radiometry"]["dtype"] = dtype
+    path = save_checkpoint(checkpoint, tmp_path / f"{dtype}.pth")
+    array = _landscape(4, 20, 20).astype(dtype)
+    source = _raster(tmp_path / "in.tif", array, transform=None)
+    assert _sr(path, source, tmp_path / "out", "--no-baseline") == 0
+    with rasterio.open(tmp_path / "out" / f"in_{dtype}.tif") as sr:
+        assert sr.dtypes == (dtype,) * 4 and (sr.width, sr.height) == (40, 40)
+        assert abs(float(sr.read().mean()) - float(array.mean())) < 0.02 * float(array.mean())
+
+
+def test_memory_is_bounded_by_the_tile_and_tiles_do_not_show(model_checkpoint, tmp_path, monkeypatch):
+    source = _raster(tmp_path / "in.tif", _landscape(4, 70, 90, seed=5))
+    assert _sr(model_checkpoint, source, tmp_path / "whole", "--no-baseline", "--tile", "512") == 0
+    windows = []
+    read = multispectral.read_window
+
+    def spy(path, box=None):
+        windows.append(box)
+        return read(path, box)
+
+    monkeypatch.setattr(multispectral, "read_window", spy)
+    assert _sr(model_checkpoint, source, tmp_path / "tiled", "--no-baseline", "--tile", "24") == 0
+    assert len(windows) == 12 and all(box is not None for box in windows)
+    assert max((b - t) * (r - l) for t, l, b, r in windows) <= (24 + 2 * 16) ** 2
+    with (
+        rasterio.open(tmp_path / "whole" / "in_run_last.tif") as a,
+        rasterio.open(tmp_path / "tiled" / "in_run_last.tif") as b,
+    ):
+        np.testing.assert_array_equal(a.read(), b.read())  # the tiny model's reach fits the overlap
+
+
+def test_scores_against_a_reference_raster_are_reported_per_band(model_checkpoint, tmp_path, capsys):
+    hr = _landscape(4, 40, 40, seed=7)
+    lr = multispectral.to_dtype(downsample(torch.from_numpy(hr.astype(np.float32)), 2, "sensor"), "uint16")
+    source = _raster(tmp_path / "lr.tif", lr)
+    gt = _raster(tmp_path / "hr.tif", hr, transform=GRID @ Affine.scale(0.5))
+    assert _sr(model_checkpoint, source, tmp_path / "out", "--gt", str(gt), "--json") == 0
+    import json
+
+    record = json.loads(capsys.readouterr().out)
+    row = record["rasters"][0]
+    assert row["bands"] == BANDS
+    for who in ("edsr", "bicubic"):
+        assert len(row[who]["band_psnr"]) == 4 and row[who]["sam"] >= 0 and row[who]["ergas"] > 0
+        assert row[who]["psnr"] == pytest.approx(np.mean(row[who]["band_psnr"]))
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input: one line, exit 2, nothing written
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "case", ["band count", "pixel type", "all nodata", "corrupt", "photo model", "bad gt"]
+)
+def test_a_raster_that_does_not_fit_is_one_line_and_writes_nothing(model_checkpoint, tmp_path, capsys, case):
+    array, checkpoint, nodata, extra = _landscape(4, 20, 20), model_checkpoint, None, []
+    if case == "band count":
+        array = _landscape(6, 20, 20)
+    elif case == "pixel type":
+        array = (array // 256).astype(np.uint8)
+    elif case == "all nodata":
+        array[:], nodata = 7, 7
+    elif case == "photo model":
+        checkpoint = EDSR_X2
+    elif case == "bad gt":
+        extra = ["--gt", str(_raster(tmp_path / "gt.tif", _landscape(4, 30, 30)))]
+    source = _raster(tmp_path / "in.tif", array, nodata=nodata, descriptions=BANDS + ["B11", "B12"])
+    if case == "corrupt":
+        source.write_bytes(source.read_bytes()[:600])
+    before = sorted(tmp_path.iterdir())
+    assert _sr(checkpoint, source, tmp_path, *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and str(source.name) in err, err
+    assert sorted(tmp_path.iterdir()) == before
+    expected = {"band count": "6 bands, but", "pixel type": "uint8 pixels", "all nodata": "nodata",
+                "photo model": "photograph model", "bad gt": "gt.tif"}  # fmt: skip
+    assert expected.get(case, "") in err
+
+
+def test_wald_training_refuses_what_does_not_fit_in_one_line(tmp_path, capsys):
+    raster = _raster(tmp_path / "scene.tif", _landscape(4, 40, 60))
+    base = ["train", "--model", "edsr", "--model-option", "preset=\"tiny\"", "--scale", "2", "--train-data",
+            str(raster), "--patch-size", "16", "--num-epoch", "1", "--workers", "0", "--quiet"]  # fmt: skip
+    cases = {
+        "in_channels": ([], "4 bands, but edsr is built for 3"),
+        "kernel": (["--model-option", "in_channels=4", "--degradation", "bilinear"], "sensor or bicubic"),
+        "scales": (["--model-option", "in_channels=4", "--train-scales", "1,0.8"], "--train-scales"),
+    }
+    for name, (extra, words) in cases.items():
+        out = tmp_path / name
+        assert run_cli(train.main, [*base, *extra, "--out-dir", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err, (name, err)
+        assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------
+# Real rasters' geometry
+# ---------------------------------------------------------------------------------------
+
+
+def test_the_sr_of_a_bigearthnet_20m_band_lies_on_its_10m_grid(data_root, tmp_path):
+    patch = data_root / "RS-sample" / "bigearthnet-s2" / "S2A_MSIL2A_20170617T113321_4_55"
+    band = patch / "S2A_MSIL2A_20170617T113321_4_55_B05.tif"
+    argv = ["--checkpoint", str(EDSR_X2), str(band), "--ext", "tif", "--out-dir", str(tmp_path), "--quiet"]
+    assert run_cli(super_resolve.main, argv) == 0
+    sr = rasterio.open(tmp_path / f"{band.stem}_edsr_x2.tif")
+    ten = rasterio.open(patch / "S2A_MSIL2A_20170617T113321_4_55_B02.tif")
+    with sr, ten:
+        assert sr.crs == ten.crs and sr.shape == ten.shape
+        np.testing.assert_allclose(tuple(sr.transform)[:6], tuple(ten.transform)[:6], rtol=0, atol=1e-9)
+
+
+def test_the_landsat_8_pan_grid_is_half_a_pixel_off_the_sr_grid(data_root, tmp_path):
+    """The x2 SR of a 30 m band has 15 m pixels over the 30 m footprint; the panchromatic grid is
+    offset by half a 15 m pixel, so each pan pixel centre falls on a corner of the SR grid."""
+    folder = data_root / "RS-sample" / "landsat8"
+    argv = ["--checkpoint", str(EDSR_X2), str(folder / "l8_B4.tif"), "--ext", "tif", "--out-dir",
+            str(tmp_path), "--quiet", "--no-baseline", "--tile", "512"]  # fmt: skip
+    assert run_cli(super_resolve.main, argv) == 0
+    with rasterio.open(tmp_path / "l8_B4_edsr_x2.tif") as sr, rasterio.open(folder / "l8_B8.tif") as pan:
+        assert sr.res == pan.res == (15.0, 15.0)
+        assert sr.bounds == rasterio.open(folder / "l8_B4.tif").bounds
+        for row, col in [(0, 0), (600, 700), (1206, 1253)]:
+            on_sr = ~sr.transform @ pan.xy(row, col)  # pan pixel centre in SR pixel coordinates
+            np.testing.assert_allclose(on_sr, (col, row), rtol=0, atol=1e-9)
