@@ -362,16 +362,35 @@ def command_export(args: argparse.Namespace) -> int:
                 "options": json.dumps(spec["options"]), "source": str(args.checkpoint)}  # fmt: skip
     path = export_onnx(load_model(checkpoint), args.output, metadata)
     with atomic_write(sidecar, "model description") as tmp:
-        tmp.write_text(json.dumps(run_description(spec, args.checkpoint), indent=2) + "\n")
+        tmp.write_text(
+            json.dumps(run_description(spec, args.checkpoint, checkpoint.get("radiometry")), indent=2) + "\n"
+        )
     print(f"exported {spec['name']} x{spec['scale']} to {path} (input lr: N x C x H x W, any N, H, W >= 3) "
           f"and its description to {sidecar}")  # fmt: skip
     return 0
 
 
-def run_description(spec: dict, source: str) -> dict:
+def run_description(spec: dict, source: str, radiometry: dict | None = None) -> dict:
     """What a tool running an exported model must know: its bands, scale, the values it takes
-    and gives, and nodata (the photo models' convention: a file's integers over their maximum)."""
+    and gives, and nodata (photo models: a file's integers over their maximum; multispectral
+    models: each band's reflectance mapped from [low, high] onto [0, 1], multispectral.py)."""
     bands = spec["options"].get("in_channels", 3)
+    if radiometry is not None:
+        return {
+            "model": spec["name"],
+            "scale": spec["scale"],
+            "bands": bands,
+            "band_names": radiometry["bands"],
+            "input": "lr: float32, N x bands x H x W (H, W >= 3), (reflectance - low) / (high - low)",
+            "output": "sr: float32, N x bands x scale*H x scale*W, the same units (not clipped)",
+            "value_scale": f"reflectance = (DN + {radiometry['offset']:g}) / {radiometry['divisor']:g} "
+            f"for {radiometry['dtype']} rasters",
+            "normalisation": {"low": radiometry["low"], "high": radiometry["high"]},
+            "fill": {"mean_reflectance": radiometry["mean"], "use": "in place of nodata pixels"},
+            "value_range": None,
+            "nodata": radiometry["nodata"],
+            "source": str(source),
+        }
     return {
         "model": spec["name"],
         "scale": spec["scale"],

@@ -4,6 +4,7 @@ SR, the field's scores, and the real rasters' geometry (BigEarthNet, Landsat 8).
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -208,8 +209,6 @@ def test_scores_against_a_reference_raster_are_reported_per_band(model_checkpoin
     source = _raster(tmp_path / "lr.tif", lr)
     gt = _raster(tmp_path / "hr.tif", hr, transform=GRID @ Affine.scale(0.5))
     assert _sr(model_checkpoint, source, tmp_path / "out", "--gt", str(gt), "--json") == 0
-    import json
-
     record = json.loads(capsys.readouterr().out)
     row = record["rasters"][0]
     assert row["bands"] == BANDS
@@ -298,3 +297,14 @@ def test_the_landsat_8_pan_grid_is_half_a_pixel_off_the_sr_grid(data_root, tmp_p
         for row, col in [(0, 0), (600, 700), (1206, 1253)]:
             on_sr = ~sr.transform @ pan.xy(row, col)  # pan pixel centre in SR pixel coordinates
             np.testing.assert_allclose(on_sr, (col, row), rtol=0, atol=1e-9)
+
+
+def test_the_export_describes_bands_value_scale_and_normalisation(model_checkpoint, tmp_path):
+    pytest.importorskip("onnx")
+    assert run_cli(train.main, ["export", str(model_checkpoint), str(tmp_path / "s2.onnx")]) == 0
+    described = json.loads((tmp_path / "s2.onnx.json").read_text())
+    radiometry = load_checkpoint(model_checkpoint)["radiometry"]
+    assert described["bands"] == 4 and described["band_names"] == BANDS
+    assert described["value_scale"] == "reflectance = (DN + 0) / 10000 for uint16 rasters"
+    assert described["normalisation"] == {"low": radiometry["low"], "high": radiometry["high"]}
+    assert described["nodata"] is None
