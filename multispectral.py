@@ -23,6 +23,7 @@ SAM (degrees), ERGAS and the frequency-band energy ratios, with `scale` pixels s
 
 from __future__ import annotations
 
+import glob
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -39,7 +40,7 @@ from imresize import downsample, modcrop
 from inference import tile_boxes
 from metrics import band_energy_ratios, band_psnr, shave_border, spectral_angle, ssim_map
 from metrics import ergas as ergas_index
-from rasters import RASTER_SUFFIXES, RasterHeader, raster_header, read_window
+from rasters import RASTER_SUFFIXES, RasterHeader, raster_header, read_window, stack_header
 from utils import DatasetError, ImageError, atomic_write
 
 WALD_DEGRADATIONS = ("sensor", "bicubic")  # the LR kernels of Wald's protocol (imresize.downsample)
@@ -214,7 +215,7 @@ def wald_data(paths: Sequence[Path], scale: int, kernels: Sequence[str], holdout
                                f"{first.count} of {first.dtype}; train on rasters of one kind")  # fmt: skip
     regions = []
     for header in headers:
-        dn = read_window(header.path)
+        dn = read_window(header.sources)
         mask = nodata_pixels(dn, header.nodata)
         values = torch.from_numpy(dn.astype(np.float32))
         if mask is not None:
@@ -314,7 +315,7 @@ def upscale_raster(
         for (t0, l0, b0, r0), (top, left, bottom, right) in tqdm(
             boxes, desc=progress, disable=progress is None or len(boxes) == 1, leave=False, unit="tile"
         ):
-            dn = read_window(header.path, (t0, l0, b0, r0))
+            dn = read_window(header.sources, (t0, l0, b0, r0))
             mask = nodata_pixels(dn, header.nodata)
             values = torch.from_numpy(dn.astype(np.float32))
             if mask is not None:
@@ -352,6 +353,46 @@ def _with_nodata(pixels: np.ndarray, mask: np.ndarray | None, nodata: float | No
     return pixels
 
 
-def read_reflectance(path: str | os.PathLike, radiometry: Radiometry) -> Tensor:
+def read_reflectance(header: RasterHeader, radiometry: Radiometry) -> Tensor:
     """A whole raster as (C, H, W) reflectance (for scoring)."""
-    return radiometry.reflectance(torch.from_numpy(read_window(path).astype(np.float32)))
+    return radiometry.reflectance(torch.from_numpy(read_window(header.sources).astype(np.float32)))
+
+
+def raster_inputs(items: Sequence[str], bands: Sequence[str]) -> list[RasterHeader]:
+    """The rasters that inputs name, for a model of `bands`: raster files, globs, folders of
+    rasters, and folders of one file per band (matched by name: `*_B05.tif` or `B05.jp2`),
+    whose bands are stacked in the model's order."""
+    headers: list[RasterHeader] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            stack = band_files(path, bands)
+            if stack:
+                headers.append(stack_header(stack, path, bands))
+                continue
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
+            if not files:
+                raise ImageError(f"{path}: holds no rasters ({', '.join(RASTER_SUFFIXES)}) and no file per "
+                                 f"band of {', '.join(bands)}")  # fmt: skip
+            headers += [raster_header(p) for p in files]
+        elif any(ch in item for ch in "*?["):
+            files = sorted(Path(p) for p in glob.glob(item) if Path(p).suffix.lower() in RASTER_SUFFIXES)
+            if not files:
+                raise ImageError(f"{item}: matches no rasters")
+            headers += [raster_header(p) for p in files]
+        else:
+            headers.append(raster_header(path))
+    return headers
+
+
+def band_files(folder: Path, bands: Sequence[str]) -> list[Path] | None:
+    """The file of each band in a folder of one file per band (its name ends in `_<band>` or is
+    the band), in the order of `bands`; None unless every band has exactly one."""
+    files = [p for p in folder.iterdir() if p.suffix.lower() in RASTER_SUFFIXES]
+    found = []
+    for band in bands:
+        matches = [p for p in files if p.stem == band or p.stem.endswith(f"_{band}")]
+        if len(matches) != 1:
+            return None
+        found.append(matches[0])
+    return found

@@ -14,7 +14,8 @@ one step off it, so that it is not taken for nodata (GDAL reads nodata band by b
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,12 @@ class RasterHeader:
     descriptions: tuple[str | None, ...]
     georef: Georeference | None
     alpha: bool  # whether the last band is marked as alpha (an RGBA or gray + alpha image)
+    files: tuple[Path, ...] = ()  # the files whose bands are stacked (`stack_header`); () for one file
+
+    @property
+    def sources(self) -> tuple[Path, ...]:
+        """The files the bands are read from, in order."""
+        return self.files or (self.path,)
 
 
 def raster_header(path: str | os.PathLike) -> RasterHeader:
@@ -109,9 +116,32 @@ def raster_header(path: str | os.PathLike) -> RasterHeader:
     return header
 
 
-def read_window(path: str | os.PathLike, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
-    """The (C, h, w) pixels of a raster inside `box` (top, left, bottom, right; None: all), in
-    the file's own type; a corrupt or truncated file is an ImageError in one line."""
+def stack_header(files: Sequence[Path], name: Path, bands: Sequence[str]) -> RasterHeader:
+    """One raster made of the bands of several files on one grid (one file per band, as
+    Sentinel-2 products and BigEarthNet store them), named `name`, its bands `bands`; files of
+    different grids, CRS or pixel types are an ImageError in one line."""
+    headers = [raster_header(path) for path in files]
+    first = headers[0]
+    for header in headers[1:]:
+        grid = (header.height, header.width, header.georef and header.georef.transform)
+        if grid != (first.height, first.width, first.georef and first.georef.transform):
+            raise ImageError(f"{header.path}: {header.width}x{header.height} px on another grid than "
+                             f"{first.path.name} ({first.width}x{first.height}); band files must share "
+                             "one grid (resample them to one resolution first)")  # fmt: skip
+        if (header.georef and header.georef.crs) != (first.georef and first.georef.crs):
+            raise ImageError(f"{header.path}: another CRS than {first.path.name}")
+        if header.dtype != first.dtype or header.nodata != first.nodata:
+            raise ImageError(f"{header.path}: {header.dtype} pixels with nodata {header.nodata}, but "
+                             f"{first.path.name} has {first.dtype} with {first.nodata}")  # fmt: skip
+    count = sum(header.count for header in headers)
+    names = tuple(bands) if len(bands) == count else tuple(d for h in headers for d in h.descriptions)
+    return replace(first, path=name, count=count, descriptions=names, alpha=False, files=tuple(files))
+
+
+def read_window(sources: Sequence[Path], box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """The (C, h, w) pixels of the bands of `sources` (a raster, or band files stacked) inside
+    `box` (top, left, bottom, right; None: all), in the files' own type; a corrupt or truncated
+    file is an ImageError in one line."""
     import rasterio
     from rasterio.errors import RasterioError
     from rasterio.windows import Window
@@ -120,11 +150,14 @@ def read_window(path: str | os.PathLike, box: tuple[int, int, int, int] | None =
     if box is not None:
         top, left, bottom, right = box
         window = Window(left, top, right - left, bottom - top)
-    try:
-        with rasterio.open(path) as raster:
-            return raster.read(window=window)
-    except RasterioError as err:
-        raise ImageError(f"{path}: cannot read its pixels ({str(err).splitlines()[0]})") from None
+    planes = []
+    for path in sources:
+        try:
+            with rasterio.open(path) as raster:
+                planes.append(raster.read(window=window))
+        except RasterioError as err:
+            raise ImageError(f"{path}: cannot read its pixels ({str(err).splitlines()[0]})") from None
+    return planes[0] if len(planes) == 1 else np.concatenate(planes)
 
 
 @dataclass(frozen=True)

@@ -74,9 +74,17 @@ from metrics import (
     score_labels,
 )
 from model import MODELS, MULTI_FRAME, SINGLE_IMAGE, load_model
-from multispectral import Radiometry, read_reflectance, upscale_raster
+from multispectral import Radiometry, raster_inputs, read_reflectance, upscale_raster
 from multispectral import scores as multispectral_scores
-from rasters import RASTER_SUFFIXES, RasterHeader, RasterInput, raster_header, raster_input, save_output
+from rasters import (
+    RASTER_SUFFIXES,
+    RasterHeader,
+    RasterInput,
+    raster_header,
+    raster_input,
+    save_output,
+    stack_header,
+)
 from runtime import parse_device
 from utils import (
     DatasetError,
@@ -98,7 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("\n\n", 1)[1] + "\n" + PROTOCOL,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("inputs", nargs="*", help="LR images, globs or folders of images")
+    parser.add_argument("inputs", nargs="*", help="LR images, globs or folders of images (or of rasters)")
+    parser.add_argument(
+        "--bands",
+        metavar="FILES",
+        help="multispectral model: one input made of these band files (comma list, the model's band order, "
+        "one grid); a folder input of one file per band (*_B05.tif, ...) is stacked the same way",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a checkpoint written by train.py")
     source.add_argument("--onnx", metavar="FILE", help="a model exported by `train.py export` (onnxruntime)")
@@ -546,14 +560,21 @@ def run_rasters(args: argparse.Namespace, checkpoint: dict, upscaler: Upscaler) 
     if args.ext not in (None, "tif"):
         raise UserError(f"--ext {args.ext}: a multispectral model writes GeoTIFF (.tif)")
     radiometry, name, scale = Radiometry.from_dict(checkpoint["radiometry"]), upscaler.name, upscaler.scale
-    paths = expand_inputs(args.inputs, output_suffix(args))
-    headers = [raster_header(path) for path in paths]
+    if args.bands:
+        files = [Path(item) for item in args.bands.split(",")]
+        headers = [stack_header(files, files[0].with_name(stack_name(files[0], radiometry.bands[0])),
+                                radiometry.bands)]  # fmt: skip
+    else:
+        headers = raster_inputs(args.inputs, radiometry.bands)
+    paths = [header.path for header in headers]
     for header in headers:
         radiometry.check(header, f"{args.checkpoint} ({name} x{scale})")
-    gts = [find_gt(args.gt, path, single=len(paths) == 1) if args.gt else None for path in paths]
+    gts = [
+        raster_gt(args.gt, header, radiometry, len(headers) == 1) if args.gt else None for header in headers
+    ]
     for header, gt in zip(headers, gts):
         if gt is not None:
-            check_raster_gt(raster_header(gt), header, scale)
+            check_raster_gt(gt, header, scale)
     if args.out_dir:
         ensure_folder(args.out_dir)
     plans = plan_outputs(paths, argparse.Namespace(**{**vars(args), "ext": "tif"}), scale)
@@ -574,11 +595,28 @@ def run_rasters(args: argparse.Namespace, checkpoint: dict, upscaler: Upscaler) 
             row = {"name": header.path.stem, "bands": list(radiometry.bands)}
             for who, path in ((name, outputs.sr), ("bicubic", outputs.bicubic)):
                 if path is not None:
-                    row[who] = multispectral_scores(read_reflectance(path, radiometry), hr, scale, shave)
+                    sr = read_reflectance(raster_header(path), radiometry)
+                    row[who] = multispectral_scores(sr, hr, scale, shave)
             rows.append(row)
     if rows:
         report_rasters(args, name, scale, rows)
     return 0
+
+
+def stack_name(first: Path, band: str) -> str:
+    """The name of a stack of band files: the first file's without its band."""
+    stem = first.stem.removesuffix(f"_{band}")
+    return f"{stem}_stack" if stem == first.stem else stem
+
+
+def raster_gt(gt: str, header: RasterHeader, radiometry: Radiometry, single: bool) -> RasterHeader:
+    """The reference raster of an input: the --gt raster or folder of band files (one input), or
+    the same-named raster in the --gt folder."""
+    if single:
+        found = raster_inputs([gt], radiometry.bands)
+        if len(found) == 1:
+            return found[0]
+    return raster_header(find_gt(gt, header.path, single))
 
 
 def check_raster_gt(gt: RasterHeader, lr: RasterHeader, scale: int) -> None:
@@ -703,8 +741,10 @@ def run_scene(args: argparse.Namespace, checkpoint: dict, device: torch.device) 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = build_parser().parse_args(argv)
-    if bool(args.inputs) == bool(args.dataset):
-        raise UserError("give LR images to super-resolve, or --dataset to evaluate (not both)")
+    if bool(args.inputs or args.bands) == bool(args.dataset) or (args.inputs and args.bands):
+        raise UserError(
+            "give LR images (or --bands) to super-resolve, or --dataset to evaluate (one of them)"
+        )
     if args.gt and args.dataset:
         raise UserError("--gt goes with input images; a --dataset brings its own ground truth")
     device = check_options(args)
@@ -723,6 +763,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--self-ensemble is for single-image models; this checkpoint fuses bursts")
         if kind == MULTI_FRAME and args.shave is not None:
             raise UserError("--shave is for single-image models; cPSNR of bursts has its own border")
+        if kind == MULTI_FRAME and args.bands:
+            raise UserError("--bands is for multispectral models; this checkpoint fuses bursts")
         if kind == MULTI_FRAME:
             return (run_burst_dataset if args.dataset else run_scene)(args, checkpoint, device)
         upscaler = Upscaler.from_checkpoint(
@@ -730,6 +772,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         if "radiometry" in checkpoint:
             return run_rasters(args, checkpoint, upscaler)
+    if args.bands:
+        raise UserError(
+            f"--bands is for multispectral models; {upscaler.name} x{upscaler.scale} takes gray or RGB"
+        )
     args.ext = args.ext or "png"
     if args.dataset:
         return run_robustness(args, upscaler) if args.degradation else run_dataset(args, upscaler)

@@ -308,3 +308,47 @@ def test_the_export_describes_bands_value_scale_and_normalisation(model_checkpoi
     assert described["value_scale"] == "reflectance = (DN + 0) / 10000 for uint16 rasters"
     assert described["normalisation"] == {"low": radiometry["low"], "high": radiometry["high"]}
     assert described["nodata"] is None
+
+
+# ---------------------------------------------------------------------------------------
+# One file per band
+# ---------------------------------------------------------------------------------------
+
+
+def test_band_files_are_stacked_in_the_models_order(model_checkpoint, tmp_path):
+    """A folder of one file per band (as BigEarthNet), and --bands, give the output of the
+    stacked raster, whatever order the files are listed in."""
+    array = _landscape(4, 24, 30, seed=11)
+    stacked = _raster(tmp_path / "scene.tif", array)
+    folder = tmp_path / "patch"
+    folder.mkdir()
+    for index in (3, 1, 0, 2):  # written out of order; one extra file that is no band
+        _raster(folder / f"patch_{BANDS[index]}.tif", array[index : index + 1], descriptions=[])
+    _raster(folder / "patch_B01.tif", array[:1], descriptions=[])
+    assert _sr(model_checkpoint, stacked, tmp_path / "a", "--no-baseline") == 0
+    assert _sr(model_checkpoint, folder, tmp_path / "b", "--no-baseline") == 0
+    files = ",".join(str(folder / f"patch_{band}.tif") for band in BANDS)
+    argv = ["--checkpoint", str(model_checkpoint), "--bands", files, "--out-dir", str(tmp_path / "c"),
+            "--quiet", "--no-baseline"]  # fmt: skip
+    assert run_cli(super_resolve.main, argv) == 0
+    outputs = [tmp_path / "a" / "scene_run_last.tif", tmp_path / "b" / "patch_run_last.tif",
+               tmp_path / "c" / "patch_run_last.tif"]  # fmt: skip
+    expected = rasterio.open(outputs[0]).read()
+    for path in outputs[1:]:
+        with rasterio.open(path) as sr:
+            np.testing.assert_array_equal(sr.read(), expected)
+            assert sr.descriptions == tuple(BANDS)
+
+
+def test_band_files_of_different_grids_are_one_line(model_checkpoint, tmp_path, capsys):
+    array = _landscape(4, 24, 30)
+    files = [
+        _raster(tmp_path / f"p_{band}.tif", array[i : i + 1], descriptions=[]) for i, band in enumerate(BANDS)
+    ]
+    _raster(files[2], _landscape(1, 12, 15), transform=GRID @ Affine.scale(2), descriptions=[])
+    argv = ["--checkpoint", str(model_checkpoint), "--bands", ",".join(map(str, files)), "--out-dir",
+            str(tmp_path / "out")]  # fmt: skip
+    assert run_cli(super_resolve.main, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "one grid" in err and "p_B07.tif" in err
+    assert not (tmp_path / "out").exists()

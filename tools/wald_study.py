@@ -31,6 +31,7 @@ from figures import save_panel  # noqa: E402
 from imresize import downsample, modcrop, upscale  # noqa: E402
 from inference import Upscaler  # noqa: E402
 from multispectral import Radiometry, holdout_column, raster_paths, read_reflectance, scores  # noqa: E402
+from rasters import raster_header  # noqa: E402
 from utils import UserError, atomic_write, check_outputs, run_cli  # noqa: E402
 
 KERNELS = ("sensor", "bicubic")
@@ -53,7 +54,7 @@ def held_out_region(checkpoint: dict, path: str) -> tuple[Tensor, Radiometry, in
     if rasters is None or "radiometry" not in checkpoint:
         raise UserError(f"{path}: not a multispectral model trained on rasters by Wald's protocol")
     radiometry, scale = Radiometry.from_dict(checkpoint["radiometry"]), config.scale
-    reflectance = read_reflectance(rasters[0], radiometry)
+    reflectance = read_reflectance(raster_header(rasters[0]), radiometry)
     split = holdout_column(reflectance.shape[-1], config.holdout, scale)
     return modcrop(reflectance[..., split:], scale), radiometry, scale
 
@@ -105,7 +106,9 @@ def native_panel(args: argparse.Namespace) -> None:
     radiometry, scale = Radiometry.from_dict(checkpoint["radiometry"]), config.scale
     raster = raster_paths(config.train_data)[0]
     channels = [radiometry.bands.index(b) for b in FALSE_COLOUR]
-    lr = read_reflectance(raster, radiometry)[:, :256, -256:]  # the north-east corner: held out
+    lr = read_reflectance(raster_header(raster), radiometry)[
+        :, :256, -256:
+    ]  # the north-east corner: held out
     low, high = (torch.tensor(v)[:, None, None] for v in (radiometry.low, radiometry.high))
     model = Upscaler.from_checkpoint(checkpoint, torch.device("cpu"))
     sr = model((lr - low) / (high - low)) * (high - low) + low
