@@ -48,7 +48,8 @@ class Georeference:
 
 def georeference(path: str | os.PathLike) -> Georeference | None:
     """The georeferencing of a raster file, or None for a file that has none (a plain image, or
-    not a raster); a rotated or sheared geotransform is refused in one line."""
+    not a raster); a rotated or sheared geotransform, or a CRS that PROJ does not know (GDAL
+    reads an unknown EPSG code as a local one), is refused in one line."""
     path = Path(path)
     if path.suffix.lower() not in RASTER_SUFFIXES:
         return None
@@ -63,6 +64,9 @@ def georeference(path: str | os.PathLike) -> Georeference | None:
         raise ImageError(f"{path}: not a readable raster ({str(err).splitlines()[0]})") from None
     if crs is None and transform.is_identity:
         return None
+    if crs is not None and not (crs.is_projected or crs.is_geographic):  # GDAL reads unknown codes so
+        raise ImageError(f"{path}: its CRS is unknown ({crs.to_wkt()[:60]}...); the output could not be "
+                         "placed on a map: set it first (gdal_edit.py -a_srs EPSG:<code>)")  # fmt: skip
     if transform.b or transform.d:
         raise ImageError(f"{path}: a rotated or sheared geotransform is not supported; warp it to a "
                          "north-up grid first (gdalwarp)")  # fmt: skip

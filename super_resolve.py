@@ -492,12 +492,12 @@ def run_inputs(args: argparse.Namespace, upscaler: Upscaler) -> int:
     paths = expand_inputs(args.inputs, output_suffix(args))
     if args.compare and len(paths) > 1:
         raise UserError("--compare takes one input; use --compare-dir for several")
+    for path in paths:
+        check_photograph(path, f"{upscaler.name} x{upscaler.scale}")
     if args.out_dir:
         ensure_folder(args.out_dir)
     if args.compare_dir:
         ensure_folder(args.compare_dir)
-    for path in paths:
-        check_photograph(path, f"{upscaler.name} x{upscaler.scale}")
     plans = plan_outputs(paths, args, upscaler.scale)
     rows = []
     show = not args.quiet and not args.json and len(paths) > 1
@@ -533,13 +533,16 @@ def run_inputs(args: argparse.Namespace, upscaler: Upscaler) -> int:
 
 def check_photograph(path: Path, model: str) -> None:
     """Refuse, naming both, a raster a photograph model cannot take: bands that are not gray or
-    RGB (+ alpha), or pixels other than 8/16-bit unsigned."""
+    RGB (+ alpha), or pixels other than 8/16-bit unsigned; and a georeferencing that cannot be
+    kept (`rasters.georeference`)."""
     if path.suffix.lower() not in RASTER_SUFFIXES:
         return
     try:
         header = raster_header(path)
-    except ImageError:
-        return  # not a raster GDAL reads: the image reader says what is wrong with it
+    except ImageError as err:
+        if "not a readable raster" in str(err):
+            return  # not a raster GDAL reads: the image reader says what is wrong with it
+        raise
     colours = header.count - header.alpha in (1, 3) and header.count <= 4
     if not colours or header.dtype not in ("uint8", "uint16"):
         raise ImageError(f"{path}: a raster of {header.count} {header.dtype} bands, but {model} is a "

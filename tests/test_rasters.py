@@ -78,7 +78,7 @@ def test_a_rotated_geotransform_is_refused_in_one_line(tmp_path, capsys):
     assert run_cli(super_resolve.main, argv) == 2
     err = capsys.readouterr().err.strip()
     assert "rotated" in err and len(err.splitlines()) == 1
-    assert not list((tmp_path / "out").iterdir())
+    assert not (tmp_path / "out").exists()  # refused before the out-dir is made
 
 
 def test_a_real_landsat_raster_keeps_its_crs_and_nodata(data_root, tmp_path):
@@ -126,3 +126,23 @@ def test_the_api_writes_the_same_geotiff_as_the_cli(tmp_path):
 
     with pytest.raises(UserError, match="--overwrite"):
         SuperResolver(SRCNN).upscale_file(source, written)
+
+
+def test_a_crs_gdal_does_not_know_is_refused_in_one_line(tmp_path, capsys):
+    """An EPSG code PROJ does not know is read by GDAL as a local CS under the citation's name:
+    an output on it could not be placed on a map, so the input is refused."""
+    import struct
+
+    grid = Affine(20.0, 0.0, 500_000.0, 0.0, -20.0, 4_600_000.0)
+    source = _raster(tmp_path / "in.tif", _smooth(3, 20, 20, 200, np.uint8), grid)
+    data = bytearray(source.read_bytes())
+    code = struct.pack("<H", 32633)  # the ProjectedCSTypeGeoKey of CRS above
+    assert data.count(code) == 1
+    at = data.find(code)
+    data[at : at + 2] = struct.pack("<H", 29999)  # no such EPSG code
+    source.write_bytes(bytes(data))
+    argv = ["--checkpoint", str(SRCNN), str(source), "--ext", "tif", "--out-dir", str(tmp_path / "out")]
+    assert run_cli(super_resolve.main, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "CRS is unknown" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
