@@ -7,6 +7,7 @@ numpy arrays with the same tiling, precision and channel handling as `super_reso
     big = sr.upscale(Image.open("lr.png"))                 # PIL in, PIL out (alpha kept)
     array = sr.upscale(np.asarray(...))                    # uint8/uint16 (H, W[, C]) in, same out
     tensor = sr.upscale(torch.rand(3, 64, 64))             # float (C, H, W) / (B, C, H, W) in [0, 1]
+    SuperResolver("checkpoints/s2_20m_x2.pth").upscale_file("bands.tif", "sr.tif")  # multispectral
     record = sr.evaluate("Set5")                           # PSNR/SSIM by the protocol, as --dataset --json
 
 Errors are `utils.UserError` subclasses with a one-line message (a missing or wrong kind of
@@ -28,9 +29,10 @@ from data import load_pairs
 from evaluation import check_size, evaluate_pairs, protocol_note, set_record
 from images import image_size, output_bits, pil_array, read_image_and_alpha, to_file_array
 from imresize import upscale as bicubic_upscale
-from inference import Upscaler, check_memory
+from inference import Upscaler, check_memory, tiled_apply
 from model import SINGLE_IMAGE
-from rasters import raster_input, save_output
+from multispectral import Radiometry, to_dtype, upscale_raster
+from rasters import raster_header, raster_input, save_output
 from runtime import parse_device
 from utils import CheckpointError, ImageError, check_outputs, first_line
 
@@ -64,11 +66,15 @@ class SuperResolver:
         self.scale = self.upscaler.scale
         self.name = self.upscaler.name
         self.checkpoint = str(checkpoint)
+        radiometry = loaded.get("radiometry")
+        self.radiometry = Radiometry.from_dict(radiometry) if radiometry else None
 
     def upscale(self, image: Picture) -> Picture:
         """The SR of `image`, in its own kind: a float tensor (C, H, W) or (B, C, H, W) in [0, 1];
         a uint8/uint16 numpy array (H, W) or (H, W, C), rounded to its own depth; or a PIL
         image (gray, RGB, RGBA: alpha upscaled by bicubic)."""
+        if self.radiometry is not None:
+            return self._upscale_bands(image)
         if isinstance(image, Image.Image):
             return self._upscale_pil(image)
         if isinstance(image, np.ndarray):
@@ -88,6 +94,11 @@ class SuperResolver:
         existing `sr` is replaced only with `overwrite`."""
         lr_path, sr_path = Path(lr), Path(sr)
         check_outputs([sr_path], [lr_path], overwrite)
+        if self.radiometry is not None:
+            header = raster_header(lr_path)
+            self.radiometry.check(header, f"{self.checkpoint} ({self.name} x{self.scale})")
+            return upscale_raster(self.upscaler.upscale_tile, header, sr_path, self.radiometry, self.scale,
+                                  self.upscaler.tile, self.upscaler.overlap)  # fmt: skip
         check_memory(str(lr_path), *image_size(lr_path), self.scale)
         image, bits, alpha = read_image_and_alpha(lr_path)
         check_size(image, str(lr_path))
@@ -114,6 +125,25 @@ class SuperResolver:
             self_ensemble=self.upscaler.self_ensemble,
             shave=shave,
         )
+
+    def _upscale_bands(self, image: Picture) -> np.ndarray:
+        """A multispectral model on a (bands, H, W) numpy array of the pixel type it was trained
+        on, in its units: the SR array in the same type and units."""
+        radiometry, model = self.radiometry, f"{self.name} x{self.scale}"
+        bands = ", ".join(radiometry.bands)
+        wanted = f"a ({len(radiometry.bands)}, H, W) {radiometry.dtype} numpy array ({bands})"
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.dtype.name != radiometry.dtype:
+            kind = (
+                f"{image.dtype.name} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+            )
+            raise ImageError(f"{model} takes {wanted}, not {kind}")
+        if image.shape[0] != len(radiometry.bands):
+            raise ImageError(f"{image.shape[0]} bands, but {model} takes {wanted}")
+        values = radiometry.to_model(torch.from_numpy(image.astype(np.float32)))
+        self._check(values, "the array")
+        upscaler = self.upscaler
+        sr = tiled_apply(upscaler.upscale_tile, values, self.scale, upscaler.tile, upscaler.overlap)
+        return to_dtype(radiometry.to_dn(sr), radiometry.dtype)
 
     def _upscale_tensor(self, image: Tensor) -> Tensor:
         if not image.is_floating_point() or image.dim() not in (3, 4):

@@ -352,3 +352,24 @@ def test_band_files_of_different_grids_are_one_line(model_checkpoint, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "one grid" in err and "p_B07.tif" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_api_gives_what_the_cli_gives(model_checkpoint, tmp_path):
+    from srkit import SuperResolver
+
+    array = _landscape(4, 24, 30, seed=13)
+    source = _raster(tmp_path / "in.tif", array)
+    assert _sr(model_checkpoint, source, tmp_path / "cli", "--no-baseline") == 0
+    expected = rasterio.open(tmp_path / "cli" / "in_run_last.tif").read()
+    resolver = SuperResolver(model_checkpoint)
+    written = resolver.upscale_file(source, tmp_path / "api.tif")
+    with rasterio.open(written) as sr:
+        np.testing.assert_array_equal(sr.read(), expected)
+        assert sr.transform == GRID @ Affine.scale(0.5)
+    np.testing.assert_array_equal(resolver.upscale(array), expected)  # numpy (bands, H, W) in, same out
+    from utils import ImageError
+
+    with pytest.raises(ImageError, match="3 bands, but"):
+        resolver.upscale(array[:3])
+    with pytest.raises(ImageError, match="uint16 numpy array"):
+        resolver.upscale(array.astype(np.float32))
