@@ -3,7 +3,7 @@ protocol, against bicubic and a photograph model applied band by band (multispec
 
     SR_DATA_ROOT=../shared/datasets python tools/wald_study.py --checkpoint checkpoints/s2_20m_x2.pth \\
         [--photo checkpoints/edsr_x2.pth] [--json checkpoints/results/s2_20m_x2_wald.json] \\
-        [--panel docs/panel_s2_20m_x2.png]
+        [--panel docs/panel_s2_20m_x2.png] [--on RASTER_OR_BAND_FOLDER ...]
 
 The held-out region is the one the checkpoint's training left out (its --holdout, the eastern
 columns of its --train-data). Its LR version is made by each degradation (`sensor`, the
@@ -30,7 +30,14 @@ from config import recorded_config  # noqa: E402
 from figures import save_panel  # noqa: E402
 from imresize import downsample, modcrop, upscale  # noqa: E402
 from inference import Upscaler  # noqa: E402
-from multispectral import Radiometry, holdout_column, raster_paths, read_reflectance, scores  # noqa: E402
+from multispectral import (  # noqa: E402
+    Radiometry,
+    holdout_column,
+    raster_inputs,
+    raster_paths,
+    read_reflectance,
+    scores,
+)
 from rasters import raster_header  # noqa: E402
 from utils import UserError, atomic_write, check_outputs, run_cli  # noqa: E402
 
@@ -60,7 +67,7 @@ def held_out_region(checkpoint: dict, path: str) -> tuple[Tensor, Radiometry, in
 
 
 def study(args: argparse.Namespace) -> dict:
-    """Every method's scores on the held-out region, per degradation."""
+    """Every method's scores on the held-out region (and on each --on raster whole), per degradation."""
     checkpoint = load_checkpoint(args.checkpoint)
     hr, radiometry, scale = held_out_region(checkpoint, args.checkpoint)
     model = Upscaler.from_checkpoint(checkpoint, torch.device("cpu"))
@@ -68,35 +75,49 @@ def study(args: argparse.Namespace) -> dict:
     if photo.scale != scale:
         raise UserError(f"--photo {args.photo} is x{photo.scale}; the model is x{scale}")
     low, high = (torch.tensor(v)[:, None, None] for v in (radiometry.low, radiometry.high))
-    results = {}
-    for kernel in KERNELS:
-        lr = downsample(hr, scale, kernel)
-        outputs = {
-            "bicubic": upscale(lr, scale),
-            Path(args.photo).stem: photo_bands(photo, lr),
-            Path(args.checkpoint).stem: model((lr - low) / (high - low)) * (high - low) + low,
-        }
-        results[kernel] = {who: scores(sr, hr, scale, scale) for who, sr in outputs.items()}
+    names = {"photo": Path(args.photo).stem, "model": Path(args.checkpoint).stem}
+
+    def scored(hr: Tensor) -> dict:
+        results = {}
+        for kernel in KERNELS:
+            lr = downsample(hr, scale, kernel)
+            outputs = {
+                "bicubic": upscale(lr, scale),
+                names["photo"]: photo_bands(photo, lr),
+                names["model"]: model((lr - low) / (high - low)) * (high - low) + low,
+            }
+            results[kernel] = {who: scores(sr, hr, scale, scale) for who, sr in outputs.items()}
+        return results
+
+    others = {}
+    for item in args.on:
+        header = raster_inputs([item], radiometry.bands)[0]
+        radiometry.check(header, args.checkpoint)
+        others[header.path.name] = scored(modcrop(read_reflectance(header, radiometry), scale))
     return {
         "checkpoint": args.checkpoint,
         "bands": list(radiometry.bands),
         "held_out": f"eastern {hr.shape[-1]} of the raster's columns, {hr.shape[-2]} rows",
-        "protocol": "Wald: LR = held-out region degraded by the kernel; scores on reflectance (PSNR peak "
+        "protocol": "Wald: LR = the region degraded by the kernel; scores on reflectance (PSNR peak "
         f"and SSIM range 1), {scale} px shaved; the photograph model sees each band / its LR maximum",
-        "degradations": results,
+        "degradations": scored(hr),
+        "other_rasters": others,
     }
 
 
 def print_table(record: dict) -> None:
-    """Per band PSNR and the spectral scores of each method, per degradation."""
+    """Per band PSNR and the spectral scores of each method, per degradation and region."""
     bands = record["bands"]
-    print(f"held-out region: {record['held_out']}\n{record['protocol']}")
-    for kernel, by_method in record["degradations"].items():
-        print(f"\nLR by {kernel}:  {'  '.join(f'{b:>6}' for b in bands)}   mean   SSIM    SAM  ERGAS")
-        for who, values in by_method.items():
-            psnr = "  ".join(f"{v:6.2f}" for v in values["band_psnr"])
-            print(f"  {who:14} {psnr}  {values['psnr']:6.2f} {values['ssim']:.4f} {values['sam']:6.3f} "
-                  f"{values['ergas']:6.3f}")  # fmt: skip
+    print(record["protocol"])
+    regions = {f"held-out region ({record['held_out']})": record["degradations"], **record["other_rasters"]}
+    for region, results in regions.items():
+        print(f"\n{region}")
+        for kernel, by_method in results.items():
+            print(f"LR by {kernel:8} {'  '.join(f'{b:>6}' for b in bands)}    mean   SSIM    SAM  ERGAS")
+            for who, values in by_method.items():
+                psnr = "  ".join(f"{v:6.2f}" for v in values["band_psnr"])
+                print(f"  {who:14} {psnr}  {values['psnr']:6.2f} {values['ssim']:.4f} {values['sam']:6.3f} "
+                      f"{values['ergas']:6.3f}")  # fmt: skip
 
 
 def native_panel(args: argparse.Namespace) -> None:
@@ -137,6 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         "--checkpoint", required=True, help="a multispectral model trained by Wald's protocol"
     )
     parser.add_argument("--photo", default="checkpoints/edsr_x2.pth", help="the photograph model to compare")
+    parser.add_argument(
+        "--on",
+        action="append",
+        default=[],
+        metavar="RASTER",
+        help="also score on this raster or band folder",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
     parser.add_argument("--panel", metavar="FILE", help="also draw the native-resolution panel here")
     parser.add_argument("--overwrite", action="store_true", help="replace --json / --panel files")
