@@ -352,6 +352,27 @@ def set_names(name: str) -> list[str]:
     return [each for part in parts for each in set_names(part)] if len(parts) > 1 else parts
 
 
+def paired_folders(folder: Path) -> tuple[Path, Path] | None:
+    """(hr, lr) subfolders of a folder of pairs from two sensors (`hr/` and `lr/`, either case),
+    or None."""
+    found = {p.name.lower(): p for p in folder.iterdir() if p.is_dir() and p.name.lower() in ("hr", "lr")}
+    return (found["hr"], found["lr"]) if len(found) == 2 else None
+
+
+def matched_pairs(hr_folder: Path, lr_folder: Path) -> list[tuple[Path, Path]]:
+    """(HR, LR) images of an `hr/` and an `lr/` folder matched by name; an image without its
+    partner is a DatasetError naming it."""
+    hr_paths = {p.stem: p for p in list_images(hr_folder)}
+    lr_paths = {p.stem: p for p in list_images(lr_folder)}
+    for stem in sorted(set(hr_paths) ^ set(lr_paths)):
+        alone = hr_paths.get(stem) or lr_paths[stem]
+        other = lr_folder if stem in hr_paths else hr_folder
+        raise DatasetError(f"{alone}: no image named {stem}.* in {other} (pairs are matched by name)")
+    if not hr_paths:
+        raise DatasetError(f"{hr_folder}: holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return [(hr_paths[stem], lr_paths[stem]) for stem in sorted(hr_paths)]
+
+
 def dataset_sources(
     name: str,
     scale: int,
@@ -370,6 +391,9 @@ def dataset_sources(
         split = {"sample": "all", "sample-train": "train", "sample-test": "test"}[name]
         return [(p, None) for p in sample_paths(split)]
     folder = resolve_dataset(name, scale, data_root=data_root, download=download, progress=progress)
+    halves = paired_folders(folder)
+    if halves is not None:
+        return matched_pairs(*halves)
     paths = list_images(folder)
     hr_paths = [p for p in paths if re.search(r"_HR$", p.stem)]
     if hr_paths:

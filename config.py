@@ -19,6 +19,7 @@ from typing import Any
 from imresize import degradation_kernels
 from losses import LOSS_NAMES
 from model import MODELS
+from registration import REGISTRATIONS
 from utils import CheckpointError, UserError, brief
 
 SCHEDULES = ("constant", "step", "cosine")
@@ -93,6 +94,13 @@ class TrainConfig:
         "training: the zero padding of the convolutions reaches only the edges, rare in full images)",
         low=0,
         metavar="PX",
+    )
+    registration: str = option(
+        "none",
+        "register the HR target to the SR inside the loss, for pairs from two sensors: geometric (a "
+        "sub-pixel translation per patch, up to one LR pixel), radiometric (a gain and offset per band), "
+        "or both; the loss is taken on the pixels the shift keeps (registration.py)",
+        choices=REGISTRATIONS,
     )
     perceptual_weights: str | None = option(
         None, "torchvision VGG16 weights for --loss perceptual (default: download them)", metavar="FILE"

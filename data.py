@@ -67,7 +67,8 @@ def load_pairs(
             raise DatasetError(f"unknown degradation {kernel!r}; use one of {DEGRADATIONS}")
     pairs = []
     for hr_path, lr_path in dataset_sources(name, scale, None, download, progress):
-        hr = modcrop(load_image(hr_path), scale)
+        image = load_image(hr_path)
+        hr = modcrop(image, scale)
         if channels is not None:
             hr = to_channels(hr, channels)
         if min(hr.shape[-2:]) < scale:
@@ -76,6 +77,9 @@ def load_pairs(
         for kernel in degradations:
             if kernel == "bicubic" and lr_path is not None:
                 lr = load_image(lr_path)
+                if lr.shape[0] != image.shape[0]:  # pairs from two sensors: never guess
+                    raise DatasetError(f"{lr_path}: {lr.shape[0]} channels, but its HR image {hr_path.name} "
+                                       f"has {image.shape[0]}")  # fmt: skip
                 lr = to_channels(lr, hr.shape[0])
                 if tuple(lr.shape[-2:]) != (hr.shape[-2] // scale, hr.shape[-1] // scale):
                     raise DatasetError(

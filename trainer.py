@@ -38,6 +38,7 @@ from model import (
     model_kind,
     parse_model_options,
 )
+from registration import registration_border
 from runtime import Runtime, agreed, parse_device, process_rank, setup_runtime
 from utils import (
     CheckpointError,
@@ -78,6 +79,12 @@ def check_config(config: TrainConfig) -> TrainConfig:
             f"--loss-border {config.loss_border} must be at least 0 and leave part of the "
             f"{config.patch_size} px patch"
         )
+    if config.registration != "none":
+        kept = config.patch_size - 2 * config.loss_border - 2 * registration_border(config.scale)
+        if kept < 8:
+            raise UserError(f"--registration {config.registration} leaves {max(kept, 0)} px of a "
+                            f"{config.patch_size} px patch at x{config.scale}; use a --patch-size of at "
+                            f"least {config.patch_size - kept + 8}")  # fmt: skip
     _check_model_options(config)
     if config.tensorboard is not None:
         check_board(config.tensorboard)
@@ -86,7 +93,7 @@ def check_config(config: TrainConfig) -> TrainConfig:
     if config.cuda and not torch.cuda.is_available():
         raise UserError("--cuda given, but CUDA is not available here (no GPU, or a CPU-only torch)")
     if model_kind(config.model) == MULTI_FRAME:
-        for key in ("train_scales", "grid_stride", "degradation", "loss_border"):
+        for key in ("train_scales", "grid_stride", "degradation", "loss_border", "registration"):
             if getattr(config, key) != default(key):
                 flag = f"--{key.replace('_', '-')}"
                 raise UserError(

@@ -24,6 +24,7 @@ from metrics import check_scorable, psnr, scene_scores, score_labels, shave_bord
 from model import MULTI_FRAME, SINGLE_IMAGE, parse_model_options
 from multispectral import WALD_DEGRADATIONS, raster_paths, wald_data
 from multispectral import scores as multispectral_scores
+from registration import max_shift_for, register
 from runtime import Runtime, autocast
 from utils import DatasetError, UserError, atomic_write
 
@@ -157,15 +158,19 @@ def single_image_task(config: TrainConfig, model: nn.Module, runtime: Runtime, s
 
 
 def patch_loss(config: TrainConfig, runtime: Runtime) -> Callable[[nn.Module, list[Tensor], int], Tensor]:
-    """The loss of a batch of (LR, HR) patches, `loss_border` HR pixels left out at the edges."""
+    """The loss of a batch of (LR, HR) patches, `loss_border` HR pixels left out at the edges,
+    after registering the target to the prediction when --registration asks."""
     loss_fn = make_loss(config.loss, runtime.device, config.perceptual_weights)
-    border = config.loss_border
+    border, registration, max_shift = config.loss_border, config.registration, max_shift_for(config.scale)
 
     def step_loss(net: nn.Module, batch: list[Tensor], epoch: int) -> Tensor:
         lr, hr = batch
         with autocast(runtime):
             sr = net(lr.contiguous(memory_format=torch.channels_last))
-        return loss_fn(shave_border(sr.float(), border), shave_border(hr, border))
+        sr, hr = shave_border(sr.float(), border), shave_border(hr, border)
+        if registration != "none":  # the target moved onto the prediction (registration.py)
+            sr, hr, _ = register(sr, hr, registration, max_shift)
+        return loss_fn(sr, hr)
 
     return step_loss
 

@@ -493,8 +493,9 @@ def test_a_writer_killed_mid_checkpoint_leaves_the_previous_one_whole(tmp_path):
     "schedule",
     [["--schedule", "cosine", "--warmup-epochs", "1"],
      ["--schedule", "step", "--lr-step", "1", "--lr-gamma", "0.5"],
-     ["--grad-clip", "0.01"], ["--ema", "0.9"], ["--amp"]],
-    ids=["warmup-cosine", "step", "grad-clip", "ema", "bf16-cpu"],
+     ["--grad-clip", "0.01"], ["--ema", "0.9"], ["--amp"],
+     ["--registration", "both", "--amp", "--patch-size", "30"]],
+    ids=["warmup-cosine", "step", "grad-clip", "ema", "bf16-cpu", "registration-bf16"],
 )  # fmt: skip
 def test_resume_is_bit_identical_under_schedules_clipping_average_and_bf16(data, tmp_path, schedule):
     # the same 3-epoch run twice: straight through, and resumed from its own epoch-1 file (the
