@@ -29,6 +29,7 @@ from metrics import (
     shave_border,
     ssim,
 )
+from registration import max_shift_for, register
 from utils import ImageError
 
 MIN_LR_SIDE = 3  # smaller inputs have no meaningful upscaling (and bicubic needs a neighbourhood)
@@ -59,11 +60,29 @@ def check_size(lr: Tensor, where: str) -> None:
         )
 
 
-def image_row(name: str, sr: Tensor, bic: Tensor, hr: Tensor, shave: int) -> dict:
-    """PSNR/SSIM of the model's and of bicubic's upscale of one image, by the benchmark protocol."""
+def image_row(name: str, sr: Tensor, bic: Tensor, hr: Tensor, shave: int, registration: str | None = None,
+              scale: int = 1) -> dict:  # fmt: skip
+    """PSNR/SSIM of the model's and of bicubic's upscale of one image, by the benchmark protocol,
+    and registered (`registered_scores`) when `registration` names a mode."""
     (model_psnr, model_ssim), (bicubic_psnr, bicubic_ssim) = score(sr, hr, shave), score(bic, hr, shave)
-    return {"name": name, "model_psnr": model_psnr, "model_ssim": model_ssim,
-            "bicubic_psnr": bicubic_psnr, "bicubic_ssim": bicubic_ssim}  # fmt: skip
+    row = {"name": name, "model_psnr": model_psnr, "model_ssim": model_ssim,
+           "bicubic_psnr": bicubic_psnr, "bicubic_ssim": bicubic_ssim}  # fmt: skip
+    if registration not in (None, "none"):
+        row.update(registered_scores(sr, bic, hr, shave, registration, scale), registration=registration)
+    return row
+
+
+def registered_scores(sr: Tensor, bic: Tensor, hr: Tensor, shave: int, mode: str, scale: int) -> dict:
+    """PSNR/SSIM of model and bicubic after registering the reference to each (registration.py:
+    the cross-sensor paper's registered metrics), on the pixels the shift keeps and the
+    protocol's shave beyond them."""
+    row = {}
+    for who, image in (("model", sr), ("bicubic", bic)):
+        pred, target, border = register(image[None], hr[None], mode, max_shift_for(scale))
+        pred, target = pred[0].clamp(0, 1), target[0].clamp(0, 1)
+        psnr_value, ssim_value = score(pred, target, max(0, shave - border))
+        row[f"registered_{who}_psnr"], row[f"registered_{who}_ssim"] = psnr_value, ssim_value
+    return row
 
 
 def mean_row(rows: list[dict]) -> dict:
@@ -100,6 +119,12 @@ def print_table(rows: list[dict], model_name: str, title: str, multi_frame: bool
     print(f"{title}\n{header}\n{rule}")
     print("\n".join(line(r) for r in rows))
     print(f"{rule}\n{line(mean_row(rows))}")
+    mean = mean_row(rows)
+    if "registered_model_psnr" in mean:
+        print(f"mean PSNR / SSIM with the reference registered to each result ({rows[0]['registration']}): "
+              f"{model_name} {mean['registered_model_psnr']:.3f} / {mean['registered_model_ssim']:.4f}, "
+              f"bicubic {mean['registered_bicubic_psnr']:.3f} / "
+              f"{mean['registered_bicubic_ssim']:.4f}")  # fmt: skip
 
 
 def l1_error(sr: Tensor, hr: Tensor, shave: int) -> float:
@@ -115,10 +140,12 @@ def evaluate_pairs(
     sr_paths: Sequence[Path] = (),
     panel_paths: Sequence[Path] = (),
     progress: str | None = None,
+    registration: str | None = None,
 ) -> tuple[list[dict], dict[str, list[Tensor]]]:
-    """Each pair's row (model and bicubic PSNR/SSIM, and their frequency-band energy ratios) and
-    the radial power spectra of model, bicubic and HR; the SR images written to `sr_paths` and
-    comparison panels to `panel_paths` when given; a progress bar named `progress`."""
+    """Each pair's row (model and bicubic PSNR/SSIM, their frequency-band energy ratios, and with
+    `registration` their registered scores) and the radial power spectra of model, bicubic and
+    HR; the SR images written to `sr_paths` and comparison panels to `panel_paths` when given;
+    a progress bar named `progress`."""
     from tqdm import tqdm
 
     rows: list[dict] = []
@@ -127,7 +154,7 @@ def evaluate_pairs(
         check_size(pair.lr, pair.name)
         check_scorable(pair.hr, pair.name, shave)
         sr, bic = upscaler(pair.lr), bicubic(pair.lr, upscaler.scale)
-        row = image_row(pair.name, sr, bic, pair.hr, shave)
+        row = image_row(pair.name, sr, bic, pair.hr, shave, registration, upscaler.scale)
         for who, image in (("model", sr), ("bicubic", bic)):
             for band, ratio in band_energy_ratios(image, pair.hr).items():
                 row[f"{who}_energy_{band}"] = ratio

@@ -85,6 +85,7 @@ from rasters import (
     save_output,
     stack_header,
 )
+from registration import REGISTRATIONS
 from runtime import parse_device
 from utils import (
     DatasetError,
@@ -131,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--fda-plot",
         metavar="FILE",
         help="with --dataset: plot the radially averaged power spectra of SR, bicubic and HR",
+    )
+    parser.add_argument(
+        "--registration",
+        choices=REGISTRATIONS,
+        help="with --gt or --dataset: also score after registering the reference to each result "
+        "(geometric: a sub-pixel shift; radiometric: a gain and offset per band; both), for references "
+        "from another sensor",
     )
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     parser.add_argument("--save", action="store_true", help="with --dataset: also write the SR images")
@@ -351,7 +359,7 @@ def run_dataset(args: argparse.Namespace, upscaler: Upscaler) -> int:
     check_outputs(sr_paths + panel_paths + plots, [], args.overwrite)
     shave = shave_of(args, upscaler.scale)
     rows, spectra = evaluate_pairs(
-        upscaler, pairs, shave, sr_paths, panel_paths, args.dataset if show else None
+        upscaler, pairs, shave, sr_paths, panel_paths, args.dataset if show else None, args.registration
     )
     report(args, upscaler.name, upscaler.scale, rows, f"{args.dataset} x{upscaler.scale}")
     if args.fda_plot:
@@ -519,7 +527,7 @@ def run_inputs(args: argparse.Namespace, upscaler: Upscaler) -> int:
         bic = load_image(outputs.bicubic) if outputs.bicubic else bicubic(lr, upscaler.scale)
         row = None
         if gt is not None:
-            row = image_row(lr_path.stem, sr, bic, gt, shave)
+            row = image_row(lr_path.stem, sr, bic, gt, shave, args.registration, upscaler.scale)
             rows.append(row)
         if outputs.panel:
             panels = panel_images(lr, bic, sr, gt, row, upscaler.name)
@@ -555,7 +563,8 @@ def run_rasters(args: argparse.Namespace, checkpoint: dict, upscaler: Upscaler) 
     by window, in its units and pixel type; with --gt, per-band and spectral scores."""
     for flag, value in (("--outscale", args.outscale), ("--compare", args.compare),
                         ("--compare-dir", args.compare_dir), ("--fda-plot", args.fda_plot),
-                        ("--degradation", args.degradation), ("--dataset", args.dataset)):  # fmt: skip
+                        ("--degradation", args.degradation), ("--dataset", args.dataset),
+                        ("--registration", args.registration)):  # fmt: skip
         if value:
             raise UserError(
                 f"{flag} is for photograph models; a multispectral model writes and scores rasters"
@@ -651,7 +660,7 @@ def report_rasters(args: argparse.Namespace, name: str, scale: int, rows: list[d
 
 
 SINGLE_IMAGE_OPTIONS = ("degradation", "fda_plot", "compare", "compare_dir", "suffix", "ext", "quality",
-                        "outscale", "alpha_upsampler", "no_baseline")  # fmt: skip
+                        "outscale", "alpha_upsampler", "no_baseline", "registration")  # fmt: skip
 
 
 def load_fusion_model(args: argparse.Namespace, checkpoint: dict, device: torch.device) -> nn.Module:
@@ -750,6 +759,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.gt and args.dataset:
         raise UserError("--gt goes with input images; a --dataset brings its own ground truth")
+    if args.registration and not (args.gt or args.dataset) or args.registration and args.degradation:
+        raise UserError(
+            "--registration scores against a reference: give --gt or --dataset (without --degradation)"
+        )
     device = check_options(args)
     if args.onnx and device.type != "cpu":
         raise UserError(f"--onnx runs on the CPU with onnxruntime; drop --cuda / --device {device}")
