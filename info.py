@@ -64,7 +64,7 @@ CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 # Groups of results JSONs (checkpoints/results/<stem>_<dataset>.json, as `make results` writes
 # them) in display preference; info.py shows the first group that has any: real PROBA-V scenes,
 # else Set5/14. (Not catalog.BENCHMARKS, the names of the benchmark datasets.)
-RESULT_GROUPS = (("PROBAV-sample",), ("Set5", "Set14"))
+RESULT_GROUPS = (("wald",), ("PROBAV-sample",), ("Set5", "Set14"))  # wald: tools/wald_study.py
 
 
 def shipped_checkpoints(folder: Path = CHECKPOINTS) -> list[tuple[str, str]]:
@@ -94,6 +94,8 @@ def recorded_results(folder: Path, stem: str) -> dict[str, dict]:
 def results_line(recorded: dict[str, dict]) -> str:
     """`model xS, Set5 / Set14 PSNR a / b dB (bicubic c / d dB)` from results JSONs by dataset."""
     first = next(iter(recorded.values()))
+    if "degradations" in first:
+        return wald_line(first)
     from metrics import score_labels
 
     label, _, baseline = score_labels("model_cpsnr" in first["mean"])
@@ -108,6 +110,16 @@ def results_line(recorded: dict[str, dict]) -> str:
         f"{first['model']} x{first['scale']}, {' / '.join(recorded)} {label} {joined(f'model_{metric}')} dB "
         f"({baseline} {joined(f'bicubic_{metric}')} dB{score})"
     )
+
+
+def wald_line(record: dict) -> str:
+    """`N bands, held-out PSNR a dB (bicubic b, photo c)` from a tools/wald_study.py record:
+    the mean band PSNR on reflectance, LR by the sensor kernel."""
+    by_method = record["degradations"]["sensor"]
+    model = Path(record["checkpoint"]).stem
+    baselines = ", ".join(f"{who} {by_method[who]['psnr']:.2f}" for who in by_method if who != model)
+    return (f"{len(record['bands'])} bands ({', '.join(record['bands'])}), Wald held-out mean band PSNR "
+            f"{by_method[model]['psnr']:.2f} dB ({baselines} dB)")  # fmt: skip
 
 
 def _multiply_adds(path: Path) -> float:
