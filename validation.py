@@ -169,7 +169,8 @@ def patch_loss(config: TrainConfig, runtime: Runtime) -> Callable[[nn.Module, li
             sr = net(lr.contiguous(memory_format=torch.channels_last))
         sr, hr = shave_border(sr.float(), border), shave_border(hr, border)
         if registration != "none":  # the target moved onto the prediction (registration.py)
-            sr, hr, _ = register(sr, hr, registration, max_shift)
+            anchor = shave_border(upscale(lr.float(), config.scale), border)
+            sr, hr, _ = register(sr, hr, registration, max_shift, anchor)
         return loss_fn(sr, hr)
 
     return step_loss
