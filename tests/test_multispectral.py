@@ -373,3 +373,25 @@ def test_the_api_gives_what_the_cli_gives(model_checkpoint, tmp_path):
         resolver.upscale(array[:3])
     with pytest.raises(ImageError, match="uint16 numpy array"):
         resolver.upscale(array.astype(np.float32))
+
+
+def test_jpeg_2000_band_files_are_read_as_gdal_reads_them(model_checkpoint, tmp_path):
+    """Sentinel-2 products ship one JPEG 2000 file per band: a folder of them is stacked as the
+    GeoTIFF bands are, losslessly (the same output as from the GeoTIFF)."""
+    array = _landscape(4, 24, 30, seed=17)
+    stacked = _raster(tmp_path / "scene.tif", array)
+    folder = tmp_path / "safe"
+    folder.mkdir()
+    profile = {"driver": "JP2OpenJPEG", "width": 30, "height": 24, "count": 1, "dtype": "uint16", "crs": CRS,
+               "transform": GRID, "QUALITY": 100, "REVERSIBLE": "YES"}  # fmt: skip
+    for index, band in enumerate(BANDS):
+        with rasterio.open(folder / f"T18SVG_{band}.jp2", "w", **profile) as raster:
+            raster.write(array[index : index + 1])
+    assert _sr(model_checkpoint, stacked, tmp_path / "a", "--no-baseline") == 0
+    assert _sr(model_checkpoint, folder, tmp_path / "b", "--no-baseline") == 0
+    with (
+        rasterio.open(tmp_path / "a" / "scene_run_last.tif") as a,
+        rasterio.open(tmp_path / "b" / "safe_run_last.tif") as b,
+    ):
+        np.testing.assert_array_equal(a.read(), b.read())
+        assert b.crs == a.crs and b.transform == a.transform
