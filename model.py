@@ -8,6 +8,7 @@ inside (`imresize.imresize`), so callers treat all models alike.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -347,6 +348,28 @@ def adapt_bands(name: str, weight: Tensor, shape: torch.Size) -> Tensor | None:
         luma = torch.tensor(BT601_LUMA, dtype=weight.dtype).view(3, *[1] * (weight.dim() - 1))
         mean = (weight * luma).sum(0, keepdim=True)
     return mean.expand(shape).clone()
+
+
+def deepen(weights: dict[str, Tensor], own: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A trained residual body's weights for a deeper body of the same width (EDSR's `body`):
+    its closing convolution moved to the new last index and each new block's second convolution
+    zero, so that every new block starts as the identity and the deeper network as the trained
+    one; {} when `own` is not a deeper body of the same kind."""
+    source, target = _body_end(weights), _body_end(own)
+    if source is None or target is None or target <= source:
+        return {}
+    end = {f"body.{target}.{p}": weights[f"body.{source}.{p}"] for p in ("weight", "bias")}
+    if any(end[key].shape != own[key].shape for key in end):
+        return {}
+    zero = {f"body.{k}.conv2.{p}": torch.zeros_like(own[f"body.{k}.conv2.{p}"])
+            for k in range(source, target) for p in ("weight", "bias")}  # fmt: skip
+    return {**end, **zero}
+
+
+def _body_end(weights: dict[str, Tensor]) -> int | None:
+    """The index of a residual body's closing convolution (`body.N.weight`), or None."""
+    ends = [int(match.group(1)) for key in weights if (match := re.fullmatch(r"body\.(\d+)\.weight", key))]
+    return ends[0] if len(ends) == 1 else None
 
 
 def checkpoint_weights(checkpoint: dict) -> dict[str, Tensor]:

@@ -35,6 +35,7 @@ from model import (
     check_forward,
     checkpoint_weights,
     count_parameters,
+    deepen,
     model_kind,
     parse_model_options,
 )
@@ -469,14 +470,16 @@ def initialise_from(model: nn.Module, path: str) -> str:
         raise UserError(
             f"--init-from {path}: no weight of {source['model']['name']} fits {type(model).__name__}"
         )
-    model.load_state_dict({**taken, **adapted}, strict=False)
-    left = sorted({name.split(".")[0] for name in own if name not in taken and name not in adapted})
+    deeper = {name: value for name, value in deepen(weights, own).items() if name not in taken}
+    loaded = {**taken, **adapted, **deeper}
+    model.load_state_dict(loaded, strict=False)
+    left = sorted({name.split(".")[0] for name in own if name not in loaded})
     origin = f"{source['model']['name']} x{source['model']['scale']}"
     fresh = f"; new: {', '.join(left)}" if left else ""
-    bands = f" ({len(adapted)} adapted to the band count: {', '.join(adapted)})" if adapted else ""
-    return (
-        f"initialised {len(taken) + len(adapted)} of {len(own)} tensors from {path} ({origin}){bands}{fresh}"
-    )
+    notes = f" ({len(adapted)} adapted to the band count: {', '.join(adapted)})" if adapted else ""
+    if deeper:
+        notes += " (a deeper body: its closing convolution moved, its new blocks start as the identity)"
+    return f"initialised {len(loaded)} of {len(own)} tensors from {path} ({origin}){notes}{fresh}"
 
 
 def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:

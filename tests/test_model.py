@@ -201,3 +201,24 @@ def test_multiply_adds_per_pixel_match_the_layer_arithmetic():
     edsr = build_model("edsr", 2, blocks=14, features=64)  # on the LR grid: a quarter per HR pixel at x2
     lr_grid = (3 * 64 * 9 + 29 * 64 * 64 * 9 + 64 * 256 * 9) / 4 + 64 * 3 * 9
     assert lr_grid <= multiply_adds_per_pixel(edsr, 2) <= lr_grid + 100
+
+
+def test_a_deeper_body_from_a_trained_one_starts_as_that_network(monkeypatch):
+    """--init-from a 4-block EDSR into an 8-block one (issue [19], a deeper body within the
+    budget): the closing convolution moves to its new index and the new blocks start as the
+    identity, so the deeper network's output is the trained one's."""
+    import trainer
+
+    shallow = build_model("edsr", scale=3, blocks=4, features=16)
+    for parameter in shallow.parameters():  # not the zero-free default: every tensor matters
+        torch.nn.init.normal_(parameter, std=0.05)
+    spec = {"name": "edsr", "scale": 3, "options": {"blocks": 4, "features": 16}}
+    monkeypatch.setattr(
+        trainer, "load_checkpoint", lambda _: {"model": spec, "state_dict": shallow.state_dict()}
+    )
+    deep = build_model("edsr", scale=3, blocks=8, features=16)
+    message = trainer.initialise_from(deep, "shallow.pth")
+    assert "new blocks start as the identity" in message
+    lr = torch.rand(2, 3, 14, 17)
+    with torch.no_grad():
+        torch.testing.assert_close(deep(lr), shallow(lr), rtol=0, atol=1e-6)
