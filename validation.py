@@ -128,20 +128,7 @@ def single_image_task(config: TrainConfig, model: nn.Module, runtime: Runtime, s
         return sum(r[0] for r in results) / len(results), sum(r[1] for r in results) / len(results)
 
     def evaluated(net: nn.Module, use: Callable[[Upscaler], Any]) -> Any:
-        mode = net.training
-        upscaler = Upscaler(
-            model=net.eval(),
-            name=config.model,
-            scale=scale,
-            channels=channels,
-            device=runtime.device,
-            tile=256,
-            overlap=16,
-        )
-        try:
-            return use(upscaler)
-        finally:
-            net.train(mode)
+        return evaluate_with(net, use, config, channels, runtime)
 
     def validate(net: nn.Module) -> tuple[float, float]:
         return evaluated(net, scores)
@@ -155,6 +142,25 @@ def single_image_task(config: TrainConfig, model: nn.Module, runtime: Runtime, s
         f"PSNR on {config.val_data} (bicubic {baseline[0]:.2f} dB)"
     )
     return Task(SINGLE_IMAGE, dataset, step_loss, validate, baseline, summary, example)
+
+
+def evaluate_with(
+    net: nn.Module,
+    use: Callable[[Upscaler], Any],
+    config: TrainConfig,
+    channels: int,
+    runtime: Runtime,
+    clip: bool = True,
+) -> Any:
+    """`use` applied to the network in eval mode behind an Upscaler (tiles of 256, overlap 16;
+    `clip` as Upscaler's), its training mode restored after."""
+    mode = net.training
+    upscaler = Upscaler(model=net.eval(), name=config.model, scale=config.scale, channels=channels,
+                        device=runtime.device, tile=256, overlap=16, clip=clip)  # fmt: skip
+    try:
+        return use(upscaler)
+    finally:
+        net.train(mode)
 
 
 def patch_loss(config: TrainConfig, runtime: Runtime) -> Callable[[nn.Module, list[Tensor], int], Tensor]:
@@ -211,16 +217,8 @@ def wald_task(config: TrainConfig, rasters: list[Path], runtime: Runtime) -> Tas
             sum(r["ssim"] for r in results) / len(results),
         )
 
-    to_reflectance = radiometry.model_to_reflectance
-
     def evaluated(net: nn.Module, use: Callable[[Upscaler], Any]) -> Any:
-        mode = net.training
-        upscaler = Upscaler(model=net.eval(), name=config.model, scale=scale, channels=channels,
-                            device=runtime.device, tile=256, overlap=16, clip=False)  # fmt: skip
-        try:
-            return use(upscaler)
-        finally:
-            net.train(mode)
+        return evaluate_with(net, use, config, channels, runtime, clip=False)
 
     def validate(net: nn.Module) -> tuple[float, float]:
         return evaluated(net, scores)
