@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from config import ConfigError, TrainConfig, check
-from model import KINDS, MODELS, SCALES, build_model, model_kind
+from model import KINDS, MODELS, SCALES, build_model, checkpoint_weights, model_kind
 from rasters import RASTER_DTYPES
 from utils import CheckpointError, UserError, atomic_write, brief, first_line
 from validation import VALIDATION_KEYS
@@ -323,6 +323,16 @@ def check_checkpoint(checkpoint: Any) -> None:
 def is_training_checkpoint(checkpoint: dict) -> bool:
     """Whether a checked checkpoint holds the training state that `train.py resume` needs."""
     return "args" in checkpoint
+
+
+def shipped(checkpoint: dict) -> dict:
+    """A checked checkpoint as a model to publish: the weights it was validated with (the moving
+    average, when the run kept one) as its only weights and no Adam moments, a quarter of a training
+    file's size; what it computes is unchanged, and `resume` from it starts a fresh Adam."""
+    copy = {**checkpoint, "state_dict": checkpoint_weights(checkpoint), "ema_state_dict": None}
+    if "optimizer" in copy:
+        copy["optimizer"] = {**copy["optimizer"], "state": {}}
+    return copy
 
 
 def save_checkpoint(checkpoint: dict, path: str | os.PathLike) -> Path:

@@ -6,11 +6,13 @@
     python train.py resume runs/srcnn_x3/last.pth --cuda
     python train.py resume runs/srcnn_x3/last.pth --batch-size=16 --num-epoch=200
     python train.py inspect runs/srcnn_x3/last.pth [--json] [--plot curves.png] [--all] [--reach DB]
+    python train.py ship runs/srcnn_x3/last.pth checkpoints/srcnn_x3.pth
 
 The command line of the training loop in `trainer.py`: `train` starts a run from the
 defaults and the flags given, `resume` continues a checkpoint (as if never stopped; flags
 given now override the saved ones where that keeps the run the same run), `inspect` shows
-what a checkpoint holds and `export` writes its model as ONNX. Under `torchrun` the same
+what a checkpoint holds, `export` writes its model as ONNX and `ship` writes it as a model to
+publish (the validated weights alone, a quarter of a training file). Under `torchrun` the same
 script trains with DistributedDataParallel; only rank 0 logs and writes.
 """
 
@@ -24,7 +26,13 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from checkpoint import is_training_checkpoint, load_checkpoint
+from checkpoint import (
+    check_checkpoint,
+    is_training_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    shipped,
+)
 from config import FIXED_EPOCH, FIXED_RUN, TrainConfig, fixed, load_recipe, recorded_config
 from figures import plot_history
 from imresize import degradation_kernels
@@ -146,6 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--overwrite", action="store_true", help="replace an existing output (default: refuse)"
     )
+    ship = sub.add_parser(
+        "ship",
+        help="write a finished run's checkpoint as a model to publish: the weights it was validated "
+        "with (the average under --ema), without Adam's moments",
+    )
+    ship.add_argument("checkpoint", help="a checkpoint written by train.py")
+    ship.add_argument("output", help="the .pth file to write")
+    ship.add_argument("--overwrite", action="store_true", help="replace an existing output (default: refuse)")
     return parser
 
 
@@ -370,6 +386,17 @@ def command_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_ship(args: argparse.Namespace) -> int:
+    """`ship`: the checkpoint as `checkpoint.shipped` describes, written atomically."""
+    check_outputs([Path(args.output)], [Path(args.checkpoint)], args.overwrite)
+    model_file = shipped(load_checkpoint(args.checkpoint))
+    check_checkpoint(model_file)
+    save_checkpoint(model_file, args.output)
+    before, after = Path(args.checkpoint).stat().st_size, Path(args.output).stat().st_size
+    print(f"wrote {args.output} ({after / 1e6:.1f} MB; {args.checkpoint}: {before / 1e6:.1f} MB)")
+    return 0
+
+
 def run_description(spec: dict, source: str, radiometry: dict | None = None) -> dict:
     """What a tool running an exported model must know: its bands, scale, the values it takes
     and gives, and nodata (photo models: a file's integers over their maximum; multispectral
@@ -410,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: parse the subcommand and run it."""
     args = build_parser().parse_args(argv)
     commands = {"train": command_train, "resume": command_resume, "inspect": command_inspect,
-                "export": command_export}  # fmt: skip
+                "export": command_export, "ship": command_ship}  # fmt: skip
     command = commands[args.command]
     try:
         return command(args)

@@ -130,6 +130,30 @@ def test_ema_resumes_from_the_saved_average_and_its_decay_can_change(data, tmp_p
     assert _load(out / "last.pth")["args"]["ema"] == 0.99
 
 
+def test_ship_keeps_what_the_model_computes_without_the_training_copies(data, tmp_path, capsys):
+    out, folder = tmp_path / "run", tmp_path / "published"
+    assert _run(["train", *_args(data, out, "--ema", "0.9", "--num-epoch", "2")]) == 0
+    folder.mkdir()
+    run_file, model_file = out / "last.pth", folder / "model.pth"
+    assert _run(["ship", str(run_file), str(model_file)]) == 0
+    run, model = load_checkpoint(run_file), load_checkpoint(model_file)
+    assert model["ema_state_dict"] is None and model["optimizer"]["state"] == {}
+    assert _same_weights(model["state_dict"], run["ema_state_dict"])  # the validated weights
+    assert model["history"] == run["history"] and model["args"] == run["args"]
+    assert model_file.stat().st_size < run_file.stat().st_size / 3
+    lr = torch.rand(1, 3, 10, 12)
+    with torch.no_grad():
+        assert torch.equal(load_model(run)(lr), load_model(model)(lr))
+    before = model_file.read_bytes()
+    assert _run(["ship", str(run_file), str(model_file)]) == 2  # never replaced without --overwrite
+    assert "--overwrite" in capsys.readouterr().err and model_file.read_bytes() == before
+    assert _run(["ship", str(tmp_path / "missing.pth"), str(folder / "other.pth")]) == 2
+    assert not (folder / "other.pth").exists()
+    # a shipped model resumes with a fresh Adam, from the weights it was validated with
+    assert _run(["resume", str(model_file), "--num-epoch", "3"]) == 0
+    assert _load(folder / "last.pth")["epoch"] == 3
+
+
 def test_checkpoint_contents_and_files(data, tmp_path):
     out = tmp_path / "run"
     assert _run(["train", *_args(data, out, "--num-epoch", "3", "--save-freq", "2")]) == 0
