@@ -109,7 +109,8 @@ class TrainConfig:
         "T91",
         "training set: a name (T91, BSD200, 291 = T91+BSD200, sample-train, ...), a folder of "
         "images, or several joined by commas (T91,my/photos); a multispectral raster (or a folder "
-        "of GeoTIFFs) trains by Wald's protocol on itself, degraded by --degradation (sensor or bicubic)",
+        "of GeoTIFFs) trains by Wald's protocol on itself, degraded by --degradation (sensor or bicubic); "
+        "a folder with hr/ and lr/ trains on those pairs (images, or GeoTIFFs from two sensors)",
         fixed=FIXED_EPOCH,
     )
     val_data: str = option("Set5", "validation set: a name (Set5, Set14, sample-test, ...) or a folder")

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from catalog import matched_pairs, paired_folders
 from data import ImagePair
 from images import IMAGE_SUFFIXES
 from imresize import downsample, modcrop
@@ -215,27 +216,117 @@ def wald_data(paths: Sequence[Path], scale: int, kernels: Sequence[str], holdout
                                f"{first.count} of {first.dtype}; train on rasters of one kind")  # fmt: skip
     regions = []
     for header in headers:
-        dn = read_window(header.sources)
-        mask = nodata_pixels(dn, header.nodata)
-        values = torch.from_numpy(dn.astype(np.float32))
-        if mask is not None:
-            values[:, torch.from_numpy(mask)] = math.nan
-        split = holdout_column(header.width, holdout, scale)
-        if split < scale or header.width - split < scale:
-            raise DatasetError(f"{header.path}: {header.width} columns cannot be split {1 - holdout:g} / "
-                               f"{holdout:g} at x{scale}")  # fmt: skip
+        values = read_with_gaps(header)
+        split = _split_column(header, holdout, scale)
         regions.append((header.path.stem, values[..., :split], values[..., split:]))
     radiometry = fit_radiometry([train for _, train, _ in regions], first, divisor, offset)
-    means = torch.tensor(radiometry.mean, dtype=torch.float32)[:, None, None]
 
     def pair(name: str, dn: Tensor, kernels: Sequence[str]) -> ImagePair:
-        dn = torch.where(dn.isnan(), means * divisor - offset, dn)
-        hr = modcrop(radiometry.to_model(dn), scale)
+        hr = modcrop(radiometry.to_model(filled(dn, radiometry)), scale)
         return ImagePair(name, hr, tuple(downsample(hr, scale, kernel) for kernel in kernels))
 
     train = [pair(f"{name} (west)", region, kernels) for name, region, _ in regions]
     held_out = [pair(f"{name} (east)", region, kernels[:1]) for name, _, region in regions]
     return WaldData(radiometry, train, held_out)
+
+
+def read_with_gaps(header: RasterHeader) -> Tensor:
+    """A raster's (C, H, W) DN as float32, NaN where every band holds nodata."""
+    dn = read_window(header.sources)
+    mask = nodata_pixels(dn, header.nodata)
+    values = torch.from_numpy(dn.astype(np.float32))
+    if mask is not None:
+        values[:, torch.from_numpy(mask)] = math.nan
+    return values
+
+
+def filled(dn: Tensor, radiometry: Radiometry) -> Tensor:
+    """DN with its NaN (nodata) pixels replaced by their band's mean of the training region."""
+    means = torch.tensor(radiometry.mean, dtype=torch.float32)[:, None, None]
+    return torch.where(dn.isnan(), means * radiometry.divisor - radiometry.offset, dn)
+
+
+def _split_column(header: RasterHeader, holdout: float, scale: int) -> int:
+    """The first held-out column of a raster, checked to leave both regions at least `scale` wide."""
+    split = holdout_column(header.width, holdout, scale)
+    if split < scale or header.width - split < scale:
+        raise DatasetError(f"{header.path}: {header.width} columns cannot be split {1 - holdout:g} / "
+                           f"{holdout:g} at x{scale}")  # fmt: skip
+    return split
+
+
+# ---------------------------------------------------------------------------------------
+# Pairs from two sensors
+# ---------------------------------------------------------------------------------------
+
+
+def raster_pairs(train_data: str) -> list[tuple[Path, Path]] | None:
+    """(HR, LR) rasters of a folder of pairs from two sensors (`hr/` and `lr/` subfolders of
+    georeferenced GeoTIFFs matched by name), or None when --train-data is not such a folder."""
+    folder = _located(Path(train_data))
+    halves = paired_folders(folder) if folder.is_dir() else None
+    if halves is None:
+        return None
+    pairs = matched_pairs(*halves)
+    files = [path for pair in pairs for path in pair]
+    if all(p.suffix.lower() in RASTER_SUFFIXES and raster_header(p).georef is not None for p in files):
+        return pairs
+    return None
+
+
+def paired_data(pairs: Sequence[tuple[Path, Path]], scale: int, holdout: float, divisor: float,
+                offset: float) -> WaldData:  # fmt: skip
+    """Read (HR, LR) raster pairs from two sensors whole (`check_pair`), split each into its
+    western training and eastern held-out region, fit the radiometry on the LR training regions
+    and map both sensors' DN with it; nodata pixels are filled with their band's mean."""
+    regions = []
+    for hr_path, lr_path in pairs:
+        hr_header, lr_header = raster_header(hr_path), raster_header(lr_path)
+        check_pair(hr_header, lr_header, scale)
+        if regions and (lr_header.count, lr_header.dtype) != (regions[0][0].count, regions[0][0].dtype):
+            raise DatasetError(f"{lr_path}: {lr_header.count} bands of {lr_header.dtype}, but "
+                               f"{regions[0][0].path} has {regions[0][0].count} of {regions[0][0].dtype}; "
+                               "train on rasters of one kind")  # fmt: skip
+        split = _split_column(lr_header, holdout, 1)
+        hr, lr = read_with_gaps(hr_header), read_with_gaps(lr_header)
+        regions.append((lr_header, (hr[..., : split * scale], lr[..., :split]),
+                        (hr[..., split * scale :], lr[..., split:])))  # fmt: skip
+    radiometry = fit_radiometry([lr for _, (_, lr), _ in regions], regions[0][0], divisor, offset)
+
+    def pair(name: str, hr: Tensor, lr: Tensor) -> ImagePair:
+        to_model = radiometry.to_model
+        return ImagePair(name, to_model(filled(hr, radiometry)), (to_model(filled(lr, radiometry)),))
+
+    train = [pair(f"{header.path.stem} (west)", *west) for header, west, _ in regions]
+    held_out = [pair(f"{header.path.stem} (east)", *east) for header, _, east in regions]
+    return WaldData(radiometry, train, held_out)
+
+
+def check_pair(hr: RasterHeader, lr: RasterHeader, scale: int) -> None:
+    """Raise DatasetError (one line) unless the HR raster has the LR's bands and pixel type,
+    exactly `scale` times its rows and columns, and (both georeferenced) its CRS, a pixel
+    `scale` times smaller and an origin within one LR pixel of the LR's: the misregistration
+    that --registration fits, not another place."""
+    if (hr.count, hr.dtype) != (lr.count, lr.dtype):
+        raise DatasetError(f"{lr.path}: {lr.count} bands of {lr.dtype}, but its HR raster {hr.path.name} has "
+                           f"{hr.count} of {hr.dtype} (pairs share bands and units)")  # fmt: skip
+    if (hr.height, hr.width) != (lr.height * scale, lr.width * scale):
+        raise DatasetError(f"{hr.path}: {hr.width}x{hr.height} is not its LR raster {lr.path.name} "
+                           f"({lr.width}x{lr.height}) times {scale}")  # fmt: skip
+    if hr.georef is None or lr.georef is None:
+        return
+    if hr.georef.crs != lr.georef.crs:
+        raise DatasetError(f"{hr.path}: another CRS than its LR raster {lr.path.name}; warp one onto the "
+                           "other first (gdalwarp)")  # fmt: skip
+    fine, coarse = hr.georef.transform, lr.georef.transform  # (a, b, c, d, e, f): pixel width a, height e
+    same_pixel = [math.isclose(fine[i] * scale, coarse[i], rel_tol=1e-6) for i in (0, 4)]
+    if not all(same_pixel):
+        raise DatasetError(f"{hr.path}: pixels of {fine[0]:g} x {-fine[4]:g}, not its LR raster's "
+                           f"({coarse[0]:g} x {-coarse[4]:g}) divided by {scale}")  # fmt: skip
+    east, north = fine[2] - coarse[2], fine[5] - coarse[5]
+    if abs(east) > abs(coarse[0]) or abs(north) > abs(coarse[4]):
+        raise DatasetError(f"{hr.path}: its origin is ({east:g}, {north:g}) from its LR "
+                           f"raster's, more than one LR pixel: not the same footprint")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from inference import Upscaler
 from losses import make_loss, registered_l1, registered_uncertainty_loss
 from metrics import check_scorable, psnr, scene_scores, score_labels, shave_border, ssim
 from model import MULTI_FRAME, SINGLE_IMAGE, parse_model_options
-from multispectral import WALD_DEGRADATIONS, raster_paths, wald_data
+from multispectral import WALD_DEGRADATIONS, WaldData, paired_data, raster_pairs, raster_paths, wald_data
 from multispectral import scores as multispectral_scores
 from registration import max_shift_for, register
 from runtime import Runtime, autocast
@@ -98,6 +98,9 @@ def single_image_task(config: TrainConfig, model: nn.Module, runtime: Runtime, s
     rasters = raster_paths(config.train_data)
     if rasters is not None:
         return wald_task(config, rasters, runtime)
+    raster_folder = raster_pairs(config.train_data)
+    if raster_folder is not None:
+        return paired_raster_task(config, raster_folder, runtime)
     options = parse_model_options(config.model_option)
     channels = options.get("in_channels", 3)
     kernels = degradation_kernels(config.degradation)
@@ -184,22 +187,47 @@ def patch_loss(config: TrainConfig, runtime: Runtime) -> Callable[[nn.Module, li
 
 def wald_task(config: TrainConfig, rasters: list[Path], runtime: Runtime) -> Task:
     """Wald's protocol on multispectral rasters (multispectral.py): patches of each raster's
-    western part and its version degraded by --degradation; mean per-band PSNR/SSIM on
-    reflectance of the eastern, held-out part (LR by the first kernel), against bicubic."""
+    western part and its version degraded by --degradation; validated on the eastern part (LR
+    by the first kernel)."""
     kernels = tuple(config.degradation.split(","))
     if not set(kernels) <= set(WALD_DEGRADATIONS):
         raise UserError(f"--degradation {config.degradation}: Wald's protocol on rasters takes "
                         f"{' or '.join(WALD_DEGRADATIONS)}, or both as a comma list")  # fmt: skip
-    for key in ("train_scales", "val_data"):
-        if getattr(config, key) != default(key):
-            raise UserError(f"--{key.replace('_', '-')} is for image sets; rasters train by Wald's protocol "
-                            "and validate on their held-out region (--holdout)")  # fmt: skip
+    _check_raster_options(config, "rasters train by Wald's protocol")
     data = wald_data(rasters, config.scale, kernels, config.holdout, config.value_scale,
                      config.value_offset)  # fmt: skip
+    bands = len(data.radiometry.bands)
+    what = f"{len(rasters)} raster(s) of {bands} bands by Wald's protocol (LR by {config.degradation})"
+    return raster_task(config, data, what, str(rasters[0]), runtime)
+
+
+def paired_raster_task(config: TrainConfig, pairs: list[tuple[Path, Path]], runtime: Runtime) -> Task:
+    """(HR, LR) raster pairs from two sensors (multispectral.paired_data): patches of each pair's
+    western part; validated on the eastern part."""
+    if config.degradation != default("degradation"):
+        raise UserError(f"--degradation {config.degradation}: pairs from two sensors bring their own LR "
+                        "rasters (lr/); leave it out")  # fmt: skip
+    _check_raster_options(config, "raster pairs validate on their held-out region")
+    data = paired_data(pairs, config.scale, config.holdout, config.value_scale, config.value_offset)
+    what = f"{len(pairs)} raster pair(s) of {len(data.radiometry.bands)} bands from two sensors"
+    return raster_task(config, data, what, str(pairs[0][1]), runtime)
+
+
+def _check_raster_options(config: TrainConfig, why: str) -> None:
+    """Refuse the options of image sets that rasters do not take, in one line."""
+    for key in ("train_scales", "val_data"):
+        if getattr(config, key) != default(key):
+            raise UserError(f"--{key.replace('_', '-')} is for image sets; {why} and validate on their "
+                            "held-out region (--holdout)")  # fmt: skip
+
+
+def raster_task(config: TrainConfig, data: WaldData, what: str, first: str, runtime: Runtime) -> Task:
+    """Patches of the rasters' training regions, the chosen loss; mean per-band PSNR/SSIM on
+    reflectance of their eastern, held-out regions, against bicubic."""
     radiometry = data.radiometry
     channels = parse_model_options(config.model_option).get("in_channels", 3)
     if channels != len(radiometry.bands):
-        raise UserError(f"{rasters[0]}: {len(radiometry.bands)} bands, but {config.model} is built for "
+        raise UserError(f"{first}: {len(radiometry.bands)} bands, but {config.model} is built for "
                         f"{channels} (--model-option in_channels={len(radiometry.bands)})")  # fmt: skip
     dataset = PatchDataset(data.train, config.patch_size, config.patches_per_image, seed=config.seed,
                            grid_stride=config.grid_stride)  # fmt: skip
@@ -228,10 +256,9 @@ def wald_task(config: TrainConfig, rasters: list[Path], runtime: Runtime) -> Tas
 
     baseline = scores(lambda lr: upscale(lr, scale))
     summary = (
-        f"{len(rasters)} raster(s) of {len(radiometry.bands)} bands by Wald's protocol (LR by "
-        f"{config.degradation}), {len(dataset)} patches/epoch from the western "
-        f"{1 - config.holdout:.0%}, loss {config.loss}; validation: mean band PSNR on reflectance of "
-        f"the eastern {config.holdout:.0%} (bicubic {baseline[0]:.2f} dB)"
+        f"{what}, {len(dataset)} patches/epoch from the western {1 - config.holdout:.0%}, loss "
+        f"{config.loss}; validation: mean band PSNR on reflectance of the eastern {config.holdout:.0%} "
+        f"(bicubic {baseline[0]:.2f} dB)"
     )
     return Task(SINGLE_IMAGE, dataset, patch_loss(config, runtime), validate, baseline, summary, example,
                 radiometry.as_dict(), "held-out")  # fmt: skip

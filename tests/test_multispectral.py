@@ -268,6 +268,85 @@ def test_wald_training_refuses_what_does_not_fit_in_one_line(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------
+# Raster pairs from two sensors (issue [18], item 1)
+# ---------------------------------------------------------------------------------------
+
+
+def _raster_pair(folder: Path, name: str = "scene", bands: int = 2, shift: float = 0.5, **change) -> Path:
+    """hr/<name>.tif and lr/<name>.tif: a 20 m raster and its x2 counterpart on a 10 m grid whose
+    origin is `shift` HR pixels off (as the Landsat pan band is), the HR another sensor's
+    radiometry (gain 1.1); `change` replaces the HR's array or transform."""
+    hr = _landscape(bands, 64, 96)
+    lr = downsample(torch.from_numpy(hr.astype(np.float32)), 2, "sensor").round().numpy().astype(np.uint16)
+    hr = (hr * 1.1).astype(np.uint16)
+    fine = GRID @ Affine.scale(0.5) @ Affine.translation(-shift, -shift)
+    for half, array, transform in (
+        ("hr", change.get("hr", hr), change.get("transform", fine)),
+        ("lr", lr, GRID),
+    ):
+        (folder / half).mkdir(parents=True, exist_ok=True)
+        _raster(folder / half / f"{name}.tif", array, transform)
+    return folder
+
+
+def _pair_training(pairs: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--model", "edsr", "--model-option", "preset=\"tiny\"", "--model-option",
+            "in_channels=2", "--scale", "2", "--train-data", str(pairs), "--patch-size", "24",
+            "--patches-per-image", "8", "--batch-size", "4", "--num-epoch", "1", "--workers", "0",
+            "--out-dir", str(out), "--quiet", *extra]  # fmt: skip
+
+
+def test_raster_pairs_from_two_sensors_train_on_their_west_and_validate_on_their_east(tmp_path):
+    pairs = _raster_pair(tmp_path / "pairs")
+    data = multispectral.paired_data(multispectral.raster_pairs(str(pairs)), 2, 0.25, 10_000.0, 0.0)
+    (train_pair,), (held_out,) = data.train, data.held_out
+    assert train_pair.hr.shape == (2, 64, 72) and train_pair.lr.shape == (2, 32, 36)
+    assert held_out.hr.shape == (2, 64, 24) and held_out.lr.shape == (2, 32, 12)
+    lr_dn = torch.from_numpy(rasterio.open(pairs / "lr" / "scene.tif").read().astype(np.float32))
+    torch.testing.assert_close(data.radiometry.to_dn(train_pair.lr), lr_dn[..., :36], rtol=0, atol=0.05)
+    out = tmp_path / "run"
+    assert run_cli(train.main, _pair_training(pairs, out, "--registration", "both")) == 0
+    checkpoint = load_checkpoint(out / "last.pth")
+    assert checkpoint["radiometry"]["bands"] == BANDS[:2]
+    assert checkpoint["history"][0]["psnr"] > 0 and checkpoint["args"]["registration"] == "both"
+
+
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("ratio", "is not its LR raster"),
+        ("partner", "no image named"),
+        ("bands", "1 bands of uint16, but its HR raster"),
+        ("pixel", "divided by 2"),
+        ("place", "not the same footprint"),
+        ("kernel", "bring their own LR"),
+    ],
+)
+def test_raster_pairs_that_do_not_fit_are_one_line_and_write_nothing(tmp_path, capsys, case, words):
+    pairs, extra = tmp_path / "pairs", []
+    if case == "ratio":
+        _raster_pair(pairs, hr=_landscape(2, 60, 96))
+    elif case == "partner":
+        _raster_pair(pairs)
+        _raster(pairs / "hr" / "alone.tif", _landscape(2, 64, 96))
+    elif case == "bands":
+        _raster_pair(pairs)
+        _raster(pairs / "lr" / "scene.tif", _landscape(1, 32, 48))
+    elif case == "pixel":
+        _raster_pair(pairs, transform=GRID @ Affine.scale(0.4))
+    elif case == "place":
+        _raster_pair(pairs, transform=GRID @ Affine.scale(0.5) @ Affine.translation(5, 0))
+    else:
+        _raster_pair(pairs)
+        extra = ["--degradation", "sensor"]
+    out = tmp_path / "run"
+    assert run_cli(train.main, _pair_training(pairs, out, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err, err
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------
 # Real rasters' geometry
 # ---------------------------------------------------------------------------------------
 
