@@ -355,6 +355,16 @@ def scores(sr: Tensor, hr: Tensor, scale: int, shave: int) -> dict:
     }
 
 
+def band_by_band(upscaler: Callable[[Tensor], Tensor], lr: Tensor) -> Tensor:
+    """A photograph model applied to each band of (C, h, w) reflectance as a gray image in [0, 1]
+    (the band over its maximum), the baseline a multispectral model must beat."""
+    out = []
+    for band in lr:
+        peak = band.max().clamp(min=1e-6)
+        out.append(upscaler((band / peak)[None])[0] * peak)
+    return torch.stack(out)
+
+
 # ---------------------------------------------------------------------------------------
 # SR of a raster, window by window
 # ---------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from imresize import downsample, modcrop, upscale  # noqa: E402
 from inference import Upscaler  # noqa: E402
 from multispectral import (  # noqa: E402
     Radiometry,
+    band_by_band,
     holdout_column,
     raster_inputs,
     raster_paths,
@@ -43,15 +44,6 @@ from utils import UserError, atomic_write, check_outputs, run_cli  # noqa: E402
 
 KERNELS = ("sensor", "bicubic")
 FALSE_COLOUR = ("B12", "B8A", "B05")  # red, green, blue of the panel (SWIR, NIR, red edge)
-
-
-def photo_bands(upscaler: Upscaler, lr: Tensor) -> Tensor:
-    """A photograph model applied to each band of (C, h, w) reflectance as a gray image in [0, 1]."""
-    out = []
-    for band in lr:
-        peak = band.max().clamp(min=1e-6)
-        out.append(upscaler((band / peak)[None])[0] * peak)
-    return torch.stack(out)
 
 
 def held_out_region(checkpoint: dict, path: str) -> tuple[Tensor, Radiometry, int]:
@@ -83,7 +75,7 @@ def study(args: argparse.Namespace) -> dict:
             lr = downsample(hr, scale, kernel)
             outputs = {
                 "bicubic": upscale(lr, scale),
-                names["photo"]: photo_bands(photo, lr),
+                names["photo"]: band_by_band(photo, lr),
                 names["model"]: model((lr - low) / (high - low)) * (high - low) + low,
             }
             results[kernel] = {who: scores(sr, hr, scale, scale) for who, sr in outputs.items()}
