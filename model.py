@@ -151,6 +151,8 @@ class EDSR(nn.Module):
     paper's EDSR-baseline), paper (32 blocks, 256 features, res_scale 0.1). `image_skip`
     adds the bicubic-upscaled input to the output (in place of the paper's RGB mean shift:
     the network learns only the residual, which speeds up training on small budgets).
+    `band_by_band` runs every band of the input through one single-band network (the bands
+    folded into the batch): for multispectral data, in_channels times a gray network's cost.
     """
 
     def __init__(
@@ -162,6 +164,7 @@ class EDSR(nn.Module):
         features: int | None = None,
         res_scale: float | None = None,
         image_skip: bool = True,
+        band_by_band: bool = False,
     ) -> None:
         super().__init__()
         if preset not in EDSR_PRESETS:
@@ -170,16 +173,24 @@ class EDSR(nn.Module):
         blocks = config["blocks"] if blocks is None else blocks
         features = config["features"] if features is None else features
         res_scale = config["res_scale"] if res_scale is None else res_scale
-        self.scale, self.image_skip = scale, image_skip
-        self.head = nn.Conv2d(in_channels, features, 3, padding=1)
+        self.scale, self.image_skip, self.band_by_band = scale, image_skip, band_by_band
+        bands = 1 if band_by_band else in_channels
+        self.head = nn.Conv2d(bands, features, 3, padding=1)
         self.body = nn.Sequential(
             *[ResBlock(features, res_scale) for _ in range(blocks)],
             nn.Conv2d(features, features, 3, padding=1),
         )
         self.upsample = _pixel_shuffle_upsampler(features, scale)
-        self.tail = nn.Conv2d(features, in_channels, 3, padding=1)
+        self.tail = nn.Conv2d(features, bands, 3, padding=1)
 
     def forward(self, lr: Tensor) -> Tensor:
+        if self.band_by_band:
+            batch, bands, height, width = lr.shape
+            sr = self._forward(lr.reshape(batch * bands, 1, height, width))
+            return sr.reshape(batch, bands, *sr.shape[-2:])
+        return self._forward(lr)
+
+    def _forward(self, lr: Tensor) -> Tensor:
         x = self.head(lr)
         x = x + self.body(x)
         out = self.tail(self.upsample(x))

@@ -19,7 +19,7 @@ import super_resolve
 import train
 from checkpoint import load_checkpoint, save_checkpoint
 from imresize import downsample
-from model import build_model
+from model import build_model, multiply_adds_per_pixel
 from multispectral import Radiometry, holdout_column, wald_data
 from trainer import initialise_from
 from utils import run_cli
@@ -140,6 +140,29 @@ def test_a_photograph_model_adapted_to_bands_is_that_model_on_identical_bands():
         expected = (rgb * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
         out = bands(gray.expand(1, 6, 12, 12))
     torch.testing.assert_close(out, expected.expand(1, 6, 24, 24), rtol=1e-5, atol=1e-5)
+
+
+def test_a_band_by_band_model_from_a_photograph_model_is_that_model_on_each_band():
+    """band_by_band=true: one single-band network for every band; --init-from an RGB model makes
+    it exactly that model applied to each band as a gray image, at six times a gray pass's cost."""
+    photo = build_model("edsr", scale=2, preset="tiny")
+    checkpoint = load_checkpoint(ROOT / "checkpoints" / "srcnn_x3.pth")
+    spec = {"name": "edsr", "scale": 2, "options": {"preset": "tiny"}}
+    checkpoint = {"format": checkpoint["format"], "model": spec, "state_dict": photo.state_dict()}
+    bands = build_model("edsr", scale=2, preset="tiny", in_channels=6, band_by_band=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("trainer.load_checkpoint", lambda _: checkpoint)
+        initialise_from(bands, "photo.pth")
+    lr = torch.rand(2, 6, 12, 12)
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        out = bands(lr)
+        for band in range(6):
+            gray = lr[:, band : band + 1]
+            expected = (photo(gray.expand(2, 3, 12, 12)) * luma).sum(1)
+            torch.testing.assert_close(out[:, band], expected, rtol=1e-5, atol=1e-5)
+    gray_cost = multiply_adds_per_pixel(build_model("edsr", scale=2, preset="tiny", in_channels=1), 2, 1)
+    assert multiply_adds_per_pixel(bands, 2, 6) == pytest.approx(6 * gray_cost)
 
 
 # ---------------------------------------------------------------------------------------
