@@ -27,7 +27,7 @@ import glob
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,8 @@ from utils import DatasetError, ImageError, atomic_write
 WALD_DEGRADATIONS = ("sensor", "bicubic")  # the LR kernels of Wald's protocol (imresize.downsample)
 PERCENTILES = (0.001, 0.999)  # of reflectance over the training region: [low, high] -> [0, 1]
 QUANTILE_SAMPLES = 1_000_000  # pixels per band the percentiles are taken from, at most
+PRODUCT_METADATA = ("MTD_MSIL2A.xml", "MTD_MSIL1C.xml")  # a Sentinel-2 product's (SAFE) metadata file
+PRODUCT_DEPTH = 5  # folders above a band file searched for it (SAFE/GRANULE/<tile>/IMG_DATA/R20m/)
 
 
 # ---------------------------------------------------------------------------------------
@@ -90,9 +92,20 @@ class Radiometry:
         """(C, H, W) in the model's units -> DN (float, unrounded)."""
         return self.model_to_reflectance(values) * self.divisor - self.offset
 
+    def for_raster(self, header: RasterHeader) -> Radiometry:
+        """This radiometry with the DN units that the raster's product states, when it states
+        them (a Sentinel-2 product of another processing baseline than the training rasters');
+        the normalisation is in reflectance and stays."""
+        units = product_units(header)
+        return self if units is None else replace(self, divisor=units.divisor, offset=units.offset)
+
+    def units(self) -> str:
+        """How DN become reflectance, in words."""
+        return units_text(self.divisor, self.offset)
+
     def check(self, header: RasterHeader, model: str) -> None:
         """Refuse, naming both, a raster of another band count or pixel type than the model's."""
-        units = f"{self.dtype} DN, reflectance = (DN + {self.offset:g}) / {self.divisor:g}"
+        units = f"{self.dtype} DN, {self.units()}"
         if header.count != len(self.bands):
             raise ImageError(f"{header.path}: {header.count} bands, but {model} takes {len(self.bands)} "
                              f"({', '.join(self.bands)})")  # fmt: skip
@@ -109,6 +122,68 @@ class Radiometry:
         """From `as_dict`'s dict (a checkpoint's, checked by its schema)."""
         tuples = ("bands", "low", "high", "mean")
         return cls(**{key: tuple(value) if key in tuples else value for key, value in values.items()})
+
+
+def units_text(divisor: float, offset: float) -> str:
+    """reflectance = (DN + offset) / divisor, in words: 'reflectance = (DN - 1000) / 10000'."""
+    return f"reflectance = (DN {'-' if offset < 0 else '+'} {abs(offset):g}) / {divisor:g}"
+
+
+@dataclass(frozen=True)
+class ProductUnits:
+    """The DN units a product's metadata states: reflectance = (DN + offset) / divisor."""
+
+    divisor: float
+    offset: float
+    source: Path
+
+
+def product_units(header: RasterHeader) -> ProductUnits | None:
+    """The units stated by the Sentinel-2 product a raster's files lie in (MTD_MSIL2A.xml or
+    MTD_MSIL1C.xml up to PRODUCT_DEPTH folders above them: the quantification value and, from
+    processing baseline 04.00, the BOA_ADD_OFFSET / RADIO_ADD_OFFSET); None outside a product."""
+    for source in header.sources:
+        for folder in list(Path(os.path.abspath(source)).parents)[:PRODUCT_DEPTH]:
+            for name in PRODUCT_METADATA:
+                if (folder / name).is_file():
+                    return _read_units(folder / name)
+    return None
+
+
+def _read_units(path: Path) -> ProductUnits:
+    """The units a product metadata file states, or an ImageError in one line."""
+    import xml.etree.ElementTree as ElementTree
+
+    try:
+        root = ElementTree.parse(path).getroot()
+    except (ElementTree.ParseError, OSError) as err:
+        raise ImageError(f"{path}: not readable product metadata ({err})") from None
+
+    def values(*tags: str) -> list[float]:
+        found = [e.text for e in root.iter() if e.tag.rsplit("}", 1)[-1] in tags and e.text]
+        try:
+            return [float(text) for text in found]
+        except ValueError:
+            raise ImageError(f"{path}: a {'/'.join(tags)} that is not a number") from None
+
+    divisors = values("BOA_QUANTIFICATION_VALUE", "QUANTIFICATION_VALUE")
+    offsets = set(values("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET")) or {0.0}
+    if not divisors or not divisors[0] > 0:
+        raise ImageError(f"{path}: states no positive quantification value")
+    if len(offsets) > 1:
+        raise ImageError(f"{path}: its bands have different offsets ({sorted(offsets)}); not supported")
+    return ProductUnits(divisors[0], offsets.pop(), path)
+
+
+def check_units(header: RasterHeader, divisor: float, offset: float) -> None:
+    """Refuse, in one line, training on a raster whose product states other units than given."""
+    units = product_units(header)
+    if units is not None and (units.divisor, units.offset) != (divisor, offset):
+        stated, given = units_text(units.divisor, units.offset), units_text(divisor, offset)
+        raise DatasetError(
+            f"{header.path}: its product ({units.source.name}) states {stated}, not {given}; give "
+            f"--value-scale {units.divisor:g} --value-offset {units.offset:g}"
+        )
 
 
 def fit_radiometry(
@@ -216,6 +291,7 @@ def wald_data(paths: Sequence[Path], scale: int, kernels: Sequence[str], holdout
                                f"{first.count} of {first.dtype}; train on rasters of one kind")  # fmt: skip
     regions = []
     for header in headers:
+        check_units(header, divisor, offset)
         values = read_with_gaps(header)
         split = _split_column(header, holdout, scale)
         regions.append((header.path.stem, values[..., :split], values[..., split:]))
@@ -283,6 +359,8 @@ def paired_data(pairs: Sequence[tuple[Path, Path]], scale: int, holdout: float, 
     for hr_path, lr_path in pairs:
         hr_header, lr_header = raster_header(hr_path), raster_header(lr_path)
         check_pair(hr_header, lr_header, scale)
+        for header in (hr_header, lr_header):
+            check_units(header, divisor, offset)
         if regions and (lr_header.count, lr_header.dtype) != (regions[0][0].count, regions[0][0].dtype):
             raise DatasetError(f"{lr_path}: {lr_header.count} bands of {lr_header.dtype}, but "
                                f"{regions[0][0].path} has {regions[0][0].count} of {regions[0][0].dtype}; "

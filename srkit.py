@@ -97,7 +97,8 @@ class SuperResolver:
         if self.radiometry is not None:
             header = raster_header(lr_path)
             self.radiometry.check(header, f"{self.checkpoint} ({self.name} x{self.scale})")
-            return upscale_raster(self.upscaler.upscale_tile, header, sr_path, self.radiometry, self.scale,
+            radiometry = self.radiometry.for_raster(header)  # the units its product states, if any
+            return upscale_raster(self.upscaler.upscale_tile, header, sr_path, radiometry, self.scale,
                                   self.upscaler.tile, self.upscaler.overlap)  # fmt: skip
         check_memory(str(lr_path), *image_size(lr_path), self.scale)
         image, bits, alpha = read_image_and_alpha(lr_path)

@@ -581,6 +581,7 @@ def run_rasters(args: argparse.Namespace, checkpoint: dict, upscaler: Upscaler) 
     paths = [header.path for header in headers]
     for header in headers:
         radiometry.check(header, f"{args.checkpoint} ({name} x{scale})")
+    units = [radiometry.for_raster(header) for header in headers]  # as each product states them
     gts = [
         raster_gt(args.gt, header, radiometry, len(headers) == 1) if args.gt else None for header in headers
     ]
@@ -591,23 +592,26 @@ def run_rasters(args: argparse.Namespace, checkpoint: dict, upscaler: Upscaler) 
         ensure_folder(args.out_dir)
     plans = plan_outputs(paths, argparse.Namespace(**{**vars(args), "ext": "tif"}), scale)
     rows = []
-    for header, outputs, gt in zip(headers, plans, gts):
+    for header, outputs, gt, units_here in zip(headers, plans, gts, units):
         tiles = None if args.quiet or args.json else header.path.name
+        if units_here != radiometry and not args.json:
+            print(f"{header.path.name}: its product states {units_here.units()} (the model was trained "
+                  f"on {radiometry.units()}); read and written in the product's units")  # fmt: skip
         makers = ((outputs.sr, upscaler.upscale_tile), (outputs.bicubic, lambda lr: upscale(lr, scale)))
         for path, make in makers:
             if path is not None:
-                upscale_raster(make, header, path, radiometry, scale, args.tile, args.tile_overlap, tiles)
+                upscale_raster(make, header, path, units_here, scale, args.tile, args.tile_overlap, tiles)
         if not args.json:
             written = " and ".join(str(path) for path in (outputs.sr, outputs.bicubic) if path is not None)
             grid = "on the input's grid made finer" if header.georef else "(the input has no georeferencing)"
             print(f"wrote {written}: {header.count}-band {header.dtype} GeoTIFF {grid}")
         if gt is not None:
-            hr = read_reflectance(gt, radiometry)
+            hr = read_reflectance(gt, radiometry.for_raster(gt))
             shave = shave_of(args, scale)
             row = {"name": header.path.stem, "bands": list(radiometry.bands)}
             for who, path in ((name, outputs.sr), ("bicubic", outputs.bicubic)):
                 if path is not None:
-                    sr = read_reflectance(raster_header(path), radiometry)
+                    sr = read_reflectance(raster_header(path), units_here)
                     row[who] = multispectral_scores(sr, hr, scale, shave)
             rows.append(row)
     if rows:

@@ -192,6 +192,58 @@ def test_the_sr_raster_keeps_grid_units_bands_and_nodata(model_checkpoint, tmp_p
     np.testing.assert_allclose(out[:, :, 12:].mean((1, 2)), array[:, :, 6:].mean((1, 2)), rtol=0.25)
 
 
+def _product(folder: Path, offset: float | None, level: str = "L2A") -> Path:
+    """A Sentinel-2 SAFE folder's skeleton: its metadata file stating the quantification value
+    and (from processing baseline 04.00) the offset; returns the folder band files go in."""
+    quantification, add = ("BOA_QUANTIFICATION_VALUE", "BOA_ADD_OFFSET") if level == "L2A" else (
+        "QUANTIFICATION_VALUE", "RADIO_ADD_OFFSET")  # fmt: skip
+    offsets = "" if offset is None else "".join(f'<{add} band_id="{i}">{offset:g}</{add}>' for i in range(13))
+    (folder / f"MTD_MSI{level}.xml").parent.mkdir(parents=True, exist_ok=True)
+    (folder / f"MTD_MSI{level}.xml").write_text(
+        f'<?xml version="1.0"?><n1:Level-2A_User_Product xmlns:n1="https://psd-14.sentinel2.eo.esa.int">'
+        f"<n1:General_Info><Product_Image_Characteristics><QUANTIFICATION_VALUES_LIST><{quantification}>"
+        f"10000</{quantification}></QUANTIFICATION_VALUES_LIST><OFFSETS>{offsets}</OFFSETS>"
+        f"</Product_Image_Characteristics></n1:General_Info></n1:Level-2A_User_Product>"
+    )
+    bands = folder / "GRANULE" / "L2A_T18SVG" / "IMG_DATA" / "R20m"
+    bands.mkdir(parents=True)
+    return bands
+
+
+def test_a_product_that_states_an_offset_is_read_and_written_in_its_units(model_checkpoint, tmp_path, capsys):
+    """Item 2: a model trained on DN / 10,000 applied to a processing-baseline-04.00 L2A product
+    (DN = 10,000 reflectance + 1,000): the product's offset is read from its metadata, so the SR
+    is the same reflectance, written in the product's DN (1,000 higher)."""
+    array = _landscape(4, 30, 40, seed=5) + 2000  # away from 0, where uint16 output is clipped
+    (tmp_path / "plain").mkdir()
+    plain = _raster(tmp_path / "plain" / "scene.tif", array)
+    shifted = _raster(_product(tmp_path / "S2B.SAFE", -1000) / "scene.tif", array + 1000)
+    assert _sr(model_checkpoint, plain, tmp_path / "out_plain") == 0
+    assert "its product states" not in capsys.readouterr().out
+    assert _sr(model_checkpoint, shifted, tmp_path / "out_l2a") == 0
+    assert "its product states reflectance = (DN - 1000) / 10000" in capsys.readouterr().out
+    with (
+        rasterio.open(tmp_path / "out_plain" / "scene_run_last.tif") as a,
+        rasterio.open(tmp_path / "out_l2a" / "scene_run_last.tif") as b,
+    ):
+        difference = b.read().astype(np.int64) - a.read().astype(np.int64)
+    assert np.abs(difference - 1000).max() <= 1  # the same reflectance; rounding apart
+    # training on it with other units than the product states is refused in one line
+    argv = ["train", "--model", "edsr", "--model-option", "preset=\"tiny\"", "--model-option",
+            "in_channels=4", "--scale", "2", "--train-data", str(shifted), "--patch-size", "16",
+            "--num-epoch", "1", "--workers", "0", "--quiet", "--out-dir", str(tmp_path / "run")]  # fmt: skip
+    capsys.readouterr()
+    assert run_cli(train.main, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--value-offset -1000" in err and not (tmp_path / "run").exists()
+    # a product whose metadata cannot be read: one line, nothing written
+    broken = _product(tmp_path / "S2C.SAFE", None, "L1C")
+    (tmp_path / "S2C.SAFE" / "MTD_MSIL1C.xml").write_text("<not xml")
+    source = _raster(broken / "scene.tif", array)
+    assert _sr(model_checkpoint, source, tmp_path / "out_broken") == 2
+    assert "MTD_MSIL1C.xml" in capsys.readouterr().err and not (tmp_path / "out_broken").exists()
+
+
 @pytest.mark.parametrize("dtype", ["int16", "float32"])
 def test_rasters_of_other_pixel_types_come_back_in_their_type(model_checkpoint, tmp_path, dtype):
     checkpoint = load_checkpoint(model_checkpoint)
