@@ -167,7 +167,7 @@ def test_the_readme_links_every_docs_page():
 
 
 # The command-line scripts and how to reach each parser's options (subcommands included).
-SCRIPTS = ("train", "super_resolve", "data", "info", "bench", "gpu_check", "bursts")
+SCRIPTS = ("train", "super_resolve", "data", "info", "bench", "gpu_check", "bursts", "landsat_study")
 # Flags of other programs that the documents show (git, torchrun, tensorboard, pip, pytest, make).
 FOREIGN_FLAGS = {"--depth", "--nproc_per_node", "--logdir", "--strict-markers", "--durations", "--help",
                  "--no-cache-dir", "--index-url", "--extra-index-url", "--upgrade", "--no-deps"}  # fmt: skip

@@ -151,8 +151,8 @@ def evaluate(pairs: Path, runs: dict[str, Path], args: argparse.Namespace) -> di
     return {who: scored(sr, hr) for who, sr in outputs.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point."""
+def build_parser() -> argparse.ArgumentParser:
+    """The study's command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scene", type=Path, help="the Landsat 8 folder (default: "
                         "$SR_DATA_ROOT/RS-sample/landsat8)")  # fmt: skip
@@ -166,7 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--holdout", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace a previous study in --out")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    args = build_parser().parse_args(argv)
     scene = args.scene or Path(_data_root()) / "RS-sample" / "landsat8"
     if args.out.exists() and not args.overwrite:
         raise UserError(f"{args.out} exists; give another --out, or --overwrite")
