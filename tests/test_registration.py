@@ -72,6 +72,21 @@ def test_registration_runs_on_bf16_predictions():
     assert kept_pred.dtype == kept_target.dtype == torch.float32 and torch.isfinite(kept_target).all()
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_registration_on_the_gpu_matches_the_cpu():
+    """The registered loss's steps on CUDA (what `gpu_check.py run` checks on a lent GPU): the
+    same shift, and the same registered target to float32 rounding."""
+    pred = _smooth(2, 3, 32)
+    target = shift_image(pred, torch.tensor([[0.3, -0.6], [1.2, 0.4]])) * 1.1 + 0.02
+    on_cpu = register(pred, target, "both", max_shift=2)
+    on_gpu = register(pred.cuda(), target.cuda(), "both", max_shift=2)
+    shift_on_gpu = estimate_shift(pred.cuda(), target.cuda(), 2).cpu()
+    torch.testing.assert_close(shift_on_gpu, estimate_shift(pred, target, 2), atol=1e-3, rtol=0)
+    torch.testing.assert_close(on_gpu[1].cpu(), on_cpu[1], atol=1e-4, rtol=1e-4)
+    assert on_gpu[2] == on_cpu[2]
+
+
 # ---------------------------------------------------------------------------------------
 # Paired folders
 # ---------------------------------------------------------------------------------------
