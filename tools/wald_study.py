@@ -58,9 +58,8 @@ def held_out_region(checkpoint: dict, path: str) -> tuple[Tensor, Radiometry, in
     return modcrop(reflectance[..., split:], scale), radiometry, scale
 
 
-def study(args: argparse.Namespace) -> dict:
+def study(args: argparse.Namespace, checkpoint: dict) -> dict:
     """Every method's scores on the held-out region (and on each --on raster whole), per degradation."""
-    checkpoint = load_checkpoint(args.checkpoint)
     hr, radiometry, scale = held_out_region(checkpoint, args.checkpoint)
     model = Upscaler.from_checkpoint(checkpoint, torch.device("cpu"))
     photo = Upscaler.from_checkpoint(load_checkpoint(args.photo), torch.device("cpu"))
@@ -112,9 +111,8 @@ def print_table(record: dict) -> None:
                       f"{values['ergas']:6.3f}")  # fmt: skip
 
 
-def native_panel(args: argparse.Namespace) -> None:
+def native_panel(args: argparse.Namespace, checkpoint: dict) -> None:
     """False-colour panel of the native raster's SR beside bicubic, with a zoomed detail."""
-    checkpoint = load_checkpoint(args.checkpoint)
     config = recorded_config(checkpoint, args.checkpoint)
     radiometry, scale = Radiometry.from_dict(checkpoint["radiometry"]), config.scale
     raster = raster_paths(config.train_data)[0]
@@ -162,14 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace --json / --panel files")
     args = parser.parse_args(argv)
     check_outputs([Path(p) for p in (args.json, args.panel) if p], [], args.overwrite)
-    record = study(args)
+    checkpoint = load_checkpoint(args.checkpoint)
+    record = study(args, checkpoint)
     print_table(record)
     if args.json:
         with atomic_write(args.json, "results") as tmp:
             tmp.write_text(json.dumps(record, indent=2) + "\n")
         print(f"\nresults written to {args.json}")
     if args.panel:
-        native_panel(args)
+        native_panel(args, checkpoint)
         print(f"panel written to {args.panel}")
     return 0
 
