@@ -42,6 +42,7 @@ from inference import tile_boxes
 from metrics import band_energy_ratios, band_psnr, shave_border, spectral_angle, ssim_map
 from metrics import ergas as ergas_index
 from rasters import RASTER_SUFFIXES, RasterHeader, raster_header, read_window, stack_header
+from registration import max_shift_for, register
 from utils import DatasetError, ImageError, atomic_write
 
 WALD_DEGRADATIONS = ("sensor", "bicubic")  # the LR kernels of Wald's protocol (imresize.downsample)
@@ -441,6 +442,15 @@ def band_by_band(upscaler: Callable[[Tensor], Tensor], lr: Tensor) -> Tensor:
         peak = band.max().clamp(min=1e-6)
         out.append(upscaler((band / peak)[None])[0] * peak)
     return torch.stack(out)
+
+
+def registered_scores(sr: Tensor, hr: Tensor, scale: int, shave: int, mode: str) -> dict:
+    """Per band and mean PSNR/SSIM after registering the (C, H, W) reference to the result
+    (registration.py: the shift, then each band's gain and offset fitted to the result), on the
+    pixels the shift keeps and the shave beyond them: a reference from another sensor."""
+    pred, target, border = register(sr[None], hr[None], mode, max_shift_for(scale))
+    values = scores(pred[0], target[0], scale, max(0, shave - border))
+    return {f"registered_{key}": values[key] for key in ("psnr", "ssim", "band_psnr")}
 
 
 # ---------------------------------------------------------------------------------------

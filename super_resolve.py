@@ -74,7 +74,7 @@ from metrics import (
     score_labels,
 )
 from model import MODELS, MULTI_FRAME, SINGLE_IMAGE, load_model
-from multispectral import Radiometry, raster_inputs, read_reflectance, upscale_raster
+from multispectral import Radiometry, raster_inputs, read_reflectance, registered_scores, upscale_raster
 from multispectral import scores as multispectral_scores
 from rasters import (
     RASTER_SUFFIXES,
@@ -563,8 +563,7 @@ def run_rasters(args: argparse.Namespace, checkpoint: dict, upscaler: Upscaler) 
     by window, in its units and pixel type; with --gt, per-band and spectral scores."""
     for flag, value in (("--outscale", args.outscale), ("--compare", args.compare),
                         ("--compare-dir", args.compare_dir), ("--fda-plot", args.fda_plot),
-                        ("--degradation", args.degradation), ("--dataset", args.dataset),
-                        ("--registration", args.registration)):  # fmt: skip
+                        ("--degradation", args.degradation), ("--dataset", args.dataset)):  # fmt: skip
         if value:
             raise UserError(
                 f"{flag} is for photograph models; a multispectral model writes and scores rasters"
@@ -613,6 +612,8 @@ def run_rasters(args: argparse.Namespace, checkpoint: dict, upscaler: Upscaler) 
                 if path is not None:
                     sr = read_reflectance(raster_header(path), units_here)
                     row[who] = multispectral_scores(sr, hr, scale, shave)
+                    if args.registration:
+                        row[who] |= registered_scores(sr, hr, scale, shave, args.registration)
             rows.append(row)
     if rows:
         report_rasters(args, name, scale, rows)
@@ -661,6 +662,10 @@ def report_rasters(args: argparse.Namespace, name: str, scale: int, rows: list[d
                 bands = "  ".join(f"{v:7.2f}" for v in values["band_psnr"])
                 print(f"  {who:10} {bands}   {values['psnr']:6.2f} {values['ssim']:.4f}  "
                       f"{values['sam']:6.3f} {values['ergas']:6.3f}")  # fmt: skip
+                if "registered_psnr" in values:
+                    bands = "  ".join(f"{v:7.2f}" for v in values["registered_band_psnr"])
+                    print(f"  {'registered':10} {bands}   {values['registered_psnr']:6.2f} "
+                          f"{values['registered_ssim']:.4f}  ({args.registration})")  # fmt: skip
 
 
 SINGLE_IMAGE_OPTIONS = ("degradation", "fda_plot", "compare", "compare_dir", "suffix", "ext", "quality",
