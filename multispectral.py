@@ -270,8 +270,9 @@ def _located(path: Path) -> Path:
 
 
 @dataclass
-class WaldData:
-    """Training and held-out pairs (the model's units) made from rasters by Wald's protocol."""
+class RasterData:
+    """Training and held-out pairs (the model's units) made from rasters: by Wald's protocol
+    from one sensor (`wald_data`) or from two sensors' pairs (`paired_data`)."""
 
     radiometry: Radiometry
     train: list[ImagePair]
@@ -279,7 +280,7 @@ class WaldData:
 
 
 def wald_data(paths: Sequence[Path], scale: int, kernels: Sequence[str], holdout: float, divisor: float,
-              offset: float) -> WaldData:  # fmt: skip
+              offset: float) -> RasterData:  # fmt: skip
     """Read rasters of one band count and pixel type whole, split each into its western training
     and eastern held-out region, fit the radiometry on the training regions and make the LR
     versions, one per kernel (training picks one at random per patch; the held-out pairs have
@@ -304,7 +305,7 @@ def wald_data(paths: Sequence[Path], scale: int, kernels: Sequence[str], holdout
 
     train = [pair(f"{name} (west)", region, kernels) for name, region, _ in regions]
     held_out = [pair(f"{name} (east)", region, kernels[:1]) for name, _, region in regions]
-    return WaldData(radiometry, train, held_out)
+    return RasterData(radiometry, train, held_out)
 
 
 def read_with_gaps(header: RasterHeader) -> Tensor:
@@ -352,7 +353,7 @@ def raster_pairs(train_data: str) -> list[tuple[Path, Path]] | None:
 
 
 def paired_data(pairs: Sequence[tuple[Path, Path]], scale: int, holdout: float, divisor: float,
-                offset: float) -> WaldData:  # fmt: skip
+                offset: float) -> RasterData:  # fmt: skip
     """Read (HR, LR) raster pairs from two sensors whole (`check_pair`), split each into its
     western training and eastern held-out region, fit the radiometry on the LR training regions
     and map both sensors' DN with it; nodata pixels are filled with their band's mean."""
@@ -378,7 +379,7 @@ def paired_data(pairs: Sequence[tuple[Path, Path]], scale: int, holdout: float, 
 
     train = [pair(f"{header.path.stem} (west)", *west) for header, west, _ in regions]
     held_out = [pair(f"{header.path.stem} (east)", *east) for header, _, east in regions]
-    return WaldData(radiometry, train, held_out)
+    return RasterData(radiometry, train, held_out)
 
 
 def check_pair(hr: RasterHeader, lr: RasterHeader, scale: int) -> None:

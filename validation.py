@@ -22,7 +22,7 @@ from inference import Upscaler
 from losses import make_loss, registered_l1, registered_uncertainty_loss
 from metrics import check_scorable, psnr, scene_scores, score_labels, shave_border, ssim
 from model import MULTI_FRAME, SINGLE_IMAGE, parse_model_options
-from multispectral import WALD_DEGRADATIONS, WaldData, paired_data, raster_pairs, raster_paths, wald_data
+from multispectral import WALD_DEGRADATIONS, RasterData, paired_data, raster_pairs, raster_paths, wald_data
 from multispectral import scores as multispectral_scores
 from registration import max_shift_for, register
 from runtime import Runtime, autocast
@@ -221,7 +221,7 @@ def _check_raster_options(config: TrainConfig, why: str) -> None:
                             "held-out region (--holdout)")  # fmt: skip
 
 
-def raster_task(config: TrainConfig, data: WaldData, what: str, first: str, runtime: Runtime) -> Task:
+def raster_task(config: TrainConfig, data: RasterData, what: str, first: str, runtime: Runtime) -> Task:
     """Patches of the rasters' training regions, the chosen loss; mean per-band PSNR/SSIM on
     reflectance of their eastern, held-out regions, against bicubic."""
     radiometry = data.radiometry

@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from checkpoint import load_checkpoint  # noqa: E402
 from imresize import upscale  # noqa: E402
 from inference import Upscaler  # noqa: E402
-from multispectral import band_by_band, paired_data, raster_pairs, scores  # noqa: E402
-from registration import estimate_shift, max_shift_for, register  # noqa: E402
+from multispectral import band_by_band, paired_data, raster_pairs, registered_scores, scores  # noqa: E402
+from registration import estimate_shift, max_shift_for  # noqa: E402
 from utils import DatasetError, UserError, ensure_folder, run_cli  # noqa: E402
 
 SCALE = 2
@@ -119,19 +119,16 @@ def train_run(name: str, pairs: Path, registration: str, args: argparse.Namespac
 
 def scored(sr: Tensor, hr: Tensor) -> dict:
     """Plain and registered scores of a (1, H, W) reflectance result, and the reference's shift."""
-    reach = max_shift_for(SCALE)
-    pred, target, border = register(sr[None], hr[None], "both", reach)
-    registered = scores(pred[0], target[0], SCALE, max(0, SCALE - border))
-    shift = estimate_shift(sr[None], hr[None], reach)[0].tolist()
     plain = scores(sr, hr, SCALE, SCALE)
+    registered = registered_scores(sr, hr, SCALE, SCALE, "both")
     return {
         "psnr": plain["psnr"],
         "ssim": plain["ssim"],
         "energy_mid": plain["energy_mid"],
         "energy_high": plain["energy_high"],
-        "registered_psnr": registered["psnr"],
-        "registered_ssim": registered["ssim"],
-        "shift_of_reference": shift,
+        "registered_psnr": registered["registered_psnr"],
+        "registered_ssim": registered["registered_ssim"],
+        "shift_of_reference": estimate_shift(sr[None], hr[None], max_shift_for(SCALE))[0].tolist(),
     }
 
 
