@@ -81,8 +81,12 @@ class Radiometry:
 
     def to_model(self, dn: Tensor) -> Tensor:
         """(C, H, W) DN -> the model's units."""
+        return self.reflectance_to_model(self.reflectance(dn))
+
+    def reflectance_to_model(self, reflectance: Tensor) -> Tensor:
+        """(C, H, W) reflectance -> the model's units."""
         low, high = self._column(self.low), self._column(self.high)
-        return (self.reflectance(dn) - low) / (high - low)
+        return (reflectance - low) / (high - low)
 
     def model_to_reflectance(self, values: Tensor) -> Tensor:
         """(C, H, W) in the model's units -> reflectance."""

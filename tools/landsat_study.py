@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from checkpoint import load_checkpoint  # noqa: E402
 from imresize import upscale  # noqa: E402
 from inference import Upscaler  # noqa: E402
-from multispectral import band_by_band, paired_data, raster_pairs, registered_scores, scores  # noqa: E402
+from multispectral import Radiometry, band_by_band, paired_data, raster_pairs, registered_scores, scores  # noqa: E402
 from registration import estimate_shift, max_shift_for  # noqa: E402
 from utils import DatasetError, UserError, ensure_folder, run_cli  # noqa: E402
 
@@ -142,9 +142,11 @@ def evaluate(pairs: Path, runs: dict[str, Path], args: argparse.Namespace) -> di
         Upscaler.from_checkpoint(load_checkpoint(args.photo), cpu), lr)}  # fmt: skip
     for name, checkpoint_path in runs.items():
         checkpoint = load_checkpoint(checkpoint_path)
-        low, high = (torch.tensor(checkpoint["radiometry"][key])[:, None, None] for key in ("low", "high"))
-        model = Upscaler.from_checkpoint(checkpoint, cpu)
-        outputs[name] = model((lr - low) / (high - low)) * (high - low) + low
+        model, radiometry = (
+            Upscaler.from_checkpoint(checkpoint, cpu),
+            Radiometry.from_dict(checkpoint["radiometry"]),
+        )
+        outputs[name] = radiometry.model_to_reflectance(model(radiometry.reflectance_to_model(lr)))
     return {who: scored(sr, hr) for who, sr in outputs.items()}
 
 

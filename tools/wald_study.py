@@ -65,7 +65,6 @@ def study(args: argparse.Namespace, checkpoint: dict) -> dict:
     photo = Upscaler.from_checkpoint(load_checkpoint(args.photo), torch.device("cpu"))
     if photo.scale != scale:
         raise UserError(f"--photo {args.photo} is x{photo.scale}; the model is x{scale}")
-    low, high = (torch.tensor(v)[:, None, None] for v in (radiometry.low, radiometry.high))
     names = {"photo": Path(args.photo).stem, "model": Path(args.checkpoint).stem}
 
     def scored(hr: Tensor) -> dict:
@@ -75,7 +74,7 @@ def study(args: argparse.Namespace, checkpoint: dict) -> dict:
             outputs = {
                 "bicubic": upscale(lr, scale),
                 names["photo"]: band_by_band(photo, lr),
-                names["model"]: model((lr - low) / (high - low)) * (high - low) + low,
+                names["model"]: radiometry.model_to_reflectance(model(radiometry.reflectance_to_model(lr))),
             }
             results[kernel] = {who: scores(sr, hr, scale, scale) for who, sr in outputs.items()}
         return results
@@ -120,15 +119,12 @@ def native_panel(args: argparse.Namespace, checkpoint: dict) -> None:
     lr = read_reflectance(raster_header(raster), radiometry)[
         :, :256, -256:
     ]  # the north-east corner: held out
-    low, high = (torch.tensor(v)[:, None, None] for v in (radiometry.low, radiometry.high))
     model = Upscaler.from_checkpoint(checkpoint, torch.device("cpu"))
-    sr = model((lr - low) / (high - low)) * (high - low) + low
+    sr = radiometry.model_to_reflectance(model(radiometry.reflectance_to_model(lr)))
     bic = upscale(lr, scale)
 
     def colour(image: Tensor) -> Tensor:
-        picked = image[channels]
-        lo, hi = low[channels], high[channels]
-        return ((picked - lo) / (hi - lo)).clamp(0, 1)
+        return radiometry.reflectance_to_model(image)[channels].clamp(0, 1)
 
     nearest = lr.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
     panels = [
