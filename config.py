@@ -27,6 +27,7 @@ SCHEDULES = ("constant", "step", "cosine")
 # may hold any of model.SCALES, and super_resolve.py applies each).
 TRAIN_SCALES = (2, 3, 4)
 BURST_STYLES = ("plain", "probav")
+SMALL_IMAGES = ("refuse", "skip")  # what --small-images does with images smaller than a patch
 
 # What may change when a run is resumed: "run" options never (they would make it another
 # run), "epoch" options not inside an interrupted epoch (that would skip or repeat data).
@@ -146,6 +147,13 @@ class TrainConfig:
     )
     patches_per_image: int = option(
         256, "random patches per training image per epoch", low=1, fixed=FIXED_EPOCH
+    )
+    small_images: str = option(
+        "refuse",
+        "training images smaller than --patch-size on a side: refuse (one line naming them) or skip "
+        "(left out, counted in the log), for patches larger than the smallest images (T91's is 78 px)",
+        choices=SMALL_IMAGES,
+        fixed=FIXED_EPOCH,
     )
     grid_stride: int | None = option(
         None, "instead: the SRCNN paper's fixed grid of patches at this stride", low=1, fixed=FIXED_EPOCH

@@ -136,7 +136,8 @@ class PatchDataset(Dataset):
     flip/rotation when `augment`. Grid mode (`grid_stride`): the SRCNN paper's fixed
     sub-images, every `grid_stride` HR pixels (snapped down to a multiple of the scale so
     LR and HR stay aligned). Patch size is in HR pixels and must be a multiple of the scale,
-    which the pairs give (all the same).
+    which the pairs give (all the same). Images smaller than a patch are refused, or left out
+    with `skip_small` (their names in `left_out`).
 
     Items are indexed by (epoch, index), as `PatchSampler` yields them, so the crops of an
     epoch do not depend on DataLoader workers; a plain int index means epoch 0.
@@ -150,6 +151,7 @@ class PatchDataset(Dataset):
         augment: bool = True,
         seed: int = 0,
         grid_stride: int | None = None,
+        skip_small: bool = False,
     ) -> None:
         if not pairs:
             raise DatasetError("no images to cut patches from")
@@ -160,9 +162,11 @@ class PatchDataset(Dataset):
         if patch_size % scale:
             raise DatasetError(f"patch size {patch_size} is not a multiple of scale {scale}")
         small = [p.name for p in pairs if min(p.hr.shape[-2:]) < patch_size]
-        if small:
-            raise DatasetError(f"images smaller than the {patch_size}px patch: {', '.join(small[:5])}")
-        self.pairs = list(pairs)
+        if small and (not skip_small or len(small) == len(pairs)):
+            raise DatasetError(f"images smaller than the {patch_size}px patch: {', '.join(small[:5])}"
+                               + (" (all of them)" if skip_small else ""))  # fmt: skip
+        self.left_out = small  # the images too small for a patch, with skip_small
+        self.pairs = [p for p in pairs if min(p.hr.shape[-2:]) >= patch_size]
         self.scale, self.patch_size = scale, patch_size
         self.patches_per_image = patches_per_image
         self.augment, self.seed = augment, seed

@@ -94,7 +94,8 @@ def check_config(config: TrainConfig) -> TrainConfig:
     if config.cuda and not torch.cuda.is_available():
         raise UserError("--cuda given, but CUDA is not available here (no GPU, or a CPU-only torch)")
     if model_kind(config.model) == MULTI_FRAME:
-        for key in ("train_scales", "grid_stride", "degradation", "loss_border", "registration"):
+        image_only = ("train_scales", "grid_stride", "small_images", "degradation", "loss_border")
+        for key in (*image_only, "registration"):
             if getattr(config, key) != default(key):
                 flag = f"--{key.replace('_', '-')}"
                 raise UserError(

@@ -118,6 +118,7 @@ def single_image_task(config: TrainConfig, model: nn.Module, runtime: Runtime, s
         config.patches_per_image,
         seed=config.seed,
         grid_stride=config.grid_stride,
+        skip_small=config.small_images == "skip",
     )
     step_loss = patch_loss(config, runtime)
     scale = config.scale
@@ -141,7 +142,8 @@ def single_image_task(config: TrainConfig, model: nn.Module, runtime: Runtime, s
 
     baseline = scores(lambda lr: upscale(lr, scale))
     summary = (
-        f"{len(train_pairs)} images, {len(dataset)} patches/epoch, loss {config.loss}; validation "
+        f"{len(dataset.pairs)} images{_left_out(dataset, config.patch_size)}, {len(dataset)} patches/epoch, "
+        f"loss {config.loss}; validation "
         f"PSNR on {config.val_data} (bicubic {baseline[0]:.2f} dB)"
     )
     return Task(SINGLE_IMAGE, dataset, step_loss, validate, baseline, summary, example)
@@ -213,6 +215,12 @@ def paired_raster_task(config: TrainConfig, pairs: list[tuple[Path, Path]], runt
     return raster_task(config, data, what, str(pairs[0][1]), runtime)
 
 
+def _left_out(dataset: PatchDataset, patch_size: int) -> str:
+    """' (N smaller than the 144 px patch left out)' for the log, or '' when none were."""
+    count = len(dataset.left_out)
+    return f" ({count} smaller than the {patch_size} px patch left out)" if count else ""
+
+
 def _check_raster_options(config: TrainConfig, why: str) -> None:
     """Refuse the options of image sets that rasters do not take, in one line."""
     for key in ("train_scales", "val_data"):
@@ -230,7 +238,8 @@ def raster_task(config: TrainConfig, data: RasterData, what: str, first: str, ru
         raise UserError(f"{first}: {len(radiometry.bands)} bands, but {config.model} is built for "
                         f"{channels} (--model-option in_channels={len(radiometry.bands)})")  # fmt: skip
     dataset = PatchDataset(data.train, config.patch_size, config.patches_per_image, seed=config.seed,
-                           grid_stride=config.grid_stride)  # fmt: skip
+                           grid_stride=config.grid_stride,
+                           skip_small=config.small_images == "skip")  # fmt: skip
     for pair in data.held_out:
         check_scorable(pair.hr, f"the held-out region of {pair.name}", shave=config.scale)
     scale, to_reflectance = config.scale, radiometry.model_to_reflectance

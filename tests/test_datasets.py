@@ -188,6 +188,17 @@ def test_patch_size_must_fit_and_divide():
         PatchDataset(_pairs(size=(36, 48), scale=2) + _pairs(size=(36, 48)), patch_size=12)
 
 
+def test_images_smaller_than_the_patch_are_left_out_only_when_asked():
+    pairs = _pairs(n=2, size=(36, 45)) + _pairs(n=1, size=(21, 21))
+    with pytest.raises(DatasetError, match="smaller than the 24px patch: img0"):
+        PatchDataset(pairs, patch_size=24)
+    dataset = PatchDataset(pairs, patch_size=24, patches_per_image=5, skip_small=True)
+    assert [p.hr.shape[-1] for p in dataset.pairs] == [45, 45] and dataset.left_out == ["img0"]
+    assert len(dataset) == 10 and all(hr.shape[-1] == 24 for _, hr in (dataset[i] for i in range(10)))
+    with pytest.raises(DatasetError, match="all of them"):
+        PatchDataset(_pairs(size=(21, 21)), patch_size=24, skip_small=True)
+
+
 def test_batched_fetch_equals_item_by_item():
     dataset = PatchDataset(_pairs(kernels=("bicubic", "nearest")), patch_size=12, patches_per_image=30)
     keys = [(4, i) for i in range(len(dataset))]

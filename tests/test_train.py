@@ -173,6 +173,21 @@ def test_checkpoint_contents_and_files(data, tmp_path):
     assert lines[0].startswith("epoch,train_loss,psnr") and len(lines) == 4
 
 
+def test_small_images_are_refused_or_skipped_as_asked(data, tmp_path, capsys):
+    train = smooth_image_folder(tmp_path / "mixed", 3, 48, seed=2)
+    for path in smooth_image_folder(tmp_path / "small", 2, 24, seed=3).iterdir():
+        path.rename(train / f"small_{path.name}")
+    mixed = {**data, "train": train}
+    argv = ["train", *_args(mixed, tmp_path / "refused", "--num-epoch", "1", "--patch-size", "36")]
+    assert _run(argv) == 2
+    assert "smaller than the 36px patch: small_img0, small_img1" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+    argv = ["train", *_args(mixed, tmp_path / "run", "--num-epoch", "1", "--patch-size", "36"), "--no-quiet"]
+    assert _run([*argv, "--small-images", "skip"]) == 0
+    assert "3 images (2 smaller than the 36 px patch left out), 24 patches/epoch" in capsys.readouterr().out
+    assert _load(tmp_path / "run" / "last.pth")["args"]["small_images"] == "skip"
+
+
 def test_scale_augmentation_is_recorded_and_grows_the_epoch(data, tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["train", *_args(data, out, "--num-epoch", "1", "--train-scales", "1,0.5"), "--no-quiet"]
