@@ -31,7 +31,7 @@ OLD_FILES = sorted((ROOT / "wip").glob("*.pth"))
 # Files that moved after a shipped run recorded their path: (checkpoint, setting) -> (then, now).
 MOVED = {
     ("edsr_x2", "init_from"): ("checkpoints/edsr_x2.pth", "wip/edsr_x2_scaleaug.pth"),
-    ("s2_20m_x2", "init_from"): ("checkpoints/edsr_x2.pth", "wip/edsr_x2_scaleaug.pth"),
+    ("s2_20m_x2", "init_from"): ("checkpoints/s2_20m_x2.pth", "wip/s2_20m_x2_14blocks.pth"),
     ("edsr_x3", "init_from"): ("checkpoints/edsr_x3.pth", "wip/edsr_x3_l1.pth"),
     ("edsr_x4", "init_from"): ("checkpoints/edsr_x4.pth", "wip/edsr_x4_l1.pth"),
     ("piunet_x3", "init_from"): ("checkpoints/piunet_x3.pth", "wip/piunet_x3_t91.pth"),
