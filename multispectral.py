@@ -439,6 +439,11 @@ def scores(sr: Tensor, hr: Tensor, scale: int, shave: int) -> dict:
     }
 
 
+def model_on_reflectance(upscaler: Callable[[Tensor], Tensor], radiometry: Radiometry, lr: Tensor) -> Tensor:
+    """A multispectral model's SR of (C, h, w) reflectance, in reflectance (its units both ways)."""
+    return radiometry.model_to_reflectance(upscaler(radiometry.reflectance_to_model(lr)))
+
+
 def band_by_band(upscaler: Callable[[Tensor], Tensor], lr: Tensor) -> Tensor:
     """A photograph model applied to each band of (C, h, w) reflectance as a gray image in [0, 1]
     (the band over its maximum), the baseline a multispectral model must beat."""

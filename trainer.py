@@ -64,6 +64,11 @@ from validation import (
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
+# The options of single-image training that PIUnet's bursts refuse when set.
+SINGLE_IMAGE_OPTIONS = (
+    "train_scales", "grid_stride", "small_images", "degradation", "loss_border", "registration"
+)  # fmt: skip
+
 
 class TrainingStopped(Exception):
     """Training cannot go on (non-finite loss); the last good checkpoint is kept."""
@@ -94,8 +99,7 @@ def check_config(config: TrainConfig) -> TrainConfig:
     if config.cuda and not torch.cuda.is_available():
         raise UserError("--cuda given, but CUDA is not available here (no GPU, or a CPU-only torch)")
     if model_kind(config.model) == MULTI_FRAME:
-        image_only = ("train_scales", "grid_stride", "small_images", "degradation", "loss_border")
-        for key in (*image_only, "registration"):
+        for key in SINGLE_IMAGE_OPTIONS:
             if getattr(config, key) != default(key):
                 flag = f"--{key.replace('_', '-')}"
                 raise UserError(

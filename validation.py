@@ -265,7 +265,8 @@ def raster_task(config: TrainConfig, data: RasterData, what: str, first: str, ru
 
     baseline = scores(lambda lr: upscale(lr, scale))
     summary = (
-        f"{what}, {len(dataset)} patches/epoch from the western {1 - config.holdout:.0%}, loss "
+        f"{what}{_left_out(dataset, config.patch_size)}, {len(dataset)} patches/epoch from the western "
+        f"{1 - config.holdout:.0%}, loss "
         f"{config.loss}; validation: mean band PSNR on reflectance of the eastern {config.holdout:.0%} "
         f"(bicubic {baseline[0]:.2f} dB)"
     )

@@ -41,7 +41,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from checkpoint import load_checkpoint  # noqa: E402
 from imresize import upscale  # noqa: E402
 from inference import Upscaler  # noqa: E402
-from multispectral import Radiometry, band_by_band, paired_data, raster_pairs, registered_scores, scores  # noqa: E402
+from multispectral import (  # noqa: E402
+    Radiometry,
+    band_by_band,
+    model_on_reflectance,
+    paired_data,
+    raster_pairs,
+    registered_scores,
+    scores,
+)
 from registration import estimate_shift, max_shift_for  # noqa: E402
 from utils import DatasetError, UserError, ensure_folder, run_cli  # noqa: E402
 
@@ -146,7 +154,7 @@ def evaluate(pairs: Path, runs: dict[str, Path], args: argparse.Namespace) -> di
             Upscaler.from_checkpoint(checkpoint, cpu),
             Radiometry.from_dict(checkpoint["radiometry"]),
         )
-        outputs[name] = radiometry.model_to_reflectance(model(radiometry.reflectance_to_model(lr)))
+        outputs[name] = model_on_reflectance(model, radiometry, lr)
     return {who: scored(sr, hr) for who, sr in outputs.items()}
 
 

@@ -34,6 +34,7 @@ from multispectral import (  # noqa: E402
     Radiometry,
     band_by_band,
     holdout_column,
+    model_on_reflectance,
     raster_inputs,
     raster_paths,
     read_reflectance,
@@ -74,7 +75,7 @@ def study(args: argparse.Namespace, checkpoint: dict) -> dict:
             outputs = {
                 "bicubic": upscale(lr, scale),
                 names["photo"]: band_by_band(photo, lr),
-                names["model"]: radiometry.model_to_reflectance(model(radiometry.reflectance_to_model(lr))),
+                names["model"]: model_on_reflectance(model, radiometry, lr),
             }
             results[kernel] = {who: scores(sr, hr, scale, scale) for who, sr in outputs.items()}
         return results
@@ -120,7 +121,7 @@ def native_panel(args: argparse.Namespace, checkpoint: dict) -> None:
         :, :256, -256:
     ]  # the north-east corner: held out
     model = Upscaler.from_checkpoint(checkpoint, torch.device("cpu"))
-    sr = radiometry.model_to_reflectance(model(radiometry.reflectance_to_model(lr)))
+    sr = model_on_reflectance(model, radiometry, lr)
     bic = upscale(lr, scale)
 
     def colour(image: Tensor) -> Tensor:
